@@ -10,6 +10,7 @@ import (
 	"database/sql"
 	"embed"
 	"fmt"
+	"io/fs"
 
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
@@ -31,4 +32,11 @@ func NewProvider(db *sql.DB) (*goose.Provider, error) {
 		return nil, fmt.Errorf("create migration provider: %w", err)
 	}
 	return p, nil
+}
+
+// FS returns the embedded migration files, for callers that need their
+// contents, such as the test harness that hashes them to name its template
+// database.
+func FS() fs.FS {
+	return files
 }
