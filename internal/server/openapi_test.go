@@ -1,0 +1,385 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
+)
+
+// openAPISpec is openapi.yaml, parsed and validated, with a router over its
+// paths. It is read-only once built, so parallel tests share it.
+type openAPISpec struct {
+	doc    *openapi3.T
+	router routers.Router
+}
+
+// loadOpenAPI reads openapi.yaml from the package directory once per test
+// binary. It returns an error if the file is missing, does not parse, or is
+// not a valid OpenAPI document.
+//
+// kin-openapi's default body decoders already cover application/problem+json
+// and application/yaml, so nothing global is registered here.
+var loadOpenAPI = sync.OnceValues(func() (*openAPISpec, error) {
+	data, err := os.ReadFile("openapi.yaml")
+	if err != nil {
+		return nil, fmt.Errorf("read openapi document: %w", err)
+	}
+	doc, err := openapi3.NewLoader().LoadFromData(data)
+	if err != nil {
+		return nil, fmt.Errorf("parse openapi.yaml: %w", err)
+	}
+	if err := doc.Validate(context.Background(), openapi3.EnableMultiError()); err != nil {
+		return nil, fmt.Errorf("validate openapi.yaml: %w", err)
+	}
+	router, err := gorillamux.NewRouter(doc)
+	if err != nil {
+		return nil, fmt.Errorf("route openapi.yaml: %w", err)
+	}
+	return &openAPISpec{doc: doc, router: router}, nil
+})
+
+// checkOpenAPI validates resp (status, headers, body) against
+// internal/server/openapi.yaml for the route of req; it fails the test with a
+// readable message on any mismatch, or if no route in the document matches req.
+func checkOpenAPI(t testing.TB, req *http.Request, status int, header http.Header, body []byte) {
+	t.Helper()
+	spec, err := loadOpenAPI()
+	if err != nil {
+		t.Fatalf("load openapi.yaml: %v", err)
+	}
+	if err := spec.validateResponse(t.Context(), req, status, header, body); err != nil {
+		t.Errorf("%s %s: response %d does not match openapi.yaml: %v", req.Method, req.URL.RequestURI(), status, err)
+	}
+}
+
+// validateResponse is checkOpenAPI's core. It returns an error naming the
+// first mismatch (or all of them, for body schema errors), or if no route of
+// the document matches req.
+//
+// Beyond openapi3filter.ValidateResponse it checks that HEAD responses and
+// responses documented without content (204) have an empty body, and it
+// validates HEAD responses, which ValidateResponse skips entirely, by their
+// status, headers and Content-Type.
+//
+// A method the document does not list for a path (PATCH /users/1) gets the
+// mux's 405; it must answer 405 and match the 405 response of the path's GET
+// operation, which is the same MethodNotAllowed component on every operation.
+func (s *openAPISpec) validateResponse(ctx context.Context, req *http.Request, status int, header http.Header, body []byte) error {
+	route, pathParams, err := s.router.FindRoute(req)
+	switch {
+	case errors.Is(err, routers.ErrMethodNotAllowed):
+		if status != http.StatusMethodNotAllowed {
+			return fmt.Errorf("openapi.yaml has no %s operation for this path, so the status must be 405", req.Method)
+		}
+		get := req.Clone(ctx)
+		get.Method = http.MethodGet
+		if route, pathParams, err = s.router.FindRoute(get); err != nil {
+			return fmt.Errorf("find the GET operation whose 405 response to use: %w", err)
+		}
+	case err != nil:
+		return fmt.Errorf("no route in openapi.yaml matches: %w", err)
+	}
+
+	responseRef := route.Operation.Responses.Status(status)
+	if responseRef == nil {
+		responseRef = route.Operation.Responses.Default()
+	}
+	if responseRef == nil || responseRef.Value == nil {
+		return fmt.Errorf("status %d is not documented for %s (operation %s)", status, route.Path, route.Operation.OperationID)
+	}
+	response := responseRef.Value
+
+	validated := req
+	opts := &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true}
+	opts.WithCustomSchemaErrorFunc(schemaErrorMessage)
+	if req.Method == http.MethodHead {
+		if len(body) != 0 {
+			return fmt.Errorf("HEAD response has a %d-byte body, want none", len(body))
+		}
+		if ct := header.Get("Content-Type"); ct != "" && len(response.Content) != 0 && response.Content.Get(ct) == nil {
+			return fmt.Errorf("Content-Type %q is not documented for status %d of %s", ct, status, route.Operation.OperationID)
+		}
+		// ValidateResponse returns nil for any HEAD request; asking as GET
+		// with the body excluded still checks the status and headers of the
+		// HEAD operation found above.
+		validated = req.Clone(ctx)
+		validated.Method = http.MethodGet
+		opts.ExcludeResponseBody = true
+	} else if len(response.Content) == 0 && len(body) != 0 {
+		return fmt.Errorf("status %d of %s is documented without a body, got %d bytes: %.200q", status, route.Operation.OperationID, len(body), body)
+	}
+
+	input := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: &openapi3filter.RequestValidationInput{
+			Request:    validated,
+			PathParams: pathParams,
+			Route:      route,
+		},
+		Status:  status,
+		Header:  header,
+		Body:    io.NopCloser(bytes.NewReader(body)),
+		Options: opts,
+	}
+	if err := openapi3filter.ValidateResponse(ctx, input); err != nil {
+		return fmt.Errorf("operation %s: %w", route.Operation.OperationID, err)
+	}
+	return nil
+}
+
+// schemaErrorMessage keeps schema errors to one line: where and why, without
+// kin-openapi's dump of the whole schema and value.
+func schemaErrorMessage(err *openapi3.SchemaError) string {
+	where := "/" + strings.Join(err.JSONPointer(), "/")
+	return fmt.Sprintf("%s: %s", where, err.Reason)
+}
+
+func TestOpenAPIDocument(t *testing.T) {
+	t.Parallel()
+	spec, err := loadOpenAPI()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("version and decoders", func(t *testing.T) {
+		t.Parallel()
+		if !spec.doc.IsOpenAPI31OrLater() || spec.doc.IsOpenAPI32OrLater() {
+			t.Errorf("openapi = %q, want 3.1.x", spec.doc.OpenAPI)
+		}
+		for _, mt := range []string{"application/json", "application/problem+json", "application/yaml"} {
+			if openapi3filter.RegisteredBodyDecoder(mt) == nil {
+				t.Errorf("no kin-openapi body decoder for %s", mt)
+			}
+		}
+	})
+
+	t.Run("operations", func(t *testing.T) {
+		t.Parallel()
+		seen := map[string]string{}
+		for path, item := range spec.doc.Paths.Map() {
+			for method, op := range item.Operations() {
+				name := method + " " + path
+				if op.OperationID == "" {
+					t.Errorf("%s: no operationId", name)
+				} else if other, ok := seen[op.OperationID]; ok {
+					t.Errorf("%s: operationId %q already used by %s", name, op.OperationID, other)
+				}
+				seen[op.OperationID] = name
+
+				want := []string{"405", "500"}
+				if strings.HasPrefix(path, "/users") {
+					want = append(want, "503")
+				}
+				for _, code := range want {
+					if op.Responses.Value(code) == nil {
+						t.Errorf("%s: no %s response", name, code)
+					}
+				}
+				for code, ref := range op.Responses.Map() {
+					if code[0] != '4' && code[0] != '5' {
+						continue
+					}
+					if ref.Ref == "" {
+						t.Errorf("%s: %s response is inline, want a components/responses $ref", name, code)
+					}
+					content := ref.Value.Content
+					mt := content.Get("application/problem+json")
+					if len(content) != 1 || mt == nil {
+						t.Errorf("%s: %s response content = %v, want only application/problem+json", name, code, slices.Collect(maps.Keys(content)))
+						continue
+					}
+					if !usesSchema(mt.Schema, "#/components/schemas/Problem") {
+						t.Errorf("%s: %s response schema does not use #/components/schemas/Problem", name, code)
+					}
+					if mt.Example == nil && len(mt.Examples) == 0 {
+						t.Errorf("%s: %s response has no example", name, code)
+					}
+				}
+			}
+		}
+		for _, id := range []string{"createUser", "listUsers", "getUser", "headUser", "updateUser", "deleteUser", "getHealth", "getReadiness", "getOpenAPI"} {
+			if _, ok := seen[id]; !ok {
+				t.Errorf("operation %s is missing", id)
+			}
+		}
+	})
+
+	// The router must match paths whatever the parameter's schema says, so
+	// that the server's own 400 for a bad id is validated as getUser's.
+	t.Run("routes", func(t *testing.T) {
+		t.Parallel()
+		tests := []struct {
+			method, target string
+			want           string // operationId, or the routers error
+		}{
+			{"GET", "/users/1", "getUser"},
+			{"GET", "http://127.0.0.1:8080/users/1", "getUser"},
+			{"GET", "/users/abc", "getUser"},
+			{"GET", "/users/0", "getUser"},
+			{"GET", "/users/-1", "getUser"},
+			{"GET", "/users/99999999999999999999", "getUser"},
+			{"GET", "/users/%20", "getUser"},
+			{"HEAD", "/users/abc", "headUser"},
+			{"PUT", "/users/abc", "updateUser"},
+			{"DELETE", "/users/-1", "deleteUser"},
+			{"GET", "/users?limit=abc&after=-1", "listUsers"},
+			{"POST", "/users", "createUser"},
+			{"GET", "/healthz", "getHealth"},
+			{"GET", "/readyz", "getReadiness"},
+			{"GET", "/openapi.yaml", "getOpenAPI"},
+			{"PATCH", "/users/1", routers.ErrMethodNotAllowed.Error()},
+			{"GET", "/nope", routers.ErrPathNotFound.Error()},
+			{"GET", "/users/1/2", routers.ErrPathNotFound.Error()},
+		}
+		for _, tt := range tests {
+			route, _, err := spec.router.FindRoute(httptest.NewRequest(tt.method, tt.target, nil))
+			got := ""
+			if err != nil {
+				got = err.Error()
+			} else {
+				got = route.Operation.OperationID
+			}
+			if got != tt.want {
+				t.Errorf("FindRoute(%s %s) = %q, want %q", tt.method, tt.target, got, tt.want)
+			}
+		}
+	})
+
+	yamlDoc, err := os.ReadFile("openapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const (
+		user        = `{"id":1,"name":"alice","created_at":"2025-01-02T03:04:05.123456Z","updated_at":"2025-01-02T03:04:05Z"}`
+		user2       = `{"id":2,"name":"bob","created_at":"2025-01-02T03:04:05Z","updated_at":"2025-01-02T05:04:05+02:00"}`
+		notFound    = `{"type":"urn:usersvc:problem:not_found","title":"Not found","status":404,"detail":"no user 1","instance":"/users/1","code":"not_found"}`
+		badID       = `{"type":"urn:usersvc:problem:validation_failed","title":"Validation failed","status":400,"detail":"invalid","instance":"/users/abc","code":"validation_failed","errors":[{"in":"path","field":"id","detail":"must be a positive integer"}]}`
+		duplicate   = `{"type":"urn:usersvc:problem:duplicate_name","title":"Name taken","status":400,"detail":"name taken","instance":"/users","code":"duplicate_name"}`
+		notAllowed  = `{"type":"urn:usersvc:problem:method_not_allowed","title":"Method not allowed","status":405,"detail":"no","instance":"/users/1","code":"method_not_allowed"}`
+		unavailable = `{"type":"urn:usersvc:problem:unavailable","title":"Unavailable","status":503,"detail":"database down","code":"unavailable"}`
+	)
+	jsonCT := http.Header{"Content-Type": {"application/json"}}
+	problemCT := http.Header{"Content-Type": {"application/problem+json"}}
+	with := func(h http.Header, kv ...string) http.Header {
+		h = h.Clone()
+		for i := 0; i+1 < len(kv); i += 2 {
+			h.Set(kv[i], kv[i+1])
+		}
+		return h
+	}
+
+	tests := []struct {
+		name           string
+		method, target string
+		status         int
+		header         http.Header
+		body           string
+		wantErr        string // substring of the error; "" means valid
+	}{
+		{"user", "GET", "/users/1", 200, jsonCT, user, ""},
+		{"user with charset", "GET", "/users/1", 200, with(jsonCT, "Content-Type", "application/json; charset=utf-8"), user, ""},
+		{"user missing created_at", "GET", "/users/1", 200, jsonCT, `{"id":1,"name":"alice","updated_at":"2025-01-02T03:04:05Z"}`, "created_at"},
+		{"user with extra field", "GET", "/users/1", 200, jsonCT, `{"id":1,"name":"alice","email":"a@b","created_at":"2025-01-02T03:04:05Z","updated_at":"2025-01-02T03:04:05Z"}`, "email"},
+		{"user with bad date-time", "GET", "/users/1", 200, jsonCT, `{"id":1,"name":"alice","created_at":"2025-01-02 03:04:05","updated_at":"2025-01-02T03:04:05Z"}`, "created_at"},
+		{"user with id 0", "GET", "/users/1", 200, jsonCT, `{"id":0,"name":"alice","created_at":"2025-01-02T03:04:05Z","updated_at":"2025-01-02T03:04:05Z"}`, "id"},
+		{"user with string id", "GET", "/users/1", 200, jsonCT, `{"id":"1","name":"alice","created_at":"2025-01-02T03:04:05Z","updated_at":"2025-01-02T03:04:05Z"}`, "id"},
+		{"user with untrimmed name", "GET", "/users/1", 200, jsonCT, `{"id":1,"name":" alice","created_at":"2025-01-02T03:04:05Z","updated_at":"2025-01-02T03:04:05Z"}`, "name"},
+		{"user with control character", "GET", "/users/1", 200, jsonCT, `{"id":1,"name":"a\u0007b","created_at":"2025-01-02T03:04:05Z","updated_at":"2025-01-02T03:04:05Z"}`, "name"},
+		{"user with 101-character name", "GET", "/users/1", 200, jsonCT, `{"id":1,"name":"` + strings.Repeat("é", 101) + `","created_at":"2025-01-02T03:04:05Z","updated_at":"2025-01-02T03:04:05Z"}`, "name"},
+		{"user with 100-character name", "GET", "/users/1", 200, jsonCT, `{"id":1,"name":"` + strings.Repeat("é", 100) + `","created_at":"2025-01-02T03:04:05Z","updated_at":"2025-01-02T03:04:05Z"}`, ""},
+		{"user as problem+json", "GET", "/users/1", 200, problemCT, user, "Content-Type"},
+		{"undocumented status", "GET", "/users/1", 418, problemCT, notFound, "not documented"},
+		{"not found", "GET", "/users/1", 404, problemCT, notFound, ""},
+		{"problem status mismatch", "GET", "/users/1", 404, problemCT, strings.Replace(notFound, `"status":404`, `"status":400`, 1), "status"},
+		{"problem code mismatch", "GET", "/users/1", 404, problemCT, strings.ReplaceAll(notFound, "not_found", "internal"), "code"},
+		{"problem as application/json", "GET", "/users/1", 404, jsonCT, notFound, "Content-Type"},
+		{"problem missing detail", "GET", "/users/1", 404, problemCT, strings.Replace(notFound, `"detail":"no user 1",`, "", 1), "detail"},
+		{"bad id", "GET", "/users/abc", 400, problemCT, badID, ""},
+		{"bad id without errors", "GET", "/users/abc", 400, problemCT, strings.Replace(badID, `,"errors":[{"in":"path","field":"id","detail":"must be a positive integer"}]`, "", 1), "errors"},
+		{"bad id error in header", "GET", "/users/abc", 400, problemCT, strings.Replace(badID, `"in":"path"`, `"in":"header"`, 1), "in"},
+		{"duplicate_name on get", "GET", "/users/1", 400, problemCT, duplicate, "code"},
+		{"create", "POST", "/users", 201, with(jsonCT, "Location", "/users/1"), user, ""},
+		{"create without Location", "POST", "/users", 201, jsonCT, user, "Location"},
+		{"create with bad Location", "POST", "/users", 201, with(jsonCT, "Location", "http://x/users/1"), user, "Location"},
+		{"duplicate name", "POST", "/users", 400, problemCT, duplicate, ""},
+		{"duplicate name with errors", "POST", "/users", 400, problemCT, strings.Replace(duplicate, `}`, `,"errors":[{"in":"body","field":"name","detail":"taken"}]}`, 1), "errors"},
+		{"update", "PUT", "/users/1", 200, jsonCT, user, ""},
+		{"too large", "PUT", "/users/1", 413, problemCT, `{"type":"urn:usersvc:problem:payload_too_large","title":"Too large","status":413,"detail":"max 1 MiB","code":"payload_too_large"}`, ""},
+		{"list", "GET", "/users?limit=2", 200, with(jsonCT, "Link", `</users?after=2&limit=2>; rel="next"`), "[" + user + "," + user2 + "]", ""},
+		{"list by name", "GET", "/users?limit=1&name=alice", 200, with(jsonCT, "Link", `</users?after=1&limit=1&name=alice>; rel="next"`), "[" + user + "]", ""},
+		{"last page", "GET", "/users", 200, jsonCT, "[]", ""},
+		{"list with bad Link", "GET", "/users?limit=2", 200, with(jsonCT, "Link", `</users?limit=2&after=2>; rel=next`), "[" + user + "," + user2 + "]", "Link"},
+		{"list with bad item", "GET", "/users", 200, jsonCT, `[{"id":1}]`, "name"},
+		{"delete", "DELETE", "/users/1", 204, nil, "", ""},
+		{"delete with body", "DELETE", "/users/1", 204, jsonCT, user, "without a body"},
+		{"head", "HEAD", "/users/1", 200, jsonCT, "", ""},
+		{"head not found", "HEAD", "/users/1", 404, problemCT, "", ""},
+		{"head with body", "HEAD", "/users/1", 200, jsonCT, user, "HEAD response"},
+		{"head wrong type", "HEAD", "/users/1", 200, with(jsonCT, "Content-Type", "text/plain"), "", "Content-Type"},
+		{"method not allowed", "PATCH", "/users/1", 405, with(problemCT, "Allow", "DELETE, GET, HEAD, PUT"), notAllowed, ""},
+		{"client request URL", "GET", "http://127.0.0.1:8080/users/1", 200, jsonCT, user, ""},
+		{"method not allowed without Allow", "PATCH", "/users/1", 405, problemCT, notAllowed, "Allow"},
+		{"undocumented method answered", "PATCH", "/users/1", 200, jsonCT, user, "must be 405"},
+		{"unknown path", "GET", "/nope", 404, problemCT, notFound, "no route"},
+		{"healthz", "GET", "/healthz", 200, jsonCT, `{"status":"ok"}`, ""},
+		{"healthz other status", "GET", "/healthz", 200, jsonCT, `{"status":"degraded"}`, "status"},
+		{"readyz down", "GET", "/readyz", 503, with(problemCT, "Retry-After", "1"), unavailable, ""},
+		{"users down", "GET", "/users", 503, with(problemCT, "Retry-After", "1"), unavailable, ""},
+		{"users down without Retry-After", "GET", "/users", 503, problemCT, unavailable, "Retry-After"},
+		{"spec", "GET", "/openapi.yaml", 200, http.Header{"Content-Type": {"application/yaml"}}, string(yamlDoc), ""},
+		{"spec not yaml object", "GET", "/openapi.yaml", 200, http.Header{"Content-Type": {"application/yaml"}}, "- just a list\n", "object"},
+		{"spec as text", "GET", "/openapi.yaml", 200, http.Header{"Content-Type": {"text/plain"}}, string(yamlDoc), "Content-Type"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			req := httptest.NewRequest(tt.method, tt.target, nil)
+			err := spec.validateResponse(t.Context(), req, tt.status, tt.header, []byte(tt.body))
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("%s %s %d: %v, want no error", tt.method, tt.target, tt.status, err)
+			case tt.wantErr != "" && err == nil:
+				t.Errorf("%s %s %d: no error, want one mentioning %q", tt.method, tt.target, tt.status, tt.wantErr)
+			case tt.wantErr != "" && !strings.Contains(err.Error(), tt.wantErr):
+				t.Errorf("%s %s %d: error %q, want one mentioning %q", tt.method, tt.target, tt.status, err, tt.wantErr)
+			}
+			if tt.wantErr == "" {
+				checkOpenAPI(t, req, tt.status, tt.header, []byte(tt.body))
+			}
+		})
+	}
+}
+
+// usesSchema reports whether ref is, or is composed from (allOf, oneOf,
+// anyOf), the component schema named by want.
+func usesSchema(ref *openapi3.SchemaRef, want string) bool {
+	if ref == nil {
+		return false
+	}
+	if ref.Ref == want {
+		return true
+	}
+	if ref.Value == nil {
+		return false
+	}
+	for _, refs := range []openapi3.SchemaRefs{ref.Value.AllOf, ref.Value.OneOf, ref.Value.AnyOf} {
+		if slices.ContainsFunc(refs, func(r *openapi3.SchemaRef) bool { return usesSchema(r, want) }) {
+			return true
+		}
+	}
+	return false
+}

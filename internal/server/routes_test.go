@@ -1,0 +1,170 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"usersvc/db"
+)
+
+func TestUnmatchedRoutesAreProblems(t *testing.T) {
+	t.Parallel()
+	s := newTestServer(t)
+	for _, tt := range []struct {
+		method, path string
+		status       int
+		code         string
+		allow        string
+	}{
+		{"GET", "/nope", 404, codeNotFound, ""},
+		{"GET", "/users/1/extra", 404, codeNotFound, ""},
+		{"GET", "/users/", 404, codeNotFound, ""},
+		{"PATCH", "/users", 405, codeMethodNotAllowed, "GET, HEAD, POST"},
+		{"DELETE", "/users", 405, codeMethodNotAllowed, "GET, HEAD, POST"},
+		{"POST", "/users/1", 405, codeMethodNotAllowed, "DELETE, GET, HEAD, PUT"},
+		{"PATCH", "/users/1", 405, codeMethodNotAllowed, "DELETE, GET, HEAD, PUT"},
+		{"POST", "/healthz", 405, codeMethodNotAllowed, "GET, HEAD"},
+	} {
+		var r response
+		if tt.status == http.StatusNotFound {
+			// openapi.yaml describes no unknown path, so check by hand.
+			_, res, err := s.send(tt.method, tt.path, "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.checkProblem(tt.method, tt.path, res)
+			r = res
+		} else {
+			r = s.do(tt.method, tt.path, "", nil)
+		}
+		wantProblem(t, tt.method+" "+tt.path, r, tt.status, tt.code)
+		if got := r.header.Get("Allow"); got != tt.allow {
+			t.Errorf("%s %s: Allow = %q, want %q", tt.method, tt.path, got, tt.allow)
+		}
+	}
+}
+
+func TestHealthAndDocument(t *testing.T) {
+	t.Parallel()
+	s := newTestServer(t)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		r := s.get(path)
+		if r.status != http.StatusOK || string(r.body) != `{"status":"ok"}` {
+			t.Errorf("GET %s = %d %s, want 200 {\"status\":\"ok\"}", path, r.status, r.body)
+		}
+	}
+	r := s.get("/openapi.yaml")
+	want, err := os.ReadFile("openapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.status != http.StatusOK || string(r.body) != string(want) || r.header.Get("Content-Type") != "application/yaml" {
+		t.Errorf("GET /openapi.yaml = %d, %s, %d bytes; want 200, application/yaml, the %d bytes of openapi.yaml",
+			r.status, r.header.Get("Content-Type"), len(r.body), len(want))
+	}
+}
+
+// TestDatabaseUnreachable runs the real stack against a pool whose server
+// refuses connections.
+func TestDatabaseUnreachable(t *testing.T) {
+	t.Parallel()
+	ln, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	pool, err := pgxpool.New(context.Background(), "postgres://nobody@"+addr+"/none?connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	srv := httptest.NewServer(New(slog.New(slog.NewTextHandler(t.Output(), nil)), db.New(pool), pool, Options{RequestTimeout: 3 * time.Second}))
+	t.Cleanup(srv.Close)
+	s := &testServer{t: t, url: srv.URL}
+
+	if r := s.get("/healthz"); r.status != http.StatusOK {
+		t.Errorf("GET /healthz without a database: status = %d, want 200", r.status)
+	}
+	for _, tt := range []struct{ method, path, body string }{
+		{"GET", "/readyz", ""},
+		{"GET", "/users", ""},
+		{"GET", "/users/1", ""},
+		{"POST", "/users", `{"name":"x"}`},
+		{"PUT", "/users/1", `{"name":"x"}`},
+		{"DELETE", "/users/1", ""},
+	} {
+		r := s.do(tt.method, tt.path, "application/json", strings.NewReader(tt.body))
+		wantProblem(t, tt.method+" "+tt.path+" without a database", r, 503, codeUnavailable)
+		if r.header.Get("Retry-After") == "" {
+			t.Errorf("%s %s: 503 without Retry-After", tt.method, tt.path)
+		}
+	}
+	// Client errors are still client errors.
+	wantProblem(t, "GET /users/abc without a database", s.get("/users/abc"), 400, codeValidationFailed)
+}
+
+// faultyStore forces failures a real database does not produce on demand.
+type faultyStore struct {
+	userStore
+	err   error
+	block bool // wait for the context to end, as a hung database would
+}
+
+func (f faultyStore) GetUser(ctx context.Context, id int64) (db.User, error) {
+	if f.block {
+		<-ctx.Done()
+		return db.User{}, ctx.Err()
+	}
+	return db.User{}, f.err
+}
+
+type okPinger struct{}
+
+func (okPinger) Ping(context.Context) error { return nil }
+
+func TestStoreFailures(t *testing.T) {
+	t.Parallel()
+	secret := "relation users: SELECT secret FROM pg_shadow"
+	for _, tt := range []struct {
+		name    string
+		store   faultyStore
+		status  int
+		code    string
+		maxTime time.Duration
+	}{
+		{"unknown error", faultyStore{err: errors.New(secret)}, 500, codeInternal, time.Second},
+		{"syntax error from postgres", faultyStore{err: &pgconn.PgError{Code: "42601", Message: secret}}, 500, codeInternal, time.Second},
+		{"terminated backend", faultyStore{err: &pgconn.PgError{Code: "57P01", Message: secret}}, 503, codeUnavailable, time.Second},
+		{"statement timeout", faultyStore{err: &pgconn.PgError{Code: "57014", Message: secret}}, 503, codeUnavailable, time.Second},
+		{"hung database", faultyStore{block: true}, 503, codeUnavailable, 2 * time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := New(slog.New(slog.NewTextHandler(t.Output(), nil)), tt.store, okPinger{}, Options{RequestTimeout: 200 * time.Millisecond})
+			srv := httptest.NewServer(h)
+			t.Cleanup(srv.Close)
+			s := &testServer{t: t, url: srv.URL}
+			start := time.Now()
+			r := s.get("/users/1")
+			if took := time.Since(start); took > tt.maxTime {
+				t.Errorf("GET /users/1 took %v, want under %v", took, tt.maxTime)
+			}
+			wantProblem(t, "GET /users/1", r, tt.status, tt.code)
+			if strings.Contains(string(r.body), "secret") || strings.Contains(string(r.body), "42601") {
+				t.Errorf("GET /users/1: the response leaks the cause: %s", r.body)
+			}
+		})
+	}
+}

@@ -1,0 +1,183 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"usersvc/db"
+)
+
+// userStore is what the user handlers need of the database. Its methods are
+// those of the sqlc-generated *db.Queries.
+type userStore interface {
+	CreateUser(ctx context.Context, name string) (db.User, error)
+	GetUser(ctx context.Context, id int64) (db.User, error)
+	ListUsers(ctx context.Context, arg db.ListUsersParams) ([]db.User, error)
+	ListUsersByName(ctx context.Context, arg db.ListUsersByNameParams) ([]db.User, error)
+	RenameUser(ctx context.Context, arg db.RenameUserParams) (db.User, error)
+	DeleteUser(ctx context.Context, id int64) (int64, error)
+}
+
+var _ userStore = (*db.Queries)(nil)
+
+// user is a user as the API shows it.
+type user struct {
+	ID        int64     `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// toUser converts a row to the API's representation.
+func toUser(u db.User) user {
+	return user{ID: u.ID, Name: u.Name, CreatedAt: u.CreatedAt.UTC(), UpdatedAt: u.UpdatedAt.UTC()}
+}
+
+// userRequest is the body of POST /users and PUT /users/{id}.
+type userRequest struct {
+	// Name is a pointer so that a missing or null name is told apart
+	// from an empty one.
+	Name *string `json:"name"`
+}
+
+// validName returns the request's normalized name, or a validation_failed
+// *requestError.
+func (req userRequest) validName() (string, error) {
+	if req.Name == nil {
+		return "", invalidFields(fieldError{In: "body", Field: "name", Detail: "is required"})
+	}
+	name, problem := normalizeName(*req.Name)
+	if problem != "" {
+		return "", invalidFields(fieldError{In: "body", Field: "name", Detail: problem})
+	}
+	return name, nil
+}
+
+// decodeName reads a userRequest body and returns its normalized name.
+func decodeName(w http.ResponseWriter, r *http.Request) (string, error) {
+	req, err := decode[userRequest](w, r)
+	if err != nil {
+		return "", err
+	}
+	return req.validName()
+}
+
+// handleUserCreate serves POST /users: 201 with the user and its Location;
+// 400 for invalid JSON, an invalid name or a name already taken (decided by
+// the unique constraint); 413; 415; 503 when the database is unavailable.
+func handleUserCreate(logger *slog.Logger, store userStore) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name, err := decodeName(w, r)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		u, err := store.CreateUser(r.Context(), name)
+		if err != nil {
+			writeError(w, r, logger, fmt.Errorf("create user: %w", storeErr(err)))
+			return
+		}
+		w.Header().Set("Location", "/users/"+strconv.FormatInt(u.ID, 10))
+		encode(w, r, logger, http.StatusCreated, jsonContentType, toUser(u))
+	})
+}
+
+// handleUserList serves GET /users: 200 with a page of users in id order
+// and, while more remain, a Link to the next page; 400 for a bad query.
+func handleUserList(logger *slog.Logger, store userStore) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q, err := parseListQuery(r.URL.RawQuery)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		// One row more than the page tells whether another page follows.
+		var rows []db.User
+		if q.name != "" {
+			rows, err = store.ListUsersByName(r.Context(), db.ListUsersByNameParams{Name: q.name, After: q.after, MaxRows: q.limit + 1})
+		} else {
+			rows, err = store.ListUsers(r.Context(), db.ListUsersParams{After: q.after, MaxRows: q.limit + 1})
+		}
+		if err != nil {
+			writeError(w, r, logger, fmt.Errorf("list users after %d: %w", q.after, storeErr(err)))
+			return
+		}
+		if len(rows) > int(q.limit) {
+			rows = rows[:q.limit]
+			w.Header().Set("Link", q.nextLink(rows[len(rows)-1].ID))
+		}
+		users := make([]user, len(rows))
+		for i, row := range rows {
+			users[i] = toUser(row)
+		}
+		encode(w, r, logger, http.StatusOK, jsonContentType, users)
+	})
+}
+
+// handleUserGet serves GET and HEAD /users/{id}: 200 with the user; 400 for
+// a malformed id; 404.
+func handleUserGet(logger *slog.Logger, store userStore) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := pathID(r)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		u, err := store.GetUser(r.Context(), id)
+		if err != nil {
+			writeError(w, r, logger, fmt.Errorf("get user %d: %w", id, storeErr(err)))
+			return
+		}
+		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
+	})
+}
+
+// handleUserRename serves PUT /users/{id}: 200 with the renamed user (its
+// own name again is fine); 400 for a malformed id, invalid JSON, an invalid
+// name or another user's name; 404; 413; 415.
+func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := pathID(r)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		name, err := decodeName(w, r)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		u, err := store.RenameUser(r.Context(), db.RenameUserParams{ID: id, Name: name})
+		if err != nil {
+			writeError(w, r, logger, fmt.Errorf("rename user %d: %w", id, storeErr(err)))
+			return
+		}
+		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
+	})
+}
+
+// handleUserDelete serves DELETE /users/{id}: 204; 400 for a malformed id;
+// 404 when no such user exists (any more).
+func handleUserDelete(logger *slog.Logger, store userStore) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := pathID(r)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		n, err := store.DeleteUser(r.Context(), id)
+		if err != nil {
+			writeError(w, r, logger, fmt.Errorf("delete user %d: %w", id, storeErr(err)))
+			return
+		}
+		if n == 0 {
+			writeError(w, r, logger, errNotFound)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
