@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+
+	"usersvc/internal/config"
+	"usersvc/migrations"
+)
+
+const migrateUsage = `usage: usersvc migrate up|down|status|version
+
+  up       apply every pending migration
+  down     roll back the most recent migration
+  status   list the migrations and whether each is applied
+  version  print the database's schema version and the latest one embedded
+`
+
+// migrate runs one schema command against DATABASE_URL. Output is for
+// people; the exit status is for pipelines: 0 only if the command did
+// everything it says.
+func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, migrateUsage) }
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return errors.New("migrate: expected exactly one of up, down, status, version")
+	}
+	cfg, err := config.Load()
+	if err != nil {
+		return err
+	}
+	if err := cfg.RequireDatabase(); err != nil {
+		return err
+	}
+	sqlDB, err := openSQL(cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer sqlDB.Close()
+	p, err := migrations.NewProvider(sqlDB)
+	if err != nil {
+		return err
+	}
+
+	switch cmd := fs.Arg(0); cmd {
+	case "up":
+		results, err := p.Up(ctx)
+		printResults(stdout, results)
+		if err != nil {
+			return fmt.Errorf("migrate up: %w", err)
+		}
+		if len(results) == 0 {
+			fmt.Fprintln(stdout, "no pending migrations")
+		}
+		return printVersion(ctx, stdout, p)
+	case "down":
+		result, err := p.Down(ctx)
+		if errors.Is(err, goose.ErrNoNextVersion) {
+			fmt.Fprintln(stdout, "no migration to roll back")
+			return printVersion(ctx, stdout, p)
+		}
+		if result != nil {
+			printResults(stdout, []*goose.MigrationResult{result})
+		}
+		if err != nil {
+			return fmt.Errorf("migrate down: %w", err)
+		}
+		return printVersion(ctx, stdout, p)
+	case "status":
+		statuses, err := p.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("migrate status: %w", err)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "VERSION\tSTATE\tAPPLIED AT\tFILE")
+		for _, s := range statuses {
+			applied := "-"
+			if !s.AppliedAt.IsZero() {
+				applied = s.AppliedAt.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", s.Source.Version, s.State, applied, s.Source.Path)
+		}
+		return tw.Flush()
+	case "version":
+		return printVersion(ctx, stdout, p)
+	default:
+		fs.Usage()
+		return fmt.Errorf("migrate: unknown command %q", cmd)
+	}
+}
+
+func printResults(w io.Writer, results []*goose.MigrationResult) {
+	for _, r := range results {
+		verb := "applied"
+		if r.Direction == "down" {
+			verb = "rolled back"
+		}
+		if r.Error != nil {
+			verb = "FAILED"
+		}
+		fmt.Fprintf(w, "%s %s (%s)\n", verb, r.Source.Path, r.Duration.Round(time.Millisecond))
+	}
+}
+
+func printVersion(ctx context.Context, w io.Writer, p *goose.Provider) error {
+	current, target, err := p.GetVersions(ctx)
+	if err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	fmt.Fprintf(w, "schema version %d (latest embedded: %d)\n", current, target)
+	return nil
+}
+
+// migrateUp applies the pending migrations for AUTO_MIGRATE.
+func migrateUp(ctx context.Context, databaseURL string, logger *slog.Logger) error {
+	sqlDB, err := openSQL(databaseURL)
+	if err != nil {
+		return err
+	}
+	defer sqlDB.Close()
+	p, err := migrations.NewProvider(sqlDB)
+	if err != nil {
+		return err
+	}
+	results, err := p.Up(ctx)
+	for _, r := range results {
+		logger.InfoContext(ctx, "migration applied", slog.String("file", r.Source.Path), slog.Duration("duration", r.Duration))
+	}
+	if err != nil {
+		return fmt.Errorf("migrate up: %w", err)
+	}
+	return nil
+}
+
+// openSQL returns a database/sql handle on databaseURL through pgx, for goose.
+func openSQL(databaseURL string) (*sql.DB, error) {
+	cc, err := pgx.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
+	}
+	return stdlib.OpenDB(*cc), nil
+}

@@ -1,0 +1,101 @@
+// Package config reads the service's configuration from environment
+// variables, once, at start-up.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Config is the whole configuration. Every field is read from the variable
+// named in its envconfig tag; the README documents each one.
+type Config struct {
+	// DatabaseURL is a PostgreSQL connection URL or keyword/value string.
+	// Required by serve and migrate.
+	DatabaseURL string `envconfig:"DATABASE_URL"`
+	// HTTPAddr is the address the HTTP server listens on.
+	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel slog.Level `envconfig:"LOG_LEVEL" default:"info"`
+	// LogFormat is json or text.
+	LogFormat string `envconfig:"LOG_FORMAT" default:"json"`
+	// DBMaxConns caps the connection pool; 0 keeps pgxpool's default, the
+	// greater of 4 and the number of CPUs.
+	DBMaxConns int32 `envconfig:"DB_MAX_CONNS" default:"0"`
+	// RequestTimeout bounds every database call a request makes.
+	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"5s"`
+	// ShutdownTimeout bounds the graceful shutdown after SIGINT or SIGTERM.
+	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
+	// AutoMigrate applies the embedded migrations before serving.
+	AutoMigrate bool `envconfig:"AUTO_MIGRATE" default:"false"`
+}
+
+// Load reads the configuration from the process environment and validates
+// it. Returns an error that names the variable when a value is malformed.
+func Load() (Config, error) {
+	var c Config
+	if err := envconfig.Process("", &c); err != nil {
+		var perr *envconfig.ParseError
+		if errors.As(err, &perr) {
+			return Config{}, fmt.Errorf("%s: invalid value %q for type %s", perr.KeyName, perr.Value, perr.TypeName)
+		}
+		return Config{}, err
+	}
+	c.LogFormat = strings.ToLower(c.LogFormat)
+	if err := c.validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.DatabaseURL != "" {
+		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+			// The parse error can echo the password; name the variable only.
+			errs = append(errs, errors.New("DATABASE_URL: not a valid PostgreSQL connection string"))
+		}
+	}
+	if c.HTTPAddr == "" {
+		errs = append(errs, errors.New("HTTP_ADDR: must not be empty"))
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		errs = append(errs, fmt.Errorf("LOG_FORMAT: %q is not json or text", c.LogFormat))
+	}
+	if c.DBMaxConns < 0 {
+		errs = append(errs, fmt.Errorf("DB_MAX_CONNS: %d is negative", c.DBMaxConns))
+	}
+	if c.RequestTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("REQUEST_TIMEOUT: %s is not positive", c.RequestTimeout))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("SHUTDOWN_TIMEOUT: %s is not positive", c.ShutdownTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// RequireDatabase returns an error naming DATABASE_URL when it is unset.
+func (c Config) RequireDatabase() error {
+	if c.DatabaseURL == "" {
+		return errors.New("DATABASE_URL: required (a PostgreSQL URL, e.g. postgres://user:pass@host:5432/db)")
+	}
+	return nil
+}
+
+// DatabaseHost returns host:port/dbname of DatabaseURL for logs, without
+// the user or password.
+func (c Config) DatabaseHost() string {
+	pc, err := pgxpool.ParseConfig(c.DatabaseURL)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%s:%d/%s", pc.ConnConfig.Host, pc.ConnConfig.Port, pc.ConnConfig.Database)
+}
