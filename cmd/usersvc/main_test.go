@@ -203,3 +203,16 @@ func TestRunVersion(t *testing.T) {
 		t.Errorf("version printed %q, want %q", got, want)
 	}
 }
+
+func TestRunHelp(t *testing.T) {
+	setenv(t, nil)
+	for _, args := range [][]string{{"-h"}, {"help"}, {"serve", "-h"}, {"migrate", "-h"}} {
+		var stdout, stderr bytes.Buffer
+		if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+			t.Errorf("run %q = %v, want nil", args, err)
+		}
+		if !strings.Contains(stdout.String()+stderr.String(), "usage") {
+			t.Errorf("run %q printed no usage: %q %q", args, stdout.String(), stderr.String())
+		}
+	}
+}
