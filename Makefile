@@ -17,7 +17,8 @@ run: build
 ifdef DATABASE_URL
 	AUTO_MIGRATE=true ./$(BIN) serve
 else
-	go run ./cmd/devdb -dir .data -- env AUTO_MIGRATE=true ./$(BIN) serve
+	go build -o bin/devdb ./cmd/devdb
+	AUTO_MIGRATE=true ./bin/devdb -dir .data -- ./$(BIN) serve
 endif
 
 ## build: the static binary, as the Dockerfile builds it

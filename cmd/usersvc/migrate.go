@@ -140,7 +140,7 @@ func migrateUp(ctx context.Context, databaseURL string, logger *slog.Logger) err
 	}
 	results, err := p.Up(ctx)
 	for _, r := range results {
-		logger.InfoContext(ctx, "migration applied", slog.String("file", r.Source.Path), slog.Duration("duration", r.Duration))
+		logger.InfoContext(ctx, "migration applied", slog.String("file", r.Source.Path), slog.String("duration", r.Duration.Round(time.Microsecond).String()))
 	}
 	if err != nil {
 		return fmt.Errorf("migrate up: %w", err)

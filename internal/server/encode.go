@@ -39,6 +39,8 @@ func encode(w http.ResponseWriter, r *http.Request, logger *slog.Logger, status 
 	_, _ = w.Write(body)
 }
 
+var errBodyTooLarge = &requestError{code: codePayloadTooLarge, detail: "the request body is larger than 1 MiB (1048576 bytes)"}
+
 // decode reads a JSON request body into a T: exactly one JSON object whose
 // members T knows, each once, in valid UTF-8. Returns a *requestError for
 // any problem with the request: unsupported_media_type, payload_too_large,
@@ -48,10 +50,15 @@ func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 	if err := checkContentType(r.Header.Get("Content-Type")); err != nil {
 		return v, err
 	}
+	// A declared length over the limit is refused before reading, and so
+	// before a client waiting on "Expect: 100-continue" sends the body.
+	if r.ContentLength > maxBodyBytes {
+		return v, errBodyTooLarge
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return v, &requestError{code: codePayloadTooLarge, detail: fmt.Sprintf("the request body is larger than %d bytes", maxBodyBytes)}
+			return v, errBodyTooLarge
 		}
 		return v, invalidJSON("the request body could not be read")
 	}

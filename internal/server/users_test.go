@@ -1,6 +1,7 @@
 package server
 
 import (
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -138,6 +139,13 @@ func TestBodyLimit(t *testing.T) {
 	tooBig := body + " "
 	wantProblem(t, "POST /users 1 MiB + 1", s.postJSON("/users", tooBig), 413, codePayloadTooLarge)
 	wantProblem(t, "PUT /users/{id} 1 MiB + 1", s.putJSON(userPath(u.ID), tooBig), 413, codePayloadTooLarge)
+	// Without a Content-Length (chunked), the limit applies while reading.
+	chunked := io.MultiReader(strings.NewReader(tooBig))
+	wantProblem(t, "POST /users 1 MiB + 1 chunked", s.do(http.MethodPost, "/users", "application/json", chunked), 413, codePayloadTooLarge)
+	chunkedOK := io.MultiReader(strings.NewReader(`{"name":"chunked"}`))
+	if r := s.do(http.MethodPost, "/users", "application/json", chunkedOK); r.status != http.StatusCreated {
+		t.Errorf("POST /users chunked: status = %d, want 201; body %s", r.status, r.body)
+	}
 	huge := `{"name":"` + strings.Repeat("x", 10<<20) + `"}`
 	wantProblem(t, "POST /users 10 MiB name", s.postJSON("/users", huge), 413, codePayloadTooLarge)
 
