@@ -69,19 +69,11 @@ type devdb struct {
 // removed at the end of the test.
 func dataDir(t *testing.T) string {
 	t.Helper()
-	parent := ""
-	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
-		parent = "/dev/shm"
-	}
-	dir, err := os.MkdirTemp(parent, "devdb-test-")
+	dir, err := pglocal.MkdirScratch("devdb-test-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	// The server may run as another user, who needs to enter dir.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	return filepath.Join(dir, "data")
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -48,15 +47,11 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := cfg.RequireDatabase(); err != nil {
 		return err
 	}
-	sqlDB, err := openSQL(cfg.DatabaseURL)
+	p, err := openProvider(cfg.DatabaseURL)
 	if err != nil {
 		return err
 	}
-	defer sqlDB.Close()
-	p, err := migrations.NewProvider(sqlDB)
-	if err != nil {
-		return err
-	}
+	defer p.Close()
 
 	switch cmd := fs.Arg(0); cmd {
 	case "up":
@@ -129,15 +124,11 @@ func printVersion(ctx context.Context, w io.Writer, p *goose.Provider) error {
 
 // migrateUp applies the pending migrations for AUTO_MIGRATE.
 func migrateUp(ctx context.Context, databaseURL string, logger *slog.Logger) error {
-	sqlDB, err := openSQL(databaseURL)
+	p, err := openProvider(databaseURL)
 	if err != nil {
 		return err
 	}
-	defer sqlDB.Close()
-	p, err := migrations.NewProvider(sqlDB)
-	if err != nil {
-		return err
-	}
+	defer p.Close()
 	results, err := p.Up(ctx)
 	for _, r := range results {
 		logger.InfoContext(ctx, "migration applied", slog.String("file", r.Source.Path), slog.String("duration", r.Duration.Round(time.Microsecond).String()))
@@ -148,11 +139,18 @@ func migrateUp(ctx context.Context, databaseURL string, logger *slog.Logger) err
 	return nil
 }
 
-// openSQL returns a database/sql handle on databaseURL through pgx, for goose.
-func openSQL(databaseURL string) (*sql.DB, error) {
+// openProvider returns the migrations' goose Provider on databaseURL,
+// through pgx's database/sql driver. Its Close closes the connection.
+func openProvider(databaseURL string) (*goose.Provider, error) {
 	cc, err := pgx.ParseConfig(databaseURL)
 	if err != nil {
 		return nil, errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
 	}
-	return stdlib.OpenDB(*cc), nil
+	sqlDB := stdlib.OpenDB(*cc)
+	p, err := migrations.NewProvider(sqlDB)
+	if err != nil {
+		sqlDB.Close()
+		return nil, err
+	}
+	return p, nil
 }

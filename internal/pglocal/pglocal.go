@@ -643,3 +643,28 @@ func lastBytes(b []byte, n int) []byte {
 	}
 	return b
 }
+
+// ScratchDir returns where throwaway data directories belong: /dev/shm when
+// the machine has it, since a memory-backed disk makes initdb and the tests
+// fast, else the temporary directory.
+func ScratchDir() string {
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		return "/dev/shm"
+	}
+	return os.TempDir()
+}
+
+// MkdirScratch creates a new directory named prefix followed by a random
+// string in ScratchDir, which the user that postgres runs as may enter.
+// The caller removes it.
+func MkdirScratch(prefix string) (string, error) {
+	dir, err := os.MkdirTemp(ScratchDir(), prefix)
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}

@@ -20,18 +20,11 @@ import (
 // on /dev/shm when there is one, removed at the end of the test.
 func testDir(t *testing.T) string {
 	t.Helper()
-	parent := ""
-	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
-		parent = "/dev/shm"
-	}
-	dir, err := os.MkdirTemp(parent, "pglocal-test-")
+	dir, err := MkdirScratch("pglocal-test-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	return dir
 }
 

@@ -83,12 +83,8 @@ func setUp() (*server, func() error) {
 		return fromURL(u), noop
 	}
 
-	parent := os.TempDir()
-	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
-		parent = "/dev/shm"
-	}
-	removeAbandoned(parent)
-	dir, err := os.MkdirTemp(parent, dirPrefix)
+	removeAbandoned(pglocal.ScratchDir())
+	dir, err := pglocal.MkdirScratch(dirPrefix)
 	if err != nil {
 		return &server{err: fmt.Errorf("start test database: %w", err)}, noop
 	}
@@ -146,12 +142,9 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// newLockedDir readies the new directory dir of a throwaway server: it
-// makes it enterable by the server's user and creates and takes its lock.
+// newLockedDir creates and takes the lock of dir, the new directory of a
+// throwaway server.
 func newLockedDir(dir string) (*os.File, error) {
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, err
-	}
 	// Locked before it gets its name, so no other process sees it unlocked.
 	tmp := filepath.Join(dir, lockFile+".new")
 	f, err := os.OpenFile(tmp, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o600)
