@@ -20,16 +20,21 @@ import (
 )
 
 // helperEnv makes the test binary act as the command devdb runs; see
-// TestHelperCommand.
+// helperMain.
 const helperEnv = "DEVDB_TEST_HELPER"
 
-// TestHelperCommand is not a test: it is the command that the tests below
-// have devdb run. It prints DATABASE_URL, then exits with the status read
-// from stdin, or with 0 after printing the name of a SIGINT or SIGTERM.
-func TestHelperCommand(t *testing.T) {
-	if os.Getenv(helperEnv) == "" {
-		t.Skip("run as a command by the other tests")
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		helperMain()
 	}
+	m.Run()
+}
+
+// helperMain is the command that the tests below have devdb run: the test
+// binary itself, with helperEnv set. It prints DATABASE_URL, then exits with
+// the status read from stdin, or with 0 after printing the name of a SIGINT
+// or SIGTERM.
+func helperMain() {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	fmt.Println(os.Getenv("DATABASE_URL"))
@@ -51,9 +56,9 @@ func TestHelperCommand(t *testing.T) {
 	}
 }
 
-// helperCommand returns the arguments that run TestHelperCommand.
+// helperCommand returns the arguments that run helperMain.
 func helperCommand() []string {
-	return []string{"env", helperEnv + "=1", os.Args[0], "-test.run=^TestHelperCommand$"}
+	return []string{"env", helperEnv + "=1", os.Args[0]}
 }
 
 // devdb is one run of the program, with pipes for its standard streams.
