@@ -21,9 +21,11 @@ var files embed.FS
 
 // NewProvider returns a goose Provider over the embedded migrations. It holds
 // a PostgreSQL advisory lock for the whole of each operation, so two
-// instances migrating one database at once apply every migration once.
+// instances migrating one database at once apply every migration once. An
+// instance waiting for the lock tries again every second (goose's default
+// is every 5), for at most 5 minutes.
 func NewProvider(db *sql.DB) (*goose.Provider, error) {
-	locker, err := lock.NewPostgresSessionLocker()
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockTimeout(1, 300))
 	if err != nil {
 		return nil, fmt.Errorf("create migration locker: %w", err)
 	}
