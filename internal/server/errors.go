@@ -127,7 +127,7 @@ func storeErr(err error) error {
 
 // problemFor returns the problem document for err, as seen from r.
 func problemFor(r *http.Request, err error) problem {
-	p := problem{Instance: r.URL.Path}
+	p := problem{Instance: r.URL.EscapedPath()}
 	var re *requestError
 	switch {
 	case errors.As(err, &re):

@@ -26,6 +26,9 @@ const (
 // visually identical names are stored, and collide, as one. Returns the
 // name, or a description of what is wrong with it.
 func normalizeName(s string) (string, string) {
+	if !utf8.ValidString(s) {
+		return "", "must be valid UTF-8"
+	}
 	s = norm.NFC.String(strings.TrimSpace(s))
 	if n := utf8.RuneCountInString(s); n < 1 || n > maxNameChars {
 		return "", nameRule
@@ -67,6 +70,9 @@ func parseListQuery(rawQuery string) (listQuery, error) {
 	}
 	var problems []fieldError
 	bad := func(field, detail string) {
+		// The name is the client's, and may be any bytes; the problem
+		// document is JSON, which holds only valid UTF-8.
+		field = strings.ToValidUTF8(field, "\uFFFD")
 		problems = append(problems, fieldError{In: "query", Field: field, Detail: detail})
 	}
 	for _, key := range slices.Sorted(maps.Keys(values)) {

@@ -154,6 +154,8 @@ func TestListUsersRejects(t *testing.T) {
 		{"nmae=bob", []string{"nmae"}},
 		{"limit=0&after=-1", []string{"after", "limit"}},
 		{"limit=%zz", []string{""}},
+		{"name=%80", []string{"name"}},
+		{"%80=1", []string{"\uFFFD"}},
 	} {
 		r := s.get("/users?" + tt.query)
 		p := wantProblem(t, "GET /users?"+tt.query, r, 400, codeValidationFailed)

@@ -244,6 +244,7 @@ func TestGetUser(t *testing.T) {
 		{"/users/1.5", 400, codeValidationFailed},
 		{"/users/9223372036854775808", 400, codeValidationFailed},
 		{"/users/%20", 400, codeValidationFailed},
+		{"/users/%80", 400, codeValidationFailed},
 	} {
 		p := wantProblem(t, "GET "+tt.path, s.get(tt.path), tt.status, tt.code)
 		if tt.status == 400 && (len(p.Errors) != 1 || p.Errors[0].In != "path" || p.Errors[0].Field != "id") {
