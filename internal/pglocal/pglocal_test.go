@@ -56,17 +56,22 @@ func startServer(t *testing.T, opts Options) *Server {
 	return srv
 }
 
-// queryOne connects to url and returns the result of the query.
-func queryOne(t *testing.T, url, query string) string {
+// connect returns a connection to url, closed when the test ends.
+func connect(t *testing.T, url string) *pgx.Conn {
 	t.Helper()
-	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, url)
+	conn, err := pgx.Connect(t.Context(), url)
 	if err != nil {
 		t.Fatalf("connect to %s: %v", url, err)
 	}
-	defer conn.Close(ctx)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// queryOne connects to url and returns the result of the query.
+func queryOne(t *testing.T, url, query string) string {
+	t.Helper()
 	var s string
-	if err := conn.QueryRow(ctx, query).Scan(&s); err != nil {
+	if err := connect(t, url).QueryRow(t.Context(), query).Scan(&s); err != nil {
 		t.Fatalf("%s on %s: %v", query, url, err)
 	}
 	return s
@@ -75,13 +80,7 @@ func queryOne(t *testing.T, url, query string) string {
 // execSQL connects to url and runs the statement.
 func execSQL(t *testing.T, url, stmt string) {
 	t.Helper()
-	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", url, err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, stmt); err != nil {
+	if _, err := connect(t, url).Exec(t.Context(), stmt); err != nil {
 		t.Fatalf("%s on %s: %v", stmt, url, err)
 	}
 }

@@ -60,6 +60,12 @@ type problemMux struct {
 	logger *slog.Logger
 }
 
+// ServeHTTP asks the mux which route matches, then serves through the mux
+// as usual, so a matched handler gets the mux's own ResponseWriter and its
+// path values. That routes a request twice, which costs less than wrapping
+// every response: a wrapper would hide the writer's optional interfaces,
+// such as the one http.MaxBytesReader uses to close an oversized request's
+// connection.
 func (m problemMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h, pattern := m.mux.Handler(r)
 	if pattern != "" {
