@@ -24,8 +24,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver pgtestdb uses
+	"github.com/jackc/pgx/v5/stdlib" // also the "pgx" database/sql driver pgtestdb uses
 	"github.com/peterldowns/pgtestdb"
 	"github.com/peterldowns/pgtestdb/migrators/common"
 
@@ -250,7 +251,27 @@ func newDatabase(t testing.TB, m pgtestdb.Migrator) string {
 // test fails at once when the pool cannot connect.
 func NewPool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
-	u := NewURL(t)
+	return NewPoolOn(t, NewURL(t))
+}
+
+// Migrate applies the service's migrations to the database at u, as
+// `usersvc migrate up` does. The test fails at once when they fail.
+func Migrate(t testing.TB, u string) {
+	t.Helper()
+	cc, err := pgx.ParseConfig(u)
+	if err != nil {
+		t.Fatalf("pgtest: parse %s: %v", u, err)
+	}
+	db := stdlib.OpenDB(*cc)
+	defer db.Close()
+	if err := (migrator{}).Migrate(context.Background(), db, pgtestdb.Config{}); err != nil {
+		t.Fatalf("pgtest: migrate %s: %v", u, err)
+	}
+}
+
+// NewPoolOn is NewPool on the database at u, such as one from NewEmptyURL.
+func NewPoolOn(t testing.TB, u string) *pgxpool.Pool {
+	t.Helper()
 	cfg, err := pgxpool.ParseConfig(u)
 	if err != nil {
 		t.Fatalf("pgtest: parse %s: %v", u, err)

@@ -41,6 +41,15 @@ func encode(w http.ResponseWriter, r *http.Request, logger *slog.Logger, status 
 
 var errBodyTooLarge = &requestError{code: codePayloadTooLarge, detail: "the request body is larger than 1 MiB (1048576 bytes)"}
 
+// bodyTooLarge returns errBodyTooLarge and closes the connection after the
+// response, so that the server neither reads nor keeps the rest of the
+// body. (http.MaxBytesReader would do that, but only when given the
+// server's own ResponseWriter, and handlers get a wrapped one.)
+func bodyTooLarge(w http.ResponseWriter) error {
+	w.Header().Set("Connection", "close")
+	return errBodyTooLarge
+}
+
 // decode reads a JSON request body into a T: exactly one JSON object whose
 // members T knows, each once, in valid UTF-8. Returns a *requestError for
 // any problem with the request: unsupported_media_type, payload_too_large,
@@ -53,12 +62,12 @@ func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 	// A declared length over the limit is refused before reading, and so
 	// before a client waiting on "Expect: 100-continue" sends the body.
 	if r.ContentLength > maxBodyBytes {
-		return v, errBodyTooLarge
+		return v, bodyTooLarge(w)
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return v, errBodyTooLarge
+			return v, bodyTooLarge(w)
 		}
 		return v, invalidJSON("the request body could not be read")
 	}

@@ -63,6 +63,9 @@ type problem struct {
 	Instance string       `json:"instance,omitempty"`
 	Code     string       `json:"code"`
 	Errors   []fieldError `json:"errors,omitempty"`
+	// RequestID is the request's X-Request-ID, which its log lines carry
+	// too: a user's report of a problem can be matched to the log.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // fieldError says what is wrong with one input.
@@ -80,6 +83,13 @@ type requestError struct {
 }
 
 func (e *requestError) Error() string { return e.code + ": " + e.detail }
+
+// notReadyError is why /readyz answers 503 although nothing failed.
+type notReadyError struct {
+	detail string
+}
+
+func (e *notReadyError) Error() string { return "not ready: " + e.detail }
 
 func invalidJSON(detail string) error {
 	return &requestError{code: codeInvalidJSON, detail: detail}
@@ -107,9 +117,12 @@ func storeErr(err error) error {
 			return invalidFields(fieldError{In: "body", Field: "name", Detail: nameRule})
 		case pgerrcode.IsConnectionException(pgErr.Code),
 			pgerrcode.IsInsufficientResources(pgErr.Code),
-			pgerrcode.IsOperatorIntervention(pgErr.Code):
-			// Includes 57014 query_canceled (a statement timeout) and
-			// 57P01 admin_shutdown (a backend terminated under us).
+			pgerrcode.IsOperatorIntervention(pgErr.Code),
+			pgErr.Code == pgerrcode.UndefinedTable:
+			// Includes 57014 query_canceled (a statement timeout), 57P01
+			// admin_shutdown (a backend terminated under us), and 42P01
+			// undefined_table: a database whose migrations have not run
+			// yet, as /readyz says too.
 			return errors.Join(errUnavailable, err)
 		}
 		return err
@@ -127,11 +140,14 @@ func storeErr(err error) error {
 
 // problemFor returns the problem document for err, as seen from r.
 func problemFor(r *http.Request, err error) problem {
-	p := problem{Instance: r.URL.EscapedPath()}
+	p := problem{Instance: r.URL.EscapedPath(), RequestID: requestID(r.Context())}
 	var re *requestError
+	var nr *notReadyError
 	switch {
 	case errors.As(err, &re):
 		p.Code, p.Detail, p.Errors = re.code, re.detail, re.fields
+	case errors.As(err, &nr):
+		p.Code, p.Detail = codeUnavailable, nr.detail
 	case errors.Is(err, errNotFound):
 		p.Code, p.Detail = codeNotFound, "no user has this id"
 	case errors.Is(err, errNameTaken):
@@ -148,11 +164,12 @@ func problemFor(r *http.Request, err error) problem {
 }
 
 // writeError answers r with the problem for err. Server-side failures are
-// logged here, once, with their cause; the client sees only the problem.
+// logged here, once, with their cause and the request's id (added by the
+// logger); the client sees only the problem.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
 	p := problemFor(r, err)
 	if p.Status >= http.StatusInternalServerError {
-		attrs := []any{
+		attrs := []slog.Attr{
 			slog.String("method", r.Method),
 			slog.String("path", r.URL.Path),
 			slog.Int("status", p.Status),
@@ -166,7 +183,7 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 		if p.Status == http.StatusServiceUnavailable {
 			level = slog.LevelWarn
 		}
-		logger.Log(r.Context(), level, "request failed", attrs...)
+		logger.LogAttrs(r.Context(), level, "request failed", attrs...)
 	}
 	if p.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")

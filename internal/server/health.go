@@ -3,19 +3,45 @@ package server
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 )
 
 //go:embed openapi.yaml
 var openAPIDocument []byte
 
-// pinger reports whether the database answers; *pgxpool.Pool is one.
-type pinger interface {
-	Ping(ctx context.Context) error
+// schemaVersioner reads the database's schema version, and so also tells
+// whether the database answers. migrations.VersionReader is one.
+type schemaVersioner interface {
+	SchemaVersion(ctx context.Context) (int64, error)
+}
+
+// readiness is what /readyz decides by.
+type readiness struct {
+	database schemaVersioner
+	want     int64        // the schema version this build needs
+	draining *atomic.Bool // set once the process is shutting down
+}
+
+// check returns nil when the server should get traffic: it is not shutting
+// down, the database answers, and its schema is at least the one this build
+// needs. Returns a *notReadyError or an errUnavailable otherwise.
+func (rd readiness) check(ctx context.Context) error {
+	if rd.draining.Load() {
+		return &notReadyError{detail: "the server is shutting down"}
+	}
+	have, err := rd.database.SchemaVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("read schema version: %w", storeErr(err))
+	}
+	if have < rd.want {
+		return &notReadyError{detail: fmt.Sprintf(
+			"the database schema is at version %d, this build needs version %d: apply the migrations (usersvc migrate up)", have, rd.want)}
+	}
+	return nil
 }
 
 type status struct {
@@ -29,11 +55,13 @@ func handleHealthz(logger *slog.Logger) http.Handler {
 	})
 }
 
-// handleReadyz serves GET /readyz: 200 when the database answers, else 503.
-func handleReadyz(logger *slog.Logger, database pinger) http.Handler {
+// handleReadyz serves GET /readyz: 200 when the server should get traffic;
+// 503 while it shuts down, while the database does not answer, and while
+// the database's schema is behind this build's migrations.
+func handleReadyz(logger *slog.Logger, rd readiness) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := database.Ping(r.Context()); err != nil {
-			writeError(w, r, logger, fmt.Errorf("ping database: %w", errors.Join(errUnavailable, err)))
+		if err := rd.check(r.Context()); err != nil {
+			writeError(w, r, logger, err)
 			return
 		}
 		encode(w, r, logger, http.StatusOK, jsonContentType, status{Status: "ok"})

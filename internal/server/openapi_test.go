@@ -211,7 +211,7 @@ func TestOpenAPIDocument(t *testing.T) {
 				}
 			}
 		}
-		for _, id := range []string{"createUser", "listUsers", "getUser", "headUser", "updateUser", "deleteUser", "getHealth", "getReadiness", "getOpenAPI"} {
+		for _, id := range []string{"createUser", "listUsers", "getUser", "headUser", "updateUser", "deleteUser", "getHealth", "getReadiness", "getMetrics", "getOpenAPI"} {
 			if _, ok := seen[id]; !ok {
 				t.Errorf("operation %s is missing", id)
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"usersvc/db"
+	"usersvc/migrations"
 )
 
 func TestUnmatchedRoutesAreProblems(t *testing.T) {
@@ -90,7 +91,7 @@ func TestDatabaseUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	srv := httptest.NewServer(New(slog.New(slog.NewTextHandler(t.Output(), nil)), db.New(pool), pool, Options{RequestTimeout: 3 * time.Second}))
+	srv := httptest.NewServer(New(slog.New(slog.NewTextHandler(t.Output(), nil)), db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 3 * time.Second, SchemaVersion: 1}))
 	t.Cleanup(srv.Close)
 	s := &testServer{t: t, url: srv.URL}
 
@@ -130,9 +131,10 @@ func (f faultyStore) GetUser(ctx context.Context, id int64) (db.User, error) {
 	return db.User{}, f.err
 }
 
-type okPinger struct{}
+// okDatabase is a database that answers and is up to date.
+type okDatabase struct{}
 
-func (okPinger) Ping(context.Context) error { return nil }
+func (okDatabase) SchemaVersion(context.Context) (int64, error) { return migrations.Latest(), nil }
 
 func TestStoreFailures(t *testing.T) {
 	t.Parallel()
@@ -152,7 +154,7 @@ func TestStoreFailures(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			h := New(slog.New(slog.NewTextHandler(t.Output(), nil)), tt.store, okPinger{}, Options{RequestTimeout: 200 * time.Millisecond})
+			h := New(slog.New(slog.NewTextHandler(t.Output(), nil)), tt.store, okDatabase{}, Options{RequestTimeout: 200 * time.Millisecond})
 			srv := httptest.NewServer(h)
 			t.Cleanup(srv.Close)
 			s := &testServer{t: t, url: srv.URL}

@@ -1,55 +1,69 @@
 // Package server is the HTTP API of usersvc: its routes, handlers and the
-// mapping of every error to an RFC 9457 problem response.
+// mapping of every error to an RFC 9457 problem response, with the request
+// id, access log and metrics every request gets.
 package server
 
 import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
+
+	"usersvc/internal/metrics"
 )
 
-// Options are the server's settings.
+// Options are the server's settings and its optional parts.
 type Options struct {
 	// RequestTimeout bounds the database work of every request.
 	RequestTimeout time.Duration
+	// SchemaVersion is the migration version this build's queries need:
+	// /readyz answers 503 while the database is behind it.
+	SchemaVersion int64
+	// Metrics, when set, counts every request and is served at /metrics.
+	Metrics *metrics.Metrics
+}
+
+// Server is the service's HTTP handler.
+type Server struct {
+	handler  http.Handler
+	draining atomic.Bool
 }
 
 // New returns the service's HTTP handler: every route of routes.go, with the
-// mux's own 404 and 405 answers turned into problem documents, and every
-// request's context bounded by RequestTimeout. Production passes
-// db.New(pool) as the store and the pool as the pinger.
-func New(logger *slog.Logger, store userStore, database pinger, opts Options) http.Handler {
+// mux's own 404 and 405 answers turned into problem documents, every
+// request's context bounded by RequestTimeout, and every request given an
+// id, a line in the access log and a place in the metrics. Production passes
+// db.New(pool) as the store and migrations.VersionReader{Q: pool} as the
+// database.
+func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Options) *Server {
+	logger = slog.New(requestIDHandler{logger.Handler()})
+	s := &Server{}
 	mux := http.NewServeMux()
-	addRoutes(mux, logger, store, database)
-	var h http.Handler = problemMux{mux: mux, logger: logger}
-	h = withTimeout(h, opts.RequestTimeout)
-	h = withSecurityHeaders(h)
-	return h
+	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, opts.Metrics)
+	s.handler = observe(problemMux{mux: mux, logger: logger}, logger, opts.Metrics, opts.RequestTimeout)
+	return s
 }
 
-// withTimeout bounds the context of every request, and so every database
-// call made with it.
-func withTimeout(next http.Handler, d time.Duration) http.Handler {
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.handler.ServeHTTP(w, r)
+}
+
+// Drain makes /readyz answer 503 from now on, so that load balancers stop
+// sending new requests while the ones in flight finish. It does not stop
+// serving: that is http.Server.Shutdown's job.
+func (s *Server) Drain() {
+	s.draining.Store(true)
+}
+
+// withTimeout returns r with its context bounded by d, and so every
+// database call made with it, and the function that releases the timer.
+func withTimeout(r *http.Request, d time.Duration) (*http.Request, context.CancelFunc) {
 	if d <= 0 {
-		return next
+		return r, func() {}
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), d)
-		defer cancel()
-		next.ServeHTTP(w, r.WithContext(ctx))
-	})
-}
-
-// withSecurityHeaders sets the headers every response carries: API
-// responses are neither to be sniffed as another type nor cached.
-func withSecurityHeaders(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Cache-Control", "no-store")
-		next.ServeHTTP(w, r)
-	})
+	ctx, cancel := context.WithTimeout(r.Context(), d)
+	return r.WithContext(ctx), cancel
 }
 
 // problemMux serves a ServeMux, but answers requests that match no route
@@ -61,11 +75,9 @@ type problemMux struct {
 }
 
 // ServeHTTP asks the mux which route matches, then serves through the mux
-// as usual, so a matched handler gets the mux's own ResponseWriter and its
-// path values. That routes a request twice, which costs less than wrapping
-// every response: a wrapper would hide the writer's optional interfaces,
-// such as the one http.MaxBytesReader uses to close an oversized request's
-// connection.
+// as usual, so that a matched handler gets its path values and the request
+// its Pattern. That routes a request twice, which costs less than putting
+// every response through an unmatchedWriter.
 func (m problemMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h, pattern := m.mux.Handler(r)
 	if pattern != "" {

@@ -14,6 +14,7 @@ import (
 
 	"usersvc/db"
 	"usersvc/internal/pgtest"
+	"usersvc/migrations"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -29,7 +30,7 @@ func newTestServer(t *testing.T) *testServer {
 	t.Helper()
 	pool := pgtest.NewPool(t)
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
-	srv := httptest.NewServer(New(logger, db.New(pool), pool, Options{RequestTimeout: 5 * time.Second}))
+	srv := httptest.NewServer(New(logger, db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 5 * time.Second, SchemaVersion: migrations.Latest()}))
 	t.Cleanup(srv.Close)
 	return &testServer{t: t, url: srv.URL}
 }
@@ -39,6 +40,7 @@ type response struct {
 	status int
 	header http.Header
 	body   []byte
+	close  bool // the server said Connection: close
 }
 
 // do sends a request and checks the response against openapi.yaml and the
@@ -72,7 +74,7 @@ func (s *testServer) send(method, target, contentType string, body io.Reader) (*
 	if err != nil {
 		return nil, response{}, fmt.Errorf("%s %s: read body: %w", method, target, err)
 	}
-	return req, response{status: res.StatusCode, header: res.Header, body: b}, nil
+	return req, response{status: res.StatusCode, header: res.Header, body: b, close: res.Close}, nil
 }
 
 // check checks r, the response to req, against openapi.yaml and the rules

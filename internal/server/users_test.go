@@ -141,7 +141,12 @@ func TestBodyLimit(t *testing.T) {
 	wantProblem(t, "PUT /users/{id} 1 MiB + 1", s.putJSON(userPath(u.ID), tooBig), 413, codePayloadTooLarge)
 	// Without a Content-Length (chunked), the limit applies while reading.
 	chunked := io.MultiReader(strings.NewReader(tooBig))
-	wantProblem(t, "POST /users 1 MiB + 1 chunked", s.do(http.MethodPost, "/users", "application/json", chunked), 413, codePayloadTooLarge)
+	r := s.do(http.MethodPost, "/users", "application/json", chunked)
+	wantProblem(t, "POST /users 1 MiB + 1 chunked", r, 413, codePayloadTooLarge)
+	// The rest of the body is neither read nor left in a connection to reuse.
+	if !r.close {
+		t.Error("POST /users 1 MiB + 1 chunked: the connection stays open, want Connection: close")
+	}
 	chunkedOK := io.MultiReader(strings.NewReader(`{"name":"chunked"}`))
 	if r := s.do(http.MethodPost, "/users", "application/json", chunkedOK); r.status != http.StatusCreated {
 		t.Errorf("POST /users chunked: status = %d, want 201; body %s", r.status, r.body)
