@@ -18,12 +18,16 @@ import (
 	"usersvc/migrations"
 )
 
-const migrateUsage = `usage: usersvc migrate up|down|status|version
+const migrateUsage = `usage: usersvc migrate up|down|redo|status|version
 
   up       apply every pending migration
   down     roll back the most recent migration
+  redo     roll back the most recent migration and apply it again
   status   list the migrations and whether each is applied
   version  print the database's schema version and the latest one embedded
+
+Exit status: 0 when the command did all it says, 1 when it did not, 2 for a
+bad command line. Instances that migrate one database at once take turns.
 `
 
 // migrate runs one schema command against DATABASE_URL. Output is for
@@ -33,12 +37,18 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, migrateUsage) }
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return helpIsNoError(err)
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
-		return errors.New("migrate: expected exactly one of up, down, status, version")
+		return usageErrorf("migrate: expected exactly one of up, down, redo, status, version")
+	}
+	switch fs.Arg(0) {
+	case "up", "down", "redo", "status", "version":
+	default:
+		fs.Usage()
+		return usageErrorf("migrate: unknown command %q", fs.Arg(0))
 	}
 	cfg, err := config.Load()
 	if err != nil {
@@ -53,7 +63,7 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer p.Close()
 
-	switch cmd := fs.Arg(0); cmd {
+	switch fs.Arg(0) {
 	case "up":
 		results, err := p.Up(ctx)
 		printResults(stdout, results)
@@ -77,6 +87,25 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("migrate down: %w", err)
 		}
 		return printVersion(ctx, stdout, p)
+	case "redo":
+		down, err := p.Down(ctx)
+		if errors.Is(err, goose.ErrNoNextVersion) {
+			return errors.New("migrate redo: no migration is applied")
+		}
+		if down != nil {
+			printResults(stdout, []*goose.MigrationResult{down})
+		}
+		if err != nil {
+			return fmt.Errorf("migrate redo: %w", err)
+		}
+		up, err := p.UpByOne(ctx)
+		if up != nil {
+			printResults(stdout, []*goose.MigrationResult{up})
+		}
+		if err != nil {
+			return fmt.Errorf("migrate redo: %w", err)
+		}
+		return printVersion(ctx, stdout, p)
 	case "status":
 		statuses, err := p.Status(ctx)
 		if err != nil {
@@ -92,11 +121,8 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", s.Source.Version, s.State, applied, s.Source.Path)
 		}
 		return tw.Flush()
-	case "version":
+	default: // version
 		return printVersion(ctx, stdout, p)
-	default:
-		fs.Usage()
-		return fmt.Errorf("migrate: unknown command %q", cmd)
 	}
 }
 
@@ -120,6 +146,50 @@ func printVersion(ctx context.Context, w io.Writer, p *goose.Provider) error {
 	}
 	fmt.Fprintf(w, "schema version %d (latest embedded: %d)\n", current, target)
 	return nil
+}
+
+// Delays between attempts to reach the database for AUTO_MIGRATE.
+const (
+	firstRetryDelay = 100 * time.Millisecond
+	maxRetryDelay   = 5 * time.Second
+)
+
+// migrateWhenReachable applies the pending migrations for AUTO_MIGRATE as
+// soon as the database answers, trying again while it does not. Returns nil
+// once they are applied, ctx's error when ctx ends first, and the error of
+// a migration that failed on a database that answers.
+func migrateWhenReachable(ctx context.Context, databaseURL string, pool pinger, logger *slog.Logger) error {
+	delay := firstRetryDelay
+	for attempt := 1; ; attempt++ {
+		err := pool.Ping(ctx)
+		if err == nil {
+			if err = migrateUp(ctx, databaseURL, logger); err == nil {
+				return nil
+			}
+			if pool.Ping(ctx) == nil {
+				return err // the database answers: the migration itself failed
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Logged at the first failure and then about every minute.
+		if attempt == 1 || attempt%15 == 0 {
+			logger.WarnContext(ctx, "database not reachable; migrations wait for it",
+				slog.Int("attempt", attempt), slog.Any("err", err))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, maxRetryDelay)
+	}
+}
+
+// pinger tells whether the database answers; *pgxpool.Pool is one.
+type pinger interface {
+	Ping(ctx context.Context) error
 }
 
 // migrateUp applies the pending migrations for AUTO_MIGRATE.

@@ -15,7 +15,9 @@ import (
 
 	"usersvc/db"
 	"usersvc/internal/config"
+	"usersvc/internal/metrics"
 	"usersvc/internal/server"
+	"usersvc/migrations"
 )
 
 // HTTP server limits. Requests are small JSON documents, so these are
@@ -25,21 +27,26 @@ const (
 	readTimeout       = 15 * time.Second
 	idleTimeout       = 60 * time.Second
 	maxHeaderBytes    = 64 << 10
+	// writeTimeoutMargin is added to REQUEST_TIMEOUT: a response may wait
+	// that long for the database, and then still has to be written.
+	writeTimeoutMargin = 5 * time.Second
 )
 
 // serve runs the HTTP server until ctx is done, then shuts it down
-// gracefully within SHUTDOWN_TIMEOUT.
+// gracefully within SHUTDOWN_TIMEOUT. It listens at once, whether or not
+// the database answers: /healthz is 200 from the start, and /readyz tells
+// when the database is reachable and migrated.
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: usersvc serve\n\nServes the API; configuration comes from environment variables (see the README).\n")
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return helpIsNoError(err)
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("serve: unexpected arguments %q", fs.Args())
+		return usageErrorf("serve: unexpected arguments %q", fs.Args())
 	}
 	cfg, err := config.Load()
 	if err != nil {
@@ -55,29 +62,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-
-	if cfg.AutoMigrate {
-		if err := migrateUp(ctx, cfg.DatabaseURL, logger); err != nil {
-			return err
-		}
+	m := metrics.New(buildVersion())
+	if err := m.RegisterPool(pool); err != nil {
+		return fmt.Errorf("register pool metrics: %w", err)
 	}
-	if err := pool.Ping(ctx); err != nil {
-		// Not fatal: /readyz says 503 until the database answers.
-		logger.WarnContext(ctx, "database not reachable yet", slog.String("db", cfg.DatabaseHost()), slog.Any("err", err))
-	}
-
-	handler := server.New(logger, db.New(pool), pool, server.Options{RequestTimeout: cfg.RequestTimeout})
-	srv := &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		// A response may wait up to REQUEST_TIMEOUT for the database.
-		WriteTimeout:   cfg.RequestTimeout + 5*time.Second,
-		IdleTimeout:    idleTimeout,
-		MaxHeaderBytes: maxHeaderBytes,
-		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-	}
+	handler := server.New(logger, db.New(pool), migrations.VersionReader{Q: pool}, server.Options{
+		RequestTimeout: cfg.RequestTimeout,
+		SchemaVersion:  migrations.Latest(),
+		Metrics:        m,
+	})
+	srv := newHTTPServer(ctx, cfg, handler, logger)
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
@@ -85,32 +79,107 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	logger.InfoContext(ctx, "listening",
 		slog.String("addr", ln.Addr().String()),
 		slog.String("version", buildVersion()),
-		slog.String("db", cfg.DatabaseHost()))
+		slog.String("db", cfg.DatabaseHost()),
+		slog.Int64("schema_version", migrations.Latest()),
+		slog.Bool("auto_migrate", cfg.AutoMigrate))
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
-	select {
-	case err := <-serveErr:
-		return fmt.Errorf("serve http: %w", err)
-	case <-ctx.Done():
+	// The migrations run beside the server, which answers /readyz with 503
+	// until they are done; they wait for the database as long as it takes.
+	migrateCtx, stopMigrating := context.WithCancel(ctx)
+	defer stopMigrating()
+	migrated := make(chan error, 1)
+	if cfg.AutoMigrate {
+		go func() { migrated <- migrateWhenReachable(migrateCtx, cfg.DatabaseURL, pool, logger) }()
+	} else {
+		close(migrated)
+		if err := pool.Ping(ctx); err != nil {
+			logger.WarnContext(ctx, "database not reachable yet", slog.String("db", cfg.DatabaseHost()), slog.Any("err", err))
+		}
 	}
-	logger.InfoContext(ctx, "shutting down", slog.String("timeout", cfg.ShutdownTimeout.String()))
-	// The signal cancelled ctx; the shutdown gets a fresh one.
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+
+	var failed error
+	for waiting := true; waiting; {
+		select {
+		case err := <-serveErr:
+			stopMigrating()
+			if migrated != nil {
+				<-migrated
+			}
+			return fmt.Errorf("serve http: %w", err)
+		case err, ok := <-migrated:
+			if !ok || err == nil {
+				migrated = nil // done: stop selecting on it
+				continue
+			}
+			// Only a migration that fails on a reachable database ends up
+			// here: a pipeline or an operator must look at it.
+			failed, migrated, waiting = err, nil, false
+		case <-ctx.Done():
+			waiting = false
+		}
+	}
+	stopMigrating()
+	if migrated != nil {
+		<-migrated
+	}
+	if err := shutDown(cfg, handler, srv, serveErr, logger); err != nil {
+		return errors.Join(failed, err)
+	}
+	pool.Close()
+	logger.Info("stopped")
+	return failed
+}
+
+// shutDown stops serving within SHUTDOWN_TIMEOUT: /readyz turns 503 at
+// once, requests are still accepted for SHUTDOWN_DELAY, then the listener
+// closes and the requests in flight finish. Returns an error when they did
+// not finish in time; they are then cut off.
+func shutDown(cfg config.Config, handler *server.Server, srv *http.Server, serveErr <-chan error, logger *slog.Logger) error {
+	logger.Info("shutting down",
+		slog.String("delay", cfg.ShutdownDelay.String()),
+		slog.String("timeout", cfg.ShutdownTimeout.String()))
+	// The signal cancelled the serving context; the shutdown gets a fresh one.
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		return fmt.Errorf("shut down http server: %w", err)
+	handler.Drain()
+	if cfg.ShutdownDelay > 0 {
+		select {
+		case <-time.After(cfg.ShutdownDelay):
+		case <-ctx.Done():
+		}
+	}
+	if err := srv.Shutdown(ctx); err != nil {
+		srv.Close()
+		return fmt.Errorf("shut down http server: requests still in flight after SHUTDOWN_TIMEOUT (%s) were cut off: %w", cfg.ShutdownTimeout, err)
 	}
 	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve http: %w", err)
 	}
-	logger.InfoContext(shutdownCtx, "stopped")
 	return nil
 }
 
+// newHTTPServer returns the server for handler with every limit set.
+// Requests' contexts descend from ctx but are not cancelled with it, so
+// that a signal lets the requests in flight finish.
+func newHTTPServer(ctx context.Context, cfg config.Config, handler http.Handler, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Addr:              cfg.HTTPAddr,
+		Handler:           handler,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      cfg.RequestTimeout + writeTimeoutMargin,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+}
+
 // newPool returns a connection pool for DATABASE_URL. It does not connect
-// yet: connections are made on first use.
+// yet: connections are made on first use, so the database may come later.
 func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
@@ -118,6 +187,10 @@ func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	}
 	if cfg.DBMaxConns > 0 {
 		pc.MaxConns = cfg.DBMaxConns
+	}
+	// Names the service's sessions in pg_stat_activity, unless the URL does.
+	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = "usersvc"
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {

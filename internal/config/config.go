@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"time"
 
@@ -30,8 +31,13 @@ type Config struct {
 	DBMaxConns int32 `envconfig:"DB_MAX_CONNS" default:"0"`
 	// RequestTimeout bounds every database call a request makes.
 	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"5s"`
-	// ShutdownTimeout bounds the graceful shutdown after SIGINT or SIGTERM.
+	// ShutdownTimeout bounds the graceful shutdown after SIGINT or SIGTERM,
+	// ShutdownDelay included.
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
+	// ShutdownDelay is how long the server keeps accepting requests after
+	// SIGINT or SIGTERM while /readyz answers 503, so that load balancers
+	// stop sending traffic before the listener closes.
+	ShutdownDelay time.Duration `envconfig:"SHUTDOWN_DELAY" default:"0s"`
 	// AutoMigrate applies the embedded migrations before serving.
 	AutoMigrate bool `envconfig:"AUTO_MIGRATE" default:"false"`
 }
@@ -79,6 +85,9 @@ func (c Config) validate() error {
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("SHUTDOWN_TIMEOUT: %s is not positive", c.ShutdownTimeout))
 	}
+	if c.ShutdownDelay < 0 || (c.ShutdownTimeout > 0 && c.ShutdownDelay >= c.ShutdownTimeout) {
+		errs = append(errs, fmt.Errorf("SHUTDOWN_DELAY: %s must be at least 0 and less than SHUTDOWN_TIMEOUT (%s)", c.ShutdownDelay, c.ShutdownTimeout))
+	}
 	return errors.Join(errs...)
 }
 
@@ -98,4 +107,15 @@ func (c Config) DatabaseHost() string {
 		return ""
 	}
 	return fmt.Sprintf("%s:%d/%s", pc.ConnConfig.Host, pc.ConnConfig.Port, pc.ConnConfig.Database)
+}
+
+// Variables returns the names of every environment variable Config reads,
+// in the order of its fields.
+func Variables() []string {
+	t := reflect.TypeFor[Config]()
+	names := make([]string, 0, t.NumField())
+	for f := range t.Fields() {
+		names = append(names, f.Tag.Get("envconfig"))
+	}
+	return names
 }

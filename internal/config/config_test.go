@@ -8,12 +8,10 @@ import (
 	"time"
 )
 
-var variables = []string{"DATABASE_URL", "HTTP_ADDR", "LOG_LEVEL", "LOG_FORMAT", "DB_MAX_CONNS", "REQUEST_TIMEOUT", "SHUTDOWN_TIMEOUT", "AUTO_MIGRATE"}
-
 // setenv sets vars and unsets the other variables for the test.
 func setenv(t *testing.T, vars map[string]string) {
 	t.Helper()
-	for _, k := range variables {
+	for _, k := range Variables() {
 		v, ok := vars[k]
 		t.Setenv(k, v)
 		if !ok {
@@ -53,6 +51,7 @@ func TestLoad(t *testing.T) {
 		"DB_MAX_CONNS":     "12",
 		"REQUEST_TIMEOUT":  "750ms",
 		"SHUTDOWN_TIMEOUT": "1m",
+		"SHUTDOWN_DELAY":   "5s",
 		"AUTO_MIGRATE":     "true",
 	})
 	got, err := Load()
@@ -67,6 +66,7 @@ func TestLoad(t *testing.T) {
 		DBMaxConns:      12,
 		RequestTimeout:  750 * time.Millisecond,
 		ShutdownTimeout: time.Minute,
+		ShutdownDelay:   5 * time.Second,
 		AutoMigrate:     true,
 	}
 	if got != want {
@@ -88,6 +88,8 @@ func TestLoadRejects(t *testing.T) {
 		{"REQUEST_TIMEOUT", "5"},
 		{"REQUEST_TIMEOUT", "-1s"},
 		{"SHUTDOWN_TIMEOUT", "0"},
+		{"SHUTDOWN_DELAY", "-1s"},
+		{"SHUTDOWN_DELAY", "15s"}, // not less than the default SHUTDOWN_TIMEOUT
 		{"AUTO_MIGRATE", "yes please"},
 		{"DATABASE_URL", "postgres://u:hunter2@[::1"},
 	} {
@@ -99,5 +101,13 @@ func TestLoadRejects(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("Load() with %s=%q: the error shows the password: %v", tt.variable, tt.value, err)
 		}
+	}
+}
+
+func TestVariables(t *testing.T) {
+	got := strings.Join(Variables(), " ")
+	want := "DATABASE_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE"
+	if got != want {
+		t.Errorf("Variables() = %s, want %s", got, want)
 	}
 }
