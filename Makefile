@@ -53,8 +53,10 @@ tidy:
 	go mod tidy
 	cd tools && go mod tidy
 
+## docker: the container image usersvc:$(VERSION); SOURCE, when set, becomes
+## its org.opencontainers.image.source label (the repository's URL)
 docker:
-	docker build --build-arg VERSION=$(VERSION) -t usersvc:$(VERSION) .
+	docker build --build-arg VERSION=$(VERSION) $(if $(SOURCE),--build-arg SOURCE=$(SOURCE)) -t usersvc:$(VERSION) .
 
 clean:
 	rm -rf bin
