@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 
-.PHONY: run build test check fmt vet generate sqlc-diff tidy clean docker
+.PHONY: run build test check fmt vet generate sqlc-diff tidy clean docker compose-up compose-down
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -57,6 +57,16 @@ tidy:
 ## its org.opencontainers.image.source label (the repository's URL)
 docker:
 	docker build --build-arg VERSION=$(VERSION) $(if $(SOURCE),--build-arg SOURCE=$(SOURCE)) -t usersvc:$(VERSION) .
+
+## compose-up: PostgreSQL, the migrations, then the API on localhost:8080,
+## in containers (compose.yaml); Ctrl-C stops them
+compose-up:
+	VERSION=$(VERSION) docker compose up --build
+
+## compose-down: remove the containers; the database volume stays
+## (docker compose down -v removes it too)
+compose-down:
+	docker compose down
 
 clean:
 	rm -rf bin
