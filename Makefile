@@ -9,8 +9,9 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo deve
 LDFLAGS := -s -w -X main.version=$(VERSION)
 TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
+LINT    := tools/lint/node_modules
 
-.PHONY: run build test check fmt vet generate sqlc-diff tidy clean docker
+.PHONY: run build test check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -53,8 +54,49 @@ tidy:
 	go mod tidy
 	cd tools && go mod tidy
 
+## lint: the Dockerfile, compose.yaml and every YAML file; installs the
+## linters first when they are missing (npm, and apt-get as root)
+# dockerfile-utils knows every instruction's flags (dockerfilelint does not,
+# see .dockerfilelintrc) but exits 0 on warnings, so any output fails.
+lint: $(LINT)/.installed
+	@command -v yamllint >/dev/null || $(MAKE) --no-print-directory install-yamllint
+	$(LINT)/.bin/dockerfilelint Dockerfile
+	@echo '$(LINT)/.bin/dockerfile-utils lint Dockerfile'; \
+	out=$$($(LINT)/.bin/dockerfile-utils lint Dockerfile); rc=$$?; \
+	[ -z "$$out" ] || printf '%s\n' "$$out"; [ $$rc -eq 0 ] && [ -z "$$out" ]
+	$(LINT)/.bin/dclint --config .dclintrc --max-warnings 0 compose.yaml
+	yamllint --strict .
+
+# The pinned npm linters (tools/lint/package-lock.json), reinstalled when the
+# lock file changes.
+$(LINT)/.installed: tools/lint/package.json tools/lint/package-lock.json
+	@command -v npm >/dev/null || { echo "make lint needs Node.js and npm (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	cd tools/lint && npm ci --no-audit --no-fund
+	touch $@
+
+# yamllint comes from Debian: installed here when running as root (as CI
+# does), else make lint says how.
+install-yamllint:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make lint needs yamllint: sudo apt-get install yamllint (or pipx install yamllint)" >&2; exit 1; \
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q yamllint
+
+## docker: the container image usersvc:$(VERSION); SOURCE, when set, becomes
+## its org.opencontainers.image.source label (the repository's URL)
 docker:
-	docker build --build-arg VERSION=$(VERSION) -t usersvc:$(VERSION) .
+	docker build --build-arg VERSION=$(VERSION) $(if $(SOURCE),--build-arg SOURCE=$(SOURCE)) -t usersvc:$(VERSION) .
+
+## compose-up: PostgreSQL, the migrations, then the API on localhost:8080,
+## in containers (compose.yaml); Ctrl-C stops them
+compose-up:
+	VERSION=$(VERSION) docker compose up --build
+
+## compose-down: remove the containers; the database volume stays
+## (docker compose down -v removes it too)
+compose-down:
+	docker compose down
 
 clean:
 	rm -rf bin
