@@ -66,8 +66,9 @@ ENV HTTP_ADDR=:8080
 EXPOSE 8080
 
 # Exec form, because there is no shell (and no curl): the binary itself GETs
-# the local /healthz and exits 0 on 200, else 1. start-period covers serve's
-# first database ping, which comes before it listens. /healthz does not touch
+# the local /healthz and exits 0 on 200, else 1. serve listens within
+# milliseconds, database or not; start-period is slack for a slow host.
+# /healthz does not touch
 # the database, so an outage shows in /readyz (503) without marking the
 # container unhealthy.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["/usersvc", "healthcheck"]

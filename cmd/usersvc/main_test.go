@@ -3,20 +3,134 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json/v2"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"usersvc/internal/config"
+	"usersvc/internal/pglocal"
 	"usersvc/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// testVersion is stamped into the binary the tests build.
+const testVersion = "v0.0.0-test+dockerfile"
+
+// binDir holds the binary that the tests build, once, as the Dockerfile does.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "usersvc-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	pgtest.Main(m)
+	os.RemoveAll(dir)
+}
+
+// builtBinary builds usersvc once per test run.
+var builtBinary = sync.OnceValues(buildAsDockerfile)
+
+// usersvcBinary returns the path of usersvc built as the Dockerfile builds
+// it. The test fails when it cannot be built.
+func usersvcBinary(t *testing.T) string {
+	t.Helper()
+	path, err := builtBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// buildAsDockerfile runs the Dockerfile's own go build command (its one RUN
+// line that runs go build) from the repository's root, with VERSION set and
+// the output moved from /out/usersvc to binDir, so that the binary the tests
+// run is the one the image holds.
+func buildAsDockerfile() (string, error) {
+	const root = "../.."
+	dockerfile, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		return "", err
+	}
+	var build string
+	for line := range strings.Lines(string(dockerfile)) {
+		if strings.HasPrefix(line, "RUN ") && strings.Contains(line, " go build ") {
+			if build != "" {
+				return "", errors.New("Dockerfile: more than one RUN line runs go build")
+			}
+			build = strings.TrimSpace(strings.TrimPrefix(line, "RUN "))
+		}
+	}
+	const out = " -o /out/usersvc "
+	if !strings.Contains(build, out) {
+		return "", fmt.Errorf("Dockerfile: want one RUN line that runs go build%s..., found %q", out, build)
+	}
+	bin := filepath.Join(binDir, "usersvc")
+	cmd := exec.Command("sh", "-c", strings.Replace(build, out, " -o "+bin+" ", 1))
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "VERSION="+testVersion)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%s: %v\n%s", cmd, err, out)
+	}
+	return bin, nil
+}
+
+// newPGDir returns a new directory for a PostgreSQL server of the test's
+// own, removed when the test ends.
+func newPGDir(t *testing.T) string {
+	t.Helper()
+	dir, err := pglocal.MkdirScratch("usersvc-test-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "data")
+}
+
+// startPostgres starts (or restarts) a throwaway PostgreSQL of the test's
+// own in dir, on 127.0.0.1:port, for tests that stop it, restart it, or
+// share it with processes running as another user. It is stopped when the
+// test ends, if the test has not stopped it before.
+func startPostgres(t *testing.T, dir string, port int) *pglocal.Server {
+	t.Helper()
+	pg, err := pglocal.Start(context.Background(), pglocal.Options{Dir: dir, Port: port, Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Stop() })
+	return pg
+}
+
+// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	_, port, err := net.SplitHostPort(freeAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
 
 // syncBuffer is a bytes.Buffer that run's goroutines may write while the
 // test reads it.
@@ -42,7 +156,7 @@ func (b *syncBuffer) String() string {
 // environment is restored when the test ends.
 func setenv(t *testing.T, vars map[string]string) {
 	t.Helper()
-	for _, k := range []string{"DATABASE_URL", "HTTP_ADDR", "LOG_LEVEL", "LOG_FORMAT", "DB_MAX_CONNS", "REQUEST_TIMEOUT", "SHUTDOWN_TIMEOUT", "AUTO_MIGRATE"} {
+	for _, k := range config.Variables() {
 		v, ok := vars[k]
 		t.Setenv(k, v) // registers the restore
 		if !ok {
@@ -85,7 +199,8 @@ func waitFor(t *testing.T, url string, timeout time.Duration, runErr <-chan erro
 }
 
 // TestRunServe starts the whole program as main does, with AUTO_MIGRATE on
-// an empty database, uses it, and stops it as a signal would.
+// an empty database, uses it, reads its logs and metrics, and stops it as
+// a signal would.
 func TestRunServe(t *testing.T) {
 	addr := freeAddr(t)
 	databaseURL := pgtest.NewEmptyURL(t)
@@ -101,7 +216,6 @@ func TestRunServe(t *testing.T) {
 		"DATABASE_URL": databaseURL,
 		"HTTP_ADDR":    addr,
 		"AUTO_MIGRATE": "true",
-		"LOG_FORMAT":   "text",
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -112,14 +226,22 @@ func TestRunServe(t *testing.T) {
 	base := "http://" + addr
 	waitFor(t, base+"/healthz", 10*time.Second, runErr)
 	waitFor(t, base+"/readyz", 10*time.Second, runErr)
-	res, err := http.Post(base+"/users", "application/json", strings.NewReader(`{"name":"via run"}`))
+	req, err := http.NewRequest(http.MethodPost, base+"/users", strings.NewReader(`{"name":"via run"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Request-ID", "run-test-1")
+	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	res.Body.Close()
-	if res.StatusCode != http.StatusCreated {
-		t.Errorf("POST /users: status = %d, want 201", res.StatusCode)
+	if res.StatusCode != http.StatusCreated || res.Header.Get("X-Request-ID") != "run-test-1" {
+		t.Errorf("POST /users: status = %d, X-Request-ID %q; want 201, run-test-1", res.StatusCode, res.Header.Get("X-Request-ID"))
 	}
+	checkMetrics(t, base)
+	checkServerLimits(t, base)
 
 	cancel()
 	select {
@@ -130,14 +252,153 @@ func TestRunServe(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("run did not return within 15s of cancel")
 	}
-	for _, want := range []string{"migration applied", "listening", "shutting down", "stopped"} {
-		if !strings.Contains(stderr.String(), want) {
-			t.Errorf("log lacks %q:\n%s", want, stderr.String())
+
+	logs := logRecords(t, stderr.String())
+	for _, msg := range []string{"migration applied", "listening", "shutting down", "stopped"} {
+		if findRecord(logs, "msg", msg) == nil {
+			t.Errorf("log lacks %q:\n%s", msg, stderr.String())
 		}
+	}
+	if start := findRecord(logs, "msg", "listening"); start != nil {
+		db := config.Config{DatabaseURL: databaseURL}.DatabaseHost()
+		if start["version"] != buildVersion() || start["addr"] != addr || start["db"] != db || start["schema_version"] != float64(1) {
+			t.Errorf("start-up line = %v, want version %s, addr %s, db %s, schema_version 1", start, buildVersion(), addr, db)
+		}
+	}
+	if access := findRecord(logs, "request_id", "run-test-1"); access == nil || access["route"] != "/users" || access["status"] != float64(201) {
+		t.Errorf("access line of run-test-1 = %v, want route /users, status 201", access)
 	}
 	if strings.Contains(stderr.String(), password) {
 		t.Errorf("log shows the database password:\n%s", stderr.String())
 	}
+}
+
+// checkMetrics scrapes base/metrics, which must pass promlint and hold
+// every family the README lists.
+func checkMetrics(t *testing.T, base string) {
+	t.Helper()
+	res, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: status = %d, want 200", res.StatusCode)
+	}
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	for _, family := range documentedMetrics {
+		if !bytes.Contains(body, []byte("\n# TYPE "+family+" ")) {
+			t.Errorf("GET /metrics lacks %s", family)
+		}
+	}
+	if want := `usersvc_build_info{goversion="` + runtime.Version() + `",version="` + buildVersion() + `"} 1`; !bytes.Contains(body, []byte(want)) {
+		t.Errorf("GET /metrics lacks %s", want)
+	}
+}
+
+// documentedMetrics are the metric families the README's Operations
+// section lists; TestREADMEDocumentsOperations checks that it does.
+var documentedMetrics = []string{
+	"usersvc_http_requests_total",
+	"usersvc_http_request_duration_seconds",
+	"usersvc_build_info",
+	"usersvc_db_pool_acquired_connections",
+	"usersvc_db_pool_idle_connections",
+	"usersvc_db_pool_constructing_connections",
+	"usersvc_db_pool_total_connections",
+	"usersvc_db_pool_max_connections",
+	"usersvc_db_pool_acquires_total",
+	"usersvc_db_pool_acquire_duration_seconds_total",
+	"usersvc_db_pool_empty_acquires_total",
+	"usersvc_db_pool_empty_acquire_wait_seconds_total",
+	"usersvc_db_pool_canceled_acquires_total",
+	"usersvc_db_pool_new_connections_total",
+	"usersvc_db_pool_max_lifetime_destroys_total",
+	"usersvc_db_pool_max_idle_destroys_total",
+	"go_goroutines",
+	"process_resident_memory_bytes",
+}
+
+// checkServerLimits checks the limit on header bytes, which a test can
+// see without waiting for a timeout. (net/http allows 4 KiB of slack.)
+func checkServerLimits(t *testing.T, base string) {
+	t.Helper()
+	for _, tt := range []struct {
+		padding int
+		want    int
+	}{
+		{maxHeaderBytes - 4<<10, http.StatusOK},
+		{maxHeaderBytes + 8<<10, http.StatusRequestHeaderFieldsTooLarge},
+	} {
+		req, err := http.NewRequest(http.MethodGet, base+"/healthz", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("X-Padding", strings.Repeat("x", tt.padding))
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != tt.want {
+			t.Errorf("GET /healthz with a %d-byte header: status = %d, want %d", tt.padding, res.StatusCode, tt.want)
+		}
+	}
+}
+
+func TestHTTPServerLimits(t *testing.T) {
+	cfg := config.Config{HTTPAddr: ":0", RequestTimeout: 2 * time.Second}
+	srv := newHTTPServer(context.Background(), cfg, http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	for _, tt := range []struct {
+		name      string
+		got, want time.Duration
+	}{
+		{"ReadHeaderTimeout", srv.ReadHeaderTimeout, 5 * time.Second},
+		{"ReadTimeout", srv.ReadTimeout, 15 * time.Second},
+		{"WriteTimeout", srv.WriteTimeout, 7 * time.Second}, // REQUEST_TIMEOUT + 5s
+		{"IdleTimeout", srv.IdleTimeout, 60 * time.Second},
+	} {
+		if tt.got != tt.want {
+			t.Errorf("%s = %v, want %v (as the README says)", tt.name, tt.got, tt.want)
+		}
+	}
+	if srv.MaxHeaderBytes != 64<<10 {
+		t.Errorf("MaxHeaderBytes = %d, want 64 KiB", srv.MaxHeaderBytes)
+	}
+}
+
+// logRecords decodes JSON log lines.
+func logRecords(t *testing.T, log string) []map[string]any {
+	t.Helper()
+	var recs []map[string]any
+	for line := range strings.Lines(log) {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q is not JSON: %v", line, err)
+		}
+		recs = append(recs, rec)
+	}
+	return recs
+}
+
+// findRecord returns the first record whose key has value, or nil.
+func findRecord(recs []map[string]any, key string, value any) map[string]any {
+	for _, rec := range recs {
+		if rec[key] == value {
+			return rec
+		}
+	}
+	return nil
 }
 
 func TestRunMigrateCycle(t *testing.T) {
@@ -155,6 +416,7 @@ func TestRunMigrateCycle(t *testing.T) {
 		{[]string{"migrate", "down"}, []string{"no migration to roll back", "schema version 0"}},
 		{[]string{"migrate", "up"}, []string{"applied 00001_create_users.sql", "schema version 1"}},
 		{[]string{"migrate", "version"}, []string{"schema version 1 (latest embedded: 1)"}},
+		{[]string{"migrate", "redo"}, []string{"rolled back 00001_create_users.sql", "applied 00001_create_users.sql", "schema version 1"}},
 	}
 	for _, step := range steps {
 		var stdout, stderr bytes.Buffer
@@ -171,24 +433,31 @@ func TestRunMigrateCycle(t *testing.T) {
 
 func TestRunErrors(t *testing.T) {
 	for _, tt := range []struct {
-		name    string
-		args    []string
-		env     map[string]string
-		wantErr string
+		name     string
+		args     []string
+		env      map[string]string
+		wantErr  string
+		wantExit int
 	}{
-		{"unknown command", []string{"frobnicate"}, nil, `unknown command "frobnicate"`},
-		{"serve without DATABASE_URL", []string{"serve"}, nil, "DATABASE_URL: required"},
-		{"migrate without DATABASE_URL", []string{"migrate", "up"}, nil, "DATABASE_URL: required"},
-		{"migrate without a command", []string{"migrate"}, map[string]string{"DATABASE_URL": "postgres://localhost/x"}, "expected exactly one"},
-		{"migrate sideways", []string{"migrate", "sideways"}, map[string]string{"DATABASE_URL": "postgres://localhost/x"}, `unknown command "sideways"`},
-		{"malformed duration", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "REQUEST_TIMEOUT": "soon"}, "REQUEST_TIMEOUT"},
-		{"malformed bool", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "AUTO_MIGRATE": "perhaps"}, "AUTO_MIGRATE"},
-		{"malformed level", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "LOG_LEVEL": "loud"}, "LOG_LEVEL"},
-		{"bad log format", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "LOG_FORMAT": "xml"}, "LOG_FORMAT"},
-		{"negative pool size", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "DB_MAX_CONNS": "-1"}, "DB_MAX_CONNS"},
-		{"zero timeout", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "SHUTDOWN_TIMEOUT": "0s"}, "SHUTDOWN_TIMEOUT"},
-		{"malformed URL", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@[::1"}, "DATABASE_URL"},
-		{"unusable address", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "HTTP_ADDR": "bad::addr::"}, "listen on bad::addr::"},
+		{"unknown command", []string{"frobnicate"}, nil, `unknown command "frobnicate"`, 2},
+		{"unknown flag", []string{"serve", "-verbose"}, nil, "flag provided but not defined", 2},
+		{"serve with arguments", []string{"serve", "now"}, nil, "unexpected arguments", 2},
+		{"serve without DATABASE_URL", []string{"serve"}, nil, "DATABASE_URL: required", 1},
+		{"migrate without DATABASE_URL", []string{"migrate", "up"}, nil, "DATABASE_URL: required", 1},
+		{"migrate without a command", []string{"migrate"}, map[string]string{"DATABASE_URL": "postgres://localhost/x"}, "expected exactly one", 2},
+		{"migrate sideways", []string{"migrate", "sideways"}, map[string]string{"DATABASE_URL": "postgres://localhost/x"}, `unknown command "sideways"`, 2},
+		{"migrate to no database", []string{"migrate", "up"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@" + freeAddr(t) + "/x?connect_timeout=2"}, "migrate up", 1},
+		{"healthcheck with arguments", []string{"healthcheck", "please"}, nil, "unexpected arguments", 2},
+		{"healthcheck with nothing listening", []string{"healthcheck"}, map[string]string{"HTTP_ADDR": freeAddr(t)}, "connection refused", 1},
+		{"healthcheck with a bad address", []string{"healthcheck"}, map[string]string{"HTTP_ADDR": "8080"}, "HTTP_ADDR", 1},
+		{"malformed duration", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "REQUEST_TIMEOUT": "soon"}, "REQUEST_TIMEOUT", 1},
+		{"malformed bool", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "AUTO_MIGRATE": "perhaps"}, "AUTO_MIGRATE", 1},
+		{"malformed level", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "LOG_LEVEL": "loud"}, "LOG_LEVEL", 1},
+		{"bad log format", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "LOG_FORMAT": "xml"}, "LOG_FORMAT", 1},
+		{"negative pool size", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "DB_MAX_CONNS": "-1"}, "DB_MAX_CONNS", 1},
+		{"zero timeout", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "SHUTDOWN_TIMEOUT": "0s"}, "SHUTDOWN_TIMEOUT", 1},
+		{"malformed URL", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@[::1"}, "DATABASE_URL", 1},
+		{"unusable address", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "HTTP_ADDR": "bad::addr::"}, "listen on bad::addr::", 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			setenv(t, tt.env)
@@ -196,6 +465,13 @@ func TestRunErrors(t *testing.T) {
 			err := run(context.Background(), tt.args, &stdout, &stderr)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("run %q = %v, want an error containing %q", tt.args, err, tt.wantErr)
+			}
+			var reported bytes.Buffer
+			if got := exitCode(err, &reported); got != tt.wantExit {
+				t.Errorf("run %q: exit status %d, want %d", tt.args, got, tt.wantExit)
+			}
+			if !strings.HasPrefix(reported.String(), "usersvc: ") {
+				t.Errorf("run %q: reported %q, want it behind usersvc: ", tt.args, reported.String())
 			}
 			if strings.Contains(err.Error(), "hunter2") || strings.Contains(stderr.String(), "hunter2") {
 				t.Errorf("run %q: the password leaks: %v %s", tt.args, err, stderr.String())

@@ -158,15 +158,22 @@ const (
 // soon as the database answers, trying again while it does not. Returns nil
 // once they are applied, ctx's error when ctx ends first, and the error of
 // a migration that failed on a database that answers.
-func migrateWhenReachable(ctx context.Context, databaseURL string, pool pinger, logger *slog.Logger) error {
+func migrateWhenReachable(ctx context.Context, cfg config.Config, pool pinger, logger *slog.Logger) error {
+	// A ping waits no longer than a request would, so that a database that
+	// accepts connections and never answers is retried too.
+	ping := func() error {
+		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
+		defer cancel()
+		return pool.Ping(ctx)
+	}
 	delay := firstRetryDelay
 	for attempt := 1; ; attempt++ {
-		err := pool.Ping(ctx)
+		err := ping()
 		if err == nil {
-			if err = migrateUp(ctx, databaseURL, logger); err == nil {
+			if err = migrateUp(ctx, cfg.DatabaseURL, logger); err == nil {
 				return nil
 			}
-			if pool.Ping(ctx) == nil {
+			if ping() == nil {
 				return err // the database answers: the migration itself failed
 			}
 		}

@@ -92,12 +92,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	defer stopMigrating()
 	migrated := make(chan error, 1)
 	if cfg.AutoMigrate {
-		go func() { migrated <- migrateWhenReachable(migrateCtx, cfg.DatabaseURL, pool, logger) }()
+		go func() { migrated <- migrateWhenReachable(migrateCtx, cfg, pool, logger) }()
 	} else {
 		close(migrated)
-		if err := pool.Ping(ctx); err != nil {
+		pingCtx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
+		if err := pool.Ping(pingCtx); err != nil {
 			logger.WarnContext(ctx, "database not reachable yet", slog.String("db", cfg.DatabaseHost()), slog.Any("err", err))
 		}
+		cancel()
 	}
 
 	var failed error

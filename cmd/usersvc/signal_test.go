@@ -3,7 +3,6 @@ package main
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,18 +11,10 @@ import (
 	"usersvc/internal/pgtest"
 )
 
-// TestSignalsStopGracefully builds the real binary, serves with it, and
-// checks that SIGTERM and SIGINT each end it with status 0.
+// TestSignalsStopGracefully serves with the real binary and checks that
+// SIGTERM and SIGINT each end it with status 0.
 func TestSignalsStopGracefully(t *testing.T) {
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("the go command is needed to build the binary: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "usersvc")
-	build := exec.Command(goCmd, "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := usersvcBinary(t)
 	databaseURL := pgtest.NewURL(t)
 
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
