@@ -265,9 +265,16 @@ func TestRunServe(t *testing.T) {
 			t.Errorf("start-up line = %v, want version %s, addr %s, db %s, schema_version 1", start, buildVersion(), addr, db)
 		}
 	}
-	if access := findRecord(logs, "request_id", "run-test-1"); access == nil || access["route"] != "/users" || access["status"] != float64(201) {
+	access := findRecord(logs, "request_id", "run-test-1")
+	if access == nil || access["route"] != "/users" || access["status"] != float64(201) {
 		t.Errorf("access line of run-test-1 = %v, want route /users, status 201", access)
 	}
+	for _, msg := range []string{"listening", "migration applied", "shutting down"} {
+		if rec := findRecord(logs, "msg", msg); rec != nil {
+			checkLogFieldsDocumented(t, rec)
+		}
+	}
+	checkLogFieldsDocumented(t, access)
 	if strings.Contains(stderr.String(), password) {
 		t.Errorf("log shows the database password:\n%s", stderr.String())
 	}
