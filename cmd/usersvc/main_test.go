@@ -509,3 +509,19 @@ func TestRunHelp(t *testing.T) {
 		}
 	}
 }
+
+func TestLogFormats(t *testing.T) {
+	for _, tt := range []struct {
+		format string
+		want   string
+	}{
+		{"json", `"msg":"hello","user_id":7}`},
+		{"text", `level=INFO msg=hello user_id=7`},
+	} {
+		var out bytes.Buffer
+		newLogger(config.Config{LogFormat: tt.format, LogLevel: slog.LevelInfo}, &out).Info("hello", slog.Int("user_id", 7))
+		if !strings.Contains(out.String(), tt.want) {
+			t.Errorf("LOG_FORMAT=%s logged %q, want it to contain %q", tt.format, out.String(), tt.want)
+		}
+	}
+}
