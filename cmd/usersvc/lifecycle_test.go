@@ -393,3 +393,28 @@ func TestAutoMigrateFailure(t *testing.T) {
 		t.Fatal("serve with a failing migration still runs after 15s")
 	}
 }
+
+// TestDebugAddr checks that profiles are served on DEBUG_ADDR, and only there.
+func TestDebugAddr(t *testing.T) {
+	debugAddr := freeAddr(t)
+	s := startServe(t, map[string]string{"DATABASE_URL": pgtest.NewURL(t), "DEBUG_ADDR": debugAddr})
+	res, err := http.Get("http://" + debugAddr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || !strings.Contains(string(body), "goroutine profile:") {
+		t.Errorf("GET DEBUG_ADDR/debug/pprof/goroutine: %d %.100q, want a goroutine profile", res.StatusCode, body)
+	}
+	if status, _ := s.request(t, "GET", "/debug/pprof/", ""); status != 404 {
+		t.Errorf("GET HTTP_ADDR/debug/pprof/: %d, want 404: profiles only on DEBUG_ADDR", status)
+	}
+	if err := s.stop(t, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.Dial("tcp", debugAddr); err == nil {
+		c.Close()
+		t.Error("DEBUG_ADDR still accepts connections after serve stopped")
+	}
+}

@@ -72,6 +72,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Metrics:        m,
 	})
 	srv := newHTTPServer(ctx, cfg, handler, logger)
+	if cfg.DebugAddr != "" {
+		stopDebug, err := startDebug(ctx, cfg.DebugAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer stopDebug()
+	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)

@@ -40,6 +40,9 @@ type Config struct {
 	ShutdownDelay time.Duration `envconfig:"SHUTDOWN_DELAY" default:"0s"`
 	// AutoMigrate applies the embedded migrations before serving.
 	AutoMigrate bool `envconfig:"AUTO_MIGRATE" default:"false"`
+	// DebugAddr, when set, is the address of a second listener that serves
+	// net/http/pprof's profiles. Empty: no such listener.
+	DebugAddr string `envconfig:"DEBUG_ADDR"`
 }
 
 // Load reads the configuration from the process environment and validates

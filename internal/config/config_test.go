@@ -53,6 +53,7 @@ func TestLoad(t *testing.T) {
 		"SHUTDOWN_TIMEOUT": "1m",
 		"SHUTDOWN_DELAY":   "5s",
 		"AUTO_MIGRATE":     "true",
+		"DEBUG_ADDR":       "127.0.0.1:6060",
 	})
 	got, err := Load()
 	if err != nil {
@@ -68,6 +69,7 @@ func TestLoad(t *testing.T) {
 		ShutdownTimeout: time.Minute,
 		ShutdownDelay:   5 * time.Second,
 		AutoMigrate:     true,
+		DebugAddr:       "127.0.0.1:6060",
 	}
 	if got != want {
 		t.Errorf("Load() = %+v, want %+v", got, want)
@@ -106,7 +108,7 @@ func TestLoadRejects(t *testing.T) {
 
 func TestVariables(t *testing.T) {
 	got := strings.Join(Variables(), " ")
-	want := "DATABASE_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE"
+	want := "DATABASE_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR"
 	if got != want {
 		t.Errorf("Variables() = %s, want %s", got, want)
 	}

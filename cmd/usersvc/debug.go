@@ -1,0 +1,40 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+)
+
+// startDebug serves net/http/pprof's profiles on addr until the returned
+// function is called, which closes the listener and waits for the server.
+// The profiles show the program's internals and cost CPU to take: addr
+// belongs on loopback or a private network, never on the public one.
+func startDebug(ctx context.Context, addr string, logger *slog.Logger) (stop func(), err error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("DEBUG_ADDR: listen on %s: %w", addr, err)
+	}
+	// No WriteTimeout: a CPU profile or a trace streams for as long as asked.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	logger.WarnContext(ctx, "debug listener serves profiles; keep it off public networks", slog.String("addr", ln.Addr().String()))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln) // returns ErrServerClosed once stopped
+	}()
+	return func() {
+		srv.Close()
+		<-done
+	}, nil
+}
