@@ -254,9 +254,41 @@ func (p *postgres) growTo(ctx context.Context, rows int) error {
 			return fmt.Errorf("seed users: got ids %d to %d, want 1 to %d", lo, hi, rows)
 		}
 	}
+	if err := tidy(ctx, conn); err != nil {
+		return fmt.Errorf("seed users: %w", err)
+	}
+	return nil
+}
+
+// restore brings the table back to the seed users (ids 1 to seed): it
+// deletes the users that runs added, then vacuums and checkpoints. Every
+// run that reads or writes the table starts from it: otherwise pgbench's
+// inserts alone would grow it tenfold in a full run, and each run would
+// step over the dead rows of the renames and failed inserts before it, and
+// pay for an autovacuum or a checkpoint that an earlier run made due.
+// Renamed users keep their new names: no scenario needs their old ones.
+func (p *postgres) restore(ctx context.Context, seed int) error {
+	conn, err := pgx.Connect(ctx, p.srv.URL(database))
+	if err != nil {
+		return fmt.Errorf("restore users: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "DELETE FROM users WHERE id > $1", seed); err != nil {
+		return fmt.Errorf("restore users: %w", err)
+	}
+	if err := tidy(ctx, conn); err != nil {
+		return fmt.Errorf("restore users: %w", err)
+	}
+	return nil
+}
+
+// tidy vacuums and analyzes the table and checkpoints, so that the next run
+// pays neither for hint bits nor dead rows, nor for a checkpoint it did
+// not cause.
+func tidy(ctx context.Context, conn *pgx.Conn) error {
 	for _, stmt := range []string{"VACUUM (ANALYZE) users", "CHECKPOINT"} {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("seed users: %s: %w", stmt, err)
+			return fmt.Errorf("%s: %w", stmt, err)
 		}
 	}
 	return nil

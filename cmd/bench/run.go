@@ -120,6 +120,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 
 	// tag numbers the runs, so that each run's new names are its own.
 	tag := 0
+	// dirty says that a run has written to the table since it was last
+	// restored; fresh calls restore before a run that uses the table.
+	dirty := false
+	fresh := func(s scenario) error {
+		if dirty && s.usesDatabase() {
+			if err := pg.restore(ctx, opts.seed); err != nil {
+				return err
+			}
+			dirty = false
+		}
+		dirty = dirty || s.writes()
+		return nil
+	}
 	wrkFor := func(s scenario, d time.Duration) wrkRun {
 		tag++
 		lo, hi := s.bounds(opts.seed)
@@ -150,6 +163,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	// scenarios, and each ratio compares figures taken close together.
 	for round := 1; round <= opts.reps; round++ {
 		for _, sr := range res.scenarios {
+			if err := fresh(sr.scenario); err != nil {
+				return err
+			}
 			r, err := wrkFor(sr.scenario, opts.duration).run(ctx)
 			if err != nil {
 				return err
@@ -170,6 +186,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 				continue
 			}
 			for _, c := range opts.pgbenchClients {
+				if err := fresh(sr.scenario); err != nil {
+					return err
+				}
 				tag++
 				pr, err := ceil.run(ctx, sr.scenario, c, tag)
 				if err != nil {
@@ -178,6 +197,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 				sr.ceilingRuns[c] = append(sr.ceilingRuns[c], pr)
 				logf("round %d/%d, scenario %d, %s -c %d: %.0f tps, failed %d", round, opts.reps, sr.n, ceilingTool(sr.scenario), c, pr.tps, pr.failed)
 				if sr.driverCode != "" {
+					if err := fresh(scenarios[0]); err != nil {
+						return err
+					}
 					var cal calibration
 					if cal.driverGet, cal.pgbenchGet, err = ceil.calibrate(ctx, c, &tag); err != nil {
 						return err
@@ -190,6 +212,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 
 	if opts.deepRows > 0 {
+		// The deep pages start from the seed users too.
+		if err := fresh(scenarios[0]); err != nil {
+			return err
+		}
 		if res.deep, err = runDeep(ctx, opts, pg, wrkFor, logf); err != nil {
 			return err
 		}

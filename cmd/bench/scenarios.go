@@ -52,6 +52,17 @@ var scenarios = []scenario{
 	{n: 6, name: "GET /healthz (no database)", path: "/healthz"},
 }
 
+// writes reports whether the scenario's runs change the table: add rows,
+// or leave dead ones behind.
+func (s scenario) writes() bool {
+	return s.n == 3 || s.n == 4 || s.n == 5
+}
+
+// usesDatabase reports whether the scenario's requests reach the database.
+func (s scenario) usesDatabase() bool {
+	return s.n != 6
+}
+
 // bounds returns the range of ids or names that scenario s draws from, in a
 // table seeded with users 1 to seed, each named for its id in decimal.
 // Scenario 4 posts the names of the lower half and scenario 5 renames the
