@@ -99,6 +99,7 @@ func startService(ctx context.Context, bin, databaseURL, logPath string, extra [
 		"LOG_LEVEL=" + serviceLogLevel,
 	}, extra...)
 	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
+	s.cmd.SysProcAttr = serviceProcAttr()
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start the service: %w", err)
 	}
