@@ -49,8 +49,14 @@ func TestParseWrkOutput(t *testing.T) {
 	if got := r.errors(false); got != 1+2+7 {
 		t.Errorf("errors(false) = %d, want 10", got)
 	}
+	r.Expected = r.Requests - r.Unexpected
 	if got := r.errors(true); got != 1+2+18 {
 		t.Errorf("errors(true) = %d, want 21", got)
+	}
+	// Answers the script did not count are not known to be right.
+	r.Expected -= 100
+	if got := r.errors(true); got != 1+2+18+100 {
+		t.Errorf("errors(true) with 100 answers uncounted = %d, want 121", got)
 	}
 
 	for name, out := range map[string]string{

@@ -104,11 +104,12 @@ func (r wrkResult) reqPerSec() float64 {
 
 // errors counts the requests that failed: socket errors and timeouts, plus
 // the answers the script counted as unexpected when expectStatus is set, or
-// else every answer outside 2xx and 3xx.
+// else every answer outside 2xx and 3xx. With expectStatus, an answer the
+// script did not count at all is an error too: nothing says it was right.
 func (r wrkResult) errors(expectStatus bool) int64 {
 	n := r.ConnectErrors + r.ReadErrors + r.WriteErrors + r.Timeouts
 	if expectStatus {
-		return n + r.Unexpected
+		return n + r.Unexpected + max(0, r.Requests-r.Expected-r.Unexpected)
 	}
 	return n + r.StatusErrors
 }
