@@ -186,7 +186,7 @@ func writeReport(w io.Writer, res *results) error {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
 
-	p("## Run of %s", m.date)
+	p("### Run of %s", m.date)
 	p("")
 	p("Command: `%s`", command(o.args))
 	p("")
