@@ -33,9 +33,10 @@ test:
 ## bench: the load benchmark of docs/benchmarks.md, about 20 minutes on a
 ## quiet machine; BENCH_ARGS passes flags, e.g. BENCH_ARGS='-quick' for a
 ## one-minute smoke run (bin/bench -h lists them). Installs wrk when root.
+## The report is markdown on stdout (progress on stderr): make bench > run.md
 bench:
-	go build -o bin/bench ./cmd/bench
-	./bin/bench $(BENCH_ARGS)
+	@go build -o bin/bench ./cmd/bench
+	@./bin/bench $(BENCH_ARGS)
 
 ## bench-go: the request path's micro-benchmarks (JSON and handlers, no
 ## network, no database), with allocations
