@@ -11,7 +11,7 @@ TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 
-.PHONY: run build test check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down
+.PHONY: run build test check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -30,6 +30,19 @@ build:
 ## (TEST_DATABASE_URL, else a throwaway server the tests start themselves)
 test:
 	go test -race -count=1 ./...
+
+## bench: the load benchmark of docs/benchmarks.md, about 20 minutes on a
+## quiet machine; BENCH_ARGS passes flags, e.g. BENCH_ARGS='-quick' for a
+## one-minute smoke run (bin/bench -h lists them). Installs wrk when root.
+## The report is markdown on stdout (progress on stderr): make bench > run.md
+bench:
+	@go build -o bin/bench ./cmd/bench
+	@./bin/bench $(BENCH_ARGS)
+
+## bench-go: the request path's micro-benchmarks (JSON and handlers, no
+## network, no database), with allocations
+bench-go:
+	go test -run '^$$' -bench . -benchmem ./internal/server/
 
 ## check: what CI fails on besides the tests
 check: fmt vet sqlc-diff

@@ -1,0 +1,38 @@
+// Command bench is the service's load benchmark, `make bench`: it measures
+// usersvc over real HTTP against a private PostgreSQL, and measures pgbench
+// running the service's own SQL on the same server as the ceiling.
+//
+// Usage:
+//
+//	bench [-quick] [-duration 10s] [-reps 3] [-seed 100000] [flags]
+//
+// One run starts a throwaway PostgreSQL (package pglocal) on /dev/shm,
+// migrates it, seeds the users table through COPY, builds the service as
+// `make build` does, starts it on loopback, and then, for -reps rounds, runs
+// every scenario with wrk and its SQL with pgbench at several client counts.
+// After that it grows the table for the deep-page comparison. It prints a
+// markdown report on stdout (progress goes to stderr) and removes everything
+// it made. Run it on a quiet machine: wrk, the service and PostgreSQL share
+// the CPU, and so does anything else that runs.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	// SIGINT (Ctrl-C) and SIGTERM stop the run early; the deferred clean-up
+	// in run then still stops the service and the database and removes
+	// their directories, which no signal would do.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}

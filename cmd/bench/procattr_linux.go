@@ -1,0 +1,10 @@
+package main
+
+import "syscall"
+
+// serviceProcAttr puts the service in a process group of its own, which
+// keeps a Ctrl-C in the terminal away from it (run stops it, after reading
+// its memory), and has it killed should bench die without stopping it.
+func serviceProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
