@@ -37,6 +37,10 @@ const (
 	codeInternal             = "internal"
 )
 
+// statusClientClosedRequest is nginx's status for a request whose client
+// closed the connection before the answer.
+const statusClientClosedRequest = 499
+
 // problemKinds gives each code its status and title.
 var problemKinds = map[string]struct {
 	status int
@@ -167,6 +171,13 @@ func problemFor(r *http.Request, err error) problem {
 // logged here, once, with their cause and the request's id (added by the
 // logger); the client sees only the problem.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
+	if r.Context().Err() == context.Canceled {
+		// The client hung up (a deadline would be DeadlineExceeded): what
+		// failed is the request, not the database, and no one reads the
+		// answer. The access log and the metrics show nginx's 499.
+		w.WriteHeader(statusClientClosedRequest)
+		return
+	}
 	p := problemFor(r, err)
 	if p.Status >= http.StatusInternalServerError {
 		attrs := []slog.Attr{

@@ -352,3 +352,38 @@ func TestReadyzFollowsMigrations(t *testing.T) {
 		t.Errorf("GET /readyz after the migrations = %d %s, want 200", r.status, r.body)
 	}
 }
+
+// TestClientGoneIs499 hangs up on a request that waits on the database:
+// it is logged and counted as 499, not as a failure of the database.
+func TestClientGoneIs499(t *testing.T) {
+	t.Parallel()
+	s, logs := newObservedServer(t, faultyStore{block: true}, okDatabase{}, slog.LevelInfo)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url+"/users/1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set(requestIDHeader, "gone-1")
+	if res, err := http.DefaultClient.Do(req); err == nil {
+		res.Body.Close()
+		t.Fatalf("GET /users/1 answered %d before the client gave up", res.StatusCode)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		recs := withID(logs.records(t), "gone-1")
+		if len(recs) > 0 {
+			if len(recs) != 1 || recs[0]["msg"] != "request" || recs[0]["status"] != float64(499) {
+				t.Errorf("log of a request whose client hung up = %v, want only its access line, status 499", recs)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no log line for the request whose client hung up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r := s.get("/metrics"); !strings.Contains(string(r.body), `usersvc_http_requests_total{code="499",method="GET",route="/users/{id}"} 1`) {
+		t.Error("/metrics does not count the request as a 499")
+	}
+}
