@@ -9,7 +9,7 @@ import (
 	"context"
 )
 
-const createUser = `-- name: CreateUser :one
+const CreateUser = `-- name: CreateUser :one
 INSERT INTO users (name)
 VALUES ($1)
 RETURNING id, name, created_at, updated_at
@@ -17,7 +17,7 @@ RETURNING id, name, created_at, updated_at
 
 // CreateUser inserts a user. A taken name fails with SQLSTATE 23505.
 func (q *Queries) CreateUser(ctx context.Context, name string) (User, error) {
-	row := q.db.QueryRow(ctx, createUser, name)
+	row := q.db.QueryRow(ctx, CreateUser, name)
 	var i User
 	err := row.Scan(
 		&i.ID,
@@ -28,21 +28,21 @@ func (q *Queries) CreateUser(ctx context.Context, name string) (User, error) {
 	return i, err
 }
 
-const deleteUser = `-- name: DeleteUser :execrows
+const DeleteUser = `-- name: DeleteUser :execrows
 DELETE FROM users
 WHERE id = $1
 `
 
 // DeleteUser deletes a user and returns how many rows went (0 or 1).
 func (q *Queries) DeleteUser(ctx context.Context, id int64) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteUser, id)
+	result, err := q.db.Exec(ctx, DeleteUser, id)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const getUser = `-- name: GetUser :one
+const GetUser = `-- name: GetUser :one
 SELECT id, name, created_at, updated_at
 FROM users
 WHERE id = $1
@@ -50,7 +50,7 @@ WHERE id = $1
 
 // GetUser returns the user with the given id, or pgx.ErrNoRows.
 func (q *Queries) GetUser(ctx context.Context, id int64) (User, error) {
-	row := q.db.QueryRow(ctx, getUser, id)
+	row := q.db.QueryRow(ctx, GetUser, id)
 	var i User
 	err := row.Scan(
 		&i.ID,
@@ -61,7 +61,7 @@ func (q *Queries) GetUser(ctx context.Context, id int64) (User, error) {
 	return i, err
 }
 
-const listUsers = `-- name: ListUsers :many
+const ListUsers = `-- name: ListUsers :many
 SELECT id, name, created_at, updated_at
 FROM users
 WHERE id > $1::bigint
@@ -77,7 +77,7 @@ type ListUsersParams struct {
 // ListUsers returns up to max_rows users with an id above after, in id order
 // (keyset pagination: the primary key index serves every page alike).
 func (q *Queries) ListUsers(ctx context.Context, arg ListUsersParams) ([]User, error) {
-	rows, err := q.db.Query(ctx, listUsers, arg.After, arg.MaxRows)
+	rows, err := q.db.Query(ctx, ListUsers, arg.After, arg.MaxRows)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +101,7 @@ func (q *Queries) ListUsers(ctx context.Context, arg ListUsersParams) ([]User, e
 	return items, nil
 }
 
-const listUsersByName = `-- name: ListUsersByName :many
+const ListUsersByName = `-- name: ListUsersByName :many
 SELECT id, name, created_at, updated_at
 FROM users
 WHERE name = $1 AND id > $2::bigint
@@ -118,7 +118,7 @@ type ListUsersByNameParams struct {
 // ListUsersByName is ListUsers filtered to one exact name; the unique index
 // on name finds it without scanning the table.
 func (q *Queries) ListUsersByName(ctx context.Context, arg ListUsersByNameParams) ([]User, error) {
-	rows, err := q.db.Query(ctx, listUsersByName, arg.Name, arg.After, arg.MaxRows)
+	rows, err := q.db.Query(ctx, ListUsersByName, arg.Name, arg.After, arg.MaxRows)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +142,7 @@ func (q *Queries) ListUsersByName(ctx context.Context, arg ListUsersByNameParams
 	return items, nil
 }
 
-const renameUser = `-- name: RenameUser :one
+const RenameUser = `-- name: RenameUser :one
 UPDATE users
 SET name = $1,
     updated_at = greatest(now(), updated_at + interval '1 microsecond')
@@ -159,7 +159,7 @@ type RenameUserParams struct {
 // updated_at moves forward even if the clock does not. A taken name fails
 // with SQLSTATE 23505.
 func (q *Queries) RenameUser(ctx context.Context, arg RenameUserParams) (User, error) {
-	row := q.db.QueryRow(ctx, renameUser, arg.Name, arg.ID)
+	row := q.db.QueryRow(ctx, RenameUser, arg.Name, arg.ID)
 	var i User
 	err := row.Scan(
 		&i.ID,

@@ -11,8 +11,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"usersvc/db"
 	"usersvc/internal/config"
 	"usersvc/internal/metrics"
@@ -185,27 +183,6 @@ func newHTTPServer(ctx context.Context, cfg config.Config, handler http.Handler,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-}
-
-// newPool returns a connection pool for DATABASE_URL. It does not connect
-// yet: connections are made on first use, so the database may come later.
-func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
-	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
-	if err != nil {
-		return nil, errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
-	}
-	if cfg.DBMaxConns > 0 {
-		pc.MaxConns = cfg.DBMaxConns
-	}
-	// Names the service's sessions in pg_stat_activity, unless the URL does.
-	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
-		pc.ConnConfig.RuntimeParams["application_name"] = "usersvc"
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
-	if err != nil {
-		return nil, fmt.Errorf("create connection pool: %w", err)
-	}
-	return pool, nil
 }
 
 // newLogger returns the process's one logger, as LOG_FORMAT and LOG_LEVEL say.

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"usersvc/db"
+	"usersvc/internal/config"
+)
+
+// preparedQueries are the statements every new connection prepares: all
+// of the queries in package db.
+var preparedQueries = []string{db.CreateUser, db.GetUser, db.ListUsers, db.ListUsersByName, db.RenameUser, db.DeleteUser}
+
+// newPool returns a connection pool for DATABASE_URL. It does not connect
+// yet: connections are made on first use, so the database may come later.
+func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
+	}
+	if cfg.DBMaxConns > 0 {
+		pc.MaxConns = cfg.DBMaxConns
+	}
+	// Names the service's sessions in pg_stat_activity, unless the URL does.
+	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = "usersvc"
+	}
+	// pgx's default mode prepares every statement anyway, through a cache
+	// that drops a statement whenever an execution fails, so that the next
+	// execution prepares it again: a round trip more after every taken
+	// name. Statements prepared by name (their SQL) stay. Other modes, such
+	// as default_query_exec_mode=exec in DATABASE_URL for a pooler in
+	// transaction mode, prepare nothing, and neither does this.
+	if pc.ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
+		pc.AfterConnect = prepareQueries
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("create connection pool: %w", err)
+	}
+	return pool, nil
+}
+
+// prepareQueries prepares preparedQueries on conn, each named by its SQL,
+// which pgx then executes by name. A statement the server refuses, as it
+// does before the migrations have created the table, is left to pgx's
+// statement cache. Returns an error only when the connection fails.
+func prepareQueries(ctx context.Context, conn *pgx.Conn) error {
+	for _, sql := range preparedQueries {
+		if _, err := conn.Prepare(ctx, sql, sql); err != nil {
+			if _, refused := errors.AsType[*pgconn.PgError](err); refused {
+				continue
+			}
+			return fmt.Errorf("prepare statements: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"usersvc/db"
+	"usersvc/internal/config"
+	"usersvc/internal/pgtest"
+)
+
+// TestPreparedQueriesListsEveryQuery checks preparedQueries against the
+// exported SQL constants that sqlc generated in db/.
+func TestPreparedQueriesListsEveryQuery(t *testing.T) {
+	pkgs, err := parser.ParseDir(token.NewFileSet(), "../../db", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var consts int
+	for _, pkg := range pkgs {
+		for _, f := range pkg.Files {
+			for _, decl := range f.Decls {
+				if gd, ok := decl.(*ast.GenDecl); ok && gd.Tok == token.CONST {
+					for _, spec := range gd.Specs {
+						for _, name := range spec.(*ast.ValueSpec).Names {
+							if name.IsExported() {
+								consts++
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	if consts != len(preparedQueries) {
+		t.Errorf("db/ exports %d queries, preparedQueries lists %d: add the new ones", consts, len(preparedQueries))
+	}
+}
+
+// TestPoolKeepsPreparedStatements checks that a failed execution, a taken
+// name, does not cost the statement: the connection neither drops nor
+// prepares anything.
+func TestPoolKeepsPreparedStatements(t *testing.T) {
+	ctx := context.Background()
+	pool, err := newPool(ctx, config.Config{DatabaseURL: pgtest.NewURL(t), DBMaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	q := db.New(pool)
+	if _, err := q.CreateUser(ctx, "taken"); err != nil {
+		t.Fatal(err)
+	}
+	serverStatements := func() []string {
+		rows, err := pool.Query(ctx, "SELECT statement FROM pg_prepared_statements ORDER BY statement")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for rows.Next() {
+			var s string
+			if err := rows.Scan(&s); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+	before := serverStatements()
+	for _, sql := range preparedQueries {
+		if !slices.ContainsFunc(before, func(s string) bool { return strings.TrimSpace(s) == strings.TrimSpace(sql) }) {
+			t.Errorf("the connection has not prepared %.40q...", sql)
+		}
+	}
+	for range 3 {
+		_, err := q.CreateUser(ctx, "taken")
+		if pgErr, ok := err.(*pgconn.PgError); !ok || pgErr.Code != "23505" {
+			t.Fatalf("CreateUser of a taken name = %v, want a 23505", err)
+		}
+	}
+	if after := serverStatements(); !slices.Equal(before, after) {
+		t.Errorf("prepared statements after failed inserts = %d, before %d: want the same", len(after), len(before))
+	}
+}
