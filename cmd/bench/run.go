@@ -25,7 +25,7 @@ type results struct {
 	// when a scenario's ceiling comes from the driver.
 	calibration map[int][]calibration
 	final       memory // the service's, at the end of the run
-	logLines    int    // lines the service logged (at LOG_LEVEL=warn)
+	logLines    int    // lines the service logged at warn or above
 	logTail     string // the last few of them
 	startLoad   string // /proc/loadavg at the start and the end: how busy
 	endLoad     string // the machine was besides the benchmark
@@ -223,10 +223,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	if res.final, err = svc.memory(); err != nil {
 		return err
 	}
-	res.logLines = svc.logLines()
-	if res.logLines > 0 {
-		res.logTail = lastLines(svc.logTail(), 5)
-	}
+	res.logLines, res.logTail = svc.trouble()
 	res.endLoad = loadAverage()
 	return writeReport(stdout, res)
 }

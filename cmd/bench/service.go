@@ -16,12 +16,6 @@ import (
 	"time"
 )
 
-// serviceLogLevel is the service's LOG_LEVEL during the benchmark. At info
-// the service may log every request (access logs), and the benchmark would
-// measure the logging; warn keeps the 5xx answers in the log, which then
-// count as the service's trouble.
-const serviceLogLevel = "warn"
-
 // buildService builds the service into dir as `make build` does (static,
 // trimmed, stripped) and returns the binary's path. It runs in the module
 // that holds the current directory.
@@ -96,7 +90,8 @@ func startService(ctx context.Context, bin, databaseURL, logPath string, extra [
 	s.cmd.Env = append([]string{
 		"DATABASE_URL=" + databaseURL,
 		"HTTP_ADDR=127.0.0.1:" + strconv.Itoa(port),
-		"LOG_LEVEL=" + serviceLogLevel,
+		// Otherwise the defaults, as operators run it: JSON logs at info,
+		// one access log line per request, whose cost is measured too.
 	}, extra...)
 	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
 	s.cmd.SysProcAttr = serviceProcAttr()
@@ -221,14 +216,31 @@ func (s *service) exited() bool {
 	}
 }
 
-// logLines counts the lines the service has logged: at LOG_LEVEL=warn,
-// each is trouble (a 5xx, a slow database) worth a look.
-func (s *service) logLines() int {
+// troubleLevels mark the service's JSON log lines that are trouble (a 5xx,
+// a database that does not answer) worth a look.
+var troubleLevels = [][]byte{[]byte(`"level":"WARN"`), []byte(`"level":"ERROR"`)}
+
+// trouble returns how many lines the service logged at warn or above, and
+// the last few of them.
+func (s *service) trouble() (int, string) {
 	b, err := os.ReadFile(s.logPath)
 	if err != nil {
-		return -1
+		return -1, fmt.Sprintf("(read the service's log: %v)", err)
 	}
-	return bytes.Count(b, []byte("\n"))
+	var lines [][]byte
+	for line := range bytes.Lines(b) {
+		for _, level := range troubleLevels {
+			if bytes.Contains(line, level) {
+				lines = append(lines, line)
+				break
+			}
+		}
+	}
+	n := len(lines)
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return n, string(bytes.Join(lines, nil))
 }
 
 // logTail returns the end of the service's log.
