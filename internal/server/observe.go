@@ -11,8 +11,16 @@ import (
 	"usersvc/internal/metrics"
 )
 
-// requestIDHeader carries a request's id in and out.
-const requestIDHeader = "X-Request-ID"
+// requestIDHeader carries a request's id in and out: X-Request-ID, in the
+// canonical form that header maps use, so that no lookup has to build it.
+const requestIDHeader = "X-Request-Id"
+
+// Values of the headers every response carries. A header map's values are
+// only read when the response is written, so every response may share them.
+var (
+	nosniff = []string{"nosniff"}
+	noStore = []string{"no-store"}
+)
 
 // maxRequestIDLen bounds an incoming request id that is kept.
 const maxRequestIDLen = 128
@@ -47,26 +55,32 @@ func validRequestID(id string) bool {
 	return true
 }
 
-// observe serves every request through next with an id (the client's valid
-// X-Request-ID, else a new one) that is echoed in the response header and
+// observe serves every request through next with an id (the client's one
+// valid X-Request-ID, else a new one) that is echoed in the response header and
 // added to every log line of the request; a context bounded by timeout;
 // one access log line at its end; and its count and duration in m.
 func observe(next http.Handler, logger *slog.Logger, m *metrics.Metrics, timeout time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		id := r.Header.Get(requestIDHeader)
-		if !validRequestID(id) {
+		var id string
+		if ids := r.Header[requestIDHeader]; len(ids) == 1 && validRequestID(ids[0]) {
+			id = ids[0]
+		} else {
 			id = rand.Text()
 		}
 		h := w.Header()
-		h.Set(requestIDHeader, id)
+		h[requestIDHeader] = []string{id}
 		// API responses are neither to be sniffed as another type nor cached.
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Cache-Control", "no-store")
+		h["X-Content-Type-Options"] = nosniff
+		h["Cache-Control"] = noStore
 
-		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
-		r, cancel := withTimeout(r, timeout)
-		defer cancel()
+		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		r = r.WithContext(ctx)
 		rec := &recorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
 

@@ -4,7 +4,6 @@
 package server
 
 import (
-	"context"
 	"log/slog"
 	"net/http"
 	"sync/atomic"
@@ -54,16 +53,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serving: that is http.Server.Shutdown's job.
 func (s *Server) Drain() {
 	s.draining.Store(true)
-}
-
-// withTimeout returns r with its context bounded by d, and so every
-// database call made with it, and the function that releases the timer.
-func withTimeout(r *http.Request, d time.Duration) (*http.Request, context.CancelFunc) {
-	if d <= 0 {
-		return r, func() {}
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), d)
-	return r.WithContext(ctx), cancel
 }
 
 // problemMux serves a ServeMux, but answers requests that match no route
