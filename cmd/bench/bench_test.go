@@ -327,3 +327,27 @@ func TestBounds(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCPU(t *testing.T) {
+	busy, err := parseProcStat([]byte("cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"))
+	if err != nil || busy != 161*clockTick {
+		t.Errorf("parseProcStat = %v, %v; want %v (user+nice+system+irq+softirq+steal)", busy, err, 161*clockTick)
+	}
+	if _, err := parseProcStat([]byte("intr 1 2 3\n")); err == nil {
+		t.Error("parseProcStat of a file without a cpu line = nil error")
+	}
+	stat := "4242 (wrk (2) x) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 75 0 0 20 0 3 0 100 0 0\n"
+	cpu, err := parsePidStat([]byte(stat))
+	if err != nil || cpu != 325*clockTick {
+		t.Errorf("parsePidStat = %v, %v; want %v", cpu, err, 325*clockTick)
+	}
+	if _, err := parsePidStat([]byte("4242 wrk S 1")); err == nil {
+		t.Error("parsePidStat without a command name = nil error")
+	}
+	if got := (cpuSample{machine: 10, service: 4, client: 3}).rest(); got != 3 {
+		t.Errorf("rest = %v, want 3", got)
+	}
+	if got := perOp(3*time.Second, 1000); got != 3000 {
+		t.Errorf("perOp(3s, 1000) = %v µs, want 3000", got)
+	}
+}

@@ -63,6 +63,7 @@ func (d driverRun) run(ctx context.Context) (pgbenchResult, error) {
 	var stop atomic.Bool
 	var done, failed atomic.Int64
 	var wg sync.WaitGroup
+	machine0, self0 := orZero(machineBusy()), selfCPU()
 	start := time.Now()
 	for i, c := range conns {
 		wg.Go(func() {
@@ -94,6 +95,7 @@ func (d driverRun) run(ctx context.Context) (pgbenchResult, error) {
 	stop.Store(true)
 	elapsed := time.Since(start)
 	wg.Wait()
+	machine1, self1 := orZero(machineBusy()), selfCPU()
 	if err := ctx.Err(); err != nil {
 		return pgbenchResult{}, err
 	}
@@ -104,6 +106,7 @@ func (d driverRun) run(ctx context.Context) (pgbenchResult, error) {
 		processed: done.Load(),
 		failed:    failed.Load(),
 		latency:   time.Duration(float64(elapsed) * float64(d.clients) / float64(max(done.Load()+failed.Load(), 1))),
+		cpu:       cpuSample{machine: machine1 - machine0, client: self1 - self0},
 	}, nil
 }
 
@@ -115,4 +118,13 @@ func (d driverRun) expected(err error) bool {
 	}
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == d.wantCode
+}
+
+// orZero returns v, or 0 when err says /proc could not be read: the CPU
+// figures are then missing, not the run.
+func orZero(v time.Duration, err error) time.Duration {
+	if err != nil {
+		return 0
+	}
+	return v
 }

@@ -19,6 +19,7 @@ type pgbenchResult struct {
 	processed int64
 	failed    int64
 	latency   time.Duration // average
+	cpu       cpuSample     // where the CPU time went; service is 0
 }
 
 // parsePgbenchOutput reads the summary that pgbench prints at the end of a
@@ -101,13 +102,16 @@ func (p pgbenchRun) run(ctx context.Context) (pgbenchResult, error) {
 	cmd := exec.CommandContext(ctx, pgbenchPath(p.binDir), args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	machine0, _ := machineBusy()
 	if err := cmd.Run(); err != nil {
 		return pgbenchResult{}, fmt.Errorf("pgbench %s: %w\n%s", strings.Join(args, " "), err, lastLines(out.String(), 20))
 	}
+	machine1, _ := machineBusy()
 	r, err := parsePgbenchOutput(out.Bytes())
 	if err != nil {
 		return r, fmt.Errorf("pgbench %s: %w\n%s", strings.Join(args, " "), err, lastLines(out.String(), 20))
 	}
+	r.cpu = cpuSample{machine: machine1 - machine0, client: childCPU(cmd.ProcessState)}
 	return r, nil
 }
 

@@ -248,6 +248,7 @@ func writeReport(w io.Writer, res *results) error {
 			sr.n, sr.name, fmtSpread(rps), fmtUS(p50.median), fmtUS(p99.median), errs, fmtMiB(rss), tps, ratioText, v.target, v.met)
 	}
 	p("")
+	writeCPUTable(p, res.scenarios)
 	rssMet := "yes"
 	if res.final.rss >= rssTarget {
 		rssMet = "no"
@@ -360,4 +361,50 @@ func joinInts(ns []int) string {
 		s[i] = strconv.Itoa(n)
 	}
 	return strings.Join(s, ",")
+}
+
+// writeCPUTable prints where each scenario's CPU time went, per request,
+// next to its ceiling's per transaction: on a machine whose cores the load
+// generator, the service and PostgreSQL share, that is what bounds the
+// ratio. "without the service" is the ratio the scenario would reach if
+// the service cost no CPU at all, the machine as busy as it was.
+func writeCPUTable(p func(string, ...any), scenarios []*scenarioResults) {
+	p("Where the CPU time went, in µs of CPU per request (service) or per transaction (ceiling), medians over the rounds; " +
+		"\"PostgreSQL\" is the machine's busy time less the service's and the client's, so it holds whatever else ran too:")
+	p("")
+	p("| # | service | wrk | PostgreSQL | total | machine busy | ceiling: client | ceiling: PostgreSQL | ceiling: total | ratio without the service |")
+	p("|---|---|---|---|---|---|---|---|---|---|")
+	for _, sr := range scenarios {
+		per := func(f func(wrkResult) time.Duration) float64 {
+			return summarize(collect(sr.wrk, func(r wrkResult) float64 { return perOp(f(r), r.Requests) })).median
+		}
+		svc := per(func(r wrkResult) time.Duration { return r.cpu.service })
+		wrk := per(func(r wrkResult) time.Duration { return r.cpu.client })
+		pg := per(wrkResult.cpuRest)
+		total := per(func(r wrkResult) time.Duration { return r.cpu.machine })
+		busy := summarize(collect(sr.wrk, func(r wrkResult) float64 {
+			return r.cpu.machine.Seconds() / (float64(r.DurationUS) / 1e6)
+		})).median
+		ceilClient, ceilPG, ceilTotal, without := "–", "–", "–", "–"
+		if runs := sr.bestCeiling(); len(runs) > 0 {
+			cperOp := func(f func(pgbenchResult) time.Duration) float64 {
+				return summarize(collect(runs, func(r pgbenchResult) float64 {
+					return perOp(f(r), r.processed+r.failed)
+				})).median
+			}
+			ct := cperOp(func(r pgbenchResult) time.Duration { return r.cpu.machine })
+			ceilClient = fmt.Sprintf("%.1f", cperOp(func(r pgbenchResult) time.Duration { return r.cpu.client }))
+			ceilPG = fmt.Sprintf("%.1f", cperOp(func(r pgbenchResult) time.Duration { return r.cpu.rest() }))
+			ceilTotal = fmt.Sprintf("%.1f", ct)
+			rps := summarize(collect(sr.wrk, wrkResult.reqPerSec)).median
+			tps := summarize(collect(runs, func(r pgbenchResult) float64 { return r.tps })).median
+			if total > svc && tps > 0 {
+				// As many requests per second as the machine's busy time
+				// allows once the service's share of it is free.
+				without = fmt.Sprintf("%.2f", rps/tps*total/(total-svc))
+			}
+		}
+		p("| %d | %.1f | %.1f | %.1f | %.1f | %.2f cores | %s | %s | %s | %s |", sr.n, svc, wrk, pg, total, busy, ceilClient, ceilPG, ceilTotal, without)
+	}
+	p("")
 }

@@ -137,7 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		tag++
 		lo, hi := s.bounds(opts.seed)
 		w := wrkRun{wrk: wrk, url: svc.url, threads: opts.threads, connections: opts.connections, duration: d,
-			args: []string{fmt.Sprint(tag), fmt.Sprint(lo), fmt.Sprint(hi)}}
+			args: []string{fmt.Sprint(tag), fmt.Sprint(lo), fmt.Sprint(hi)}, servicePID: svc.cmd.Process.Pid}
 		if s.lua == "" {
 			w.script, w.url = scriptPaths["common.lua"], svc.url+s.path
 		} else {
@@ -330,4 +330,18 @@ func ceilingTool(s scenario) string {
 		return "driver"
 	}
 	return "pgbench"
+}
+
+// bestCeiling returns the ceiling's runs at the client count with the best
+// median TPS, or nil when the scenario has no ceiling.
+func (sr *scenarioResults) bestCeiling() []pgbenchResult {
+	byClients := map[int][]float64{}
+	for c, rs := range sr.ceilingRuns {
+		byClients[c] = collect(rs, func(r pgbenchResult) float64 { return r.tps })
+	}
+	c, _, ok := best(byClients)
+	if !ok {
+		return nil
+	}
+	return sr.ceilingRuns[c]
 }

@@ -70,6 +70,9 @@ type wrkResult struct {
 	// Counted by a script's response function, when it has one.
 	Expected   int64 `json:"expected"`
 	Unexpected int64 `json:"unexpected"`
+
+	// cpu is where the CPU time went during the run; cmd/bench fills it.
+	cpu cpuSample
 }
 
 // resultPrefix starts the line that common.lua's done function prints.
@@ -123,6 +126,7 @@ type wrkRun struct {
 	connections int
 	duration    time.Duration
 	args        []string // the script's arguments: run tag, lo, hi
+	servicePID  int      // whose CPU time the run measures
 }
 
 // run runs wrk and returns its result. Returns an error with wrk's output
@@ -142,12 +146,21 @@ func (w wrkRun) run(ctx context.Context) (wrkResult, error) {
 	cmd := exec.CommandContext(ctx, w.wrk, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	machine0, _ := machineBusy()
+	service0, _ := processCPU(w.servicePID)
 	if err := cmd.Run(); err != nil {
 		return wrkResult{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out.Bytes())
 	}
+	machine1, _ := machineBusy()
+	service1, _ := processCPU(w.servicePID)
 	r, err := parseWrkOutput(out.Bytes())
 	if err != nil {
 		return r, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out.Bytes())
 	}
+	r.cpu = cpuSample{machine: machine1 - machine0, service: service1 - service0, client: childCPU(cmd.ProcessState)}
 	return r, nil
 }
+
+// cpuRest returns the CPU time of the run that neither wrk nor the service
+// used: PostgreSQL's, and whatever else ran.
+func (r wrkResult) cpuRest() time.Duration { return r.cpu.rest() }
