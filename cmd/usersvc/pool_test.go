@@ -5,6 +5,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -87,5 +88,32 @@ func TestPoolKeepsPreparedStatements(t *testing.T) {
 	}
 	if after := serverStatements(); !slices.Equal(before, after) {
 		t.Errorf("prepared statements after failed inserts = %d, before %d: want the same", len(after), len(before))
+	}
+}
+
+func TestPoolSize(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		cfg  config.Config
+		want int32
+	}{
+		{"DB_MAX_CONNS", config.Config{DatabaseURL: "postgres://h/db", DBMaxConns: 3}, 3},
+		{"DB_MAX_CONNS over the URL", config.Config{DatabaseURL: "postgres://h/db?pool_max_conns=9", DBMaxConns: 3}, 3},
+		{"the URL's pool_max_conns", config.Config{DatabaseURL: "postgres://h/db?pool_max_conns=9"}, 9},
+		{"the default", config.Config{DatabaseURL: "postgres://h/db"}, defaultMaxConns(runtime.GOMAXPROCS(0))},
+	} {
+		pool, err := newPool(context.Background(), tt.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pool.Config().MaxConns; got != tt.want {
+			t.Errorf("%s: MaxConns = %d, want %d", tt.name, got, tt.want)
+		}
+		pool.Close()
+	}
+	for procs, want := range map[int]int32{1: 4, 2: 4, 4: 8, 16: 32} {
+		if got := defaultMaxConns(procs); got != want {
+			t.Errorf("defaultMaxConns(%d) = %d, want %d", procs, got, want)
+		}
 	}
 }

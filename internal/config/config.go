@@ -26,8 +26,8 @@ type Config struct {
 	LogLevel slog.Level `envconfig:"LOG_LEVEL" default:"info"`
 	// LogFormat is json or text.
 	LogFormat string `envconfig:"LOG_FORMAT" default:"json"`
-	// DBMaxConns caps the connection pool; 0 keeps pgxpool's default, the
-	// greater of 4 and the number of CPUs.
+	// DBMaxConns caps the connection pool; 0 means pool_max_conns from
+	// DatabaseURL, else twice the cores the service may use, at least 4.
 	DBMaxConns int32 `envconfig:"DB_MAX_CONNS" default:"0"`
 	// RequestTimeout bounds every database call a request makes.
 	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"5s"`
