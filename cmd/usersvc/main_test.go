@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -523,5 +524,16 @@ func TestLogFormats(t *testing.T) {
 		if !strings.Contains(out.String(), tt.want) {
 			t.Errorf("LOG_FORMAT=%s logged %q, want it to contain %q", tt.format, out.String(), tt.want)
 		}
+	}
+}
+
+func TestTuneGC(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	if got := tuneGC(func(string) (string, bool) { return "", false }); got != gcPercent || debug.SetGCPercent(gcPercent) != gcPercent {
+		t.Errorf("tuneGC without GOGC = %d, want %d in force", got, gcPercent)
+	}
+	debug.SetGCPercent(150) // as GOGC=150 would have set it at start
+	if got := tuneGC(func(k string) (string, bool) { return "150", k == "GOGC" }); got != 150 || debug.SetGCPercent(150) != 150 {
+		t.Errorf("tuneGC with GOGC=150 = %d, want 150 left in force", got)
 	}
 }
