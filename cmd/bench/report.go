@@ -341,7 +341,7 @@ func writeReport(w io.Writer, res *results) error {
 		"for scenario 4, whose INSERT must fail, it is cmd/bench's driver (pgbench 15 aborts a client at such an error), " +
 		"which prepares the statement once per connection as `pgbench -M prepared` does (rows \"1's SQL\" above compare the two clients). " +
 		"wrk, the service and PostgreSQL share the cores, as pgbench (or the driver) and PostgreSQL do. " +
-		"The service runs with its default pool (DB_MAX_CONNS unset: the greater of 4 and the cores) unless -env says otherwise.")
+		"The service runs with its default pool (DB_MAX_CONNS unset: twice the cores, at least 4) unless -env says otherwise.")
 	_, err := io.WriteString(w, b.String())
 	return err
 }
