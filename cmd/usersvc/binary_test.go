@@ -142,9 +142,11 @@ func TestContainerBinary(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if uid := processUID(t, serve.Process.Pid); os.Geteuid() == 0 && uid != fmt.Sprint(imageUID) {
+	uid := processUID(t, serve.Process.Pid)
+	if os.Geteuid() == 0 && uid != fmt.Sprint(imageUID) {
 		t.Errorf("serve runs as uid %s, want %d", uid, imageUID)
 	}
+	t.Logf("serve runs as uid %s from %s, environment %q", uid, filepath.Dir(bin), env)
 	base := "http://" + addr
 	waitFor(t, base+"/readyz", 10*time.Second, exited)
 	res, err := http.Post(base+"/users", "application/json", strings.NewReader(`{"name":"from the image"}`))
