@@ -5,12 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -26,15 +22,10 @@ const database = "usersvc"
 // finds those of a run that was killed.
 const dirPrefix = "usersvc-bench-"
 
-// lockName, in a scratch directory, is locked for as long as the run that
-// made the directory lives.
-const lockName = "lock"
-
 // postgres is the benchmark's PostgreSQL server.
 type postgres struct {
 	srv     *pglocal.Server
-	scratch string
-	lock    *os.File
+	scratch *pglocal.Scratch
 }
 
 // startPostgres starts a throwaway server in a new scratch directory
@@ -50,39 +41,28 @@ type postgres struct {
 // without running its clean-up (SIGKILL); the next run stops such a server
 // and removes its directory.
 func startPostgres(ctx context.Context) (*postgres, error) {
-	removeAbandoned(pglocal.ScratchDir())
-	scratch, err := pglocal.MkdirScratch(dirPrefix)
+	scratch, err := pglocal.NewScratch(dirPrefix)
 	if err != nil {
-		return nil, fmt.Errorf("start postgres: %w", err)
-	}
-	lock, err := newLock(scratch)
-	if err != nil {
-		os.RemoveAll(scratch)
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
 	port, err := freePort()
 	if err != nil {
-		os.RemoveAll(scratch)
-		lock.Close()
+		scratch.Remove()
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
 	// TCP rather than the unix socket, for the service and pgbench alike:
 	// a production database is at the other end of a TCP connection.
-	srv, err := pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(scratch, "data"), Port: port})
+	srv, err := pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(scratch.Dir(), "data"), Port: port})
 	if err != nil {
-		os.RemoveAll(scratch)
-		lock.Close()
+		scratch.Remove()
 		return nil, err
 	}
-	return &postgres{srv: srv, scratch: scratch, lock: lock}, nil
+	return &postgres{srv: srv, scratch: scratch}, nil
 }
 
 // stop stops the server and removes its directory.
 func (p *postgres) stop() error {
-	err := p.srv.Stop()
-	err = errors.Join(err, os.RemoveAll(p.scratch))
-	p.lock.Close()
-	return err
+	return errors.Join(p.srv.Stop(), p.scratch.Remove())
 }
 
 // host and port are where pgbench connects.
@@ -102,76 +82,6 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// newLock creates and locks dir's lock file; the lock lasts until the file
-// is closed or the process ends. The file is locked before it gets its
-// name, so no other run ever finds it unlocked.
-func newLock(dir string) (*os.File, error) {
-	tmp := filepath.Join(dir, lockName+".new")
-	f, err := os.OpenFile(tmp, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, lockName)); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
-// removeAbandoned stops the servers of earlier runs that died without their
-// clean-up, and removes their directories: those of this user whose lock
-// no process holds. A directory too new to have its lock file yet is left
-// alone.
-func removeAbandoned(parent string) {
-	dirs, _ := filepath.Glob(filepath.Join(parent, dirPrefix+"*")) // the pattern is valid
-	for _, dir := range dirs {
-		fi, err := os.Stat(dir)
-		if err != nil {
-			continue
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
-			continue
-		}
-		f, err := os.Open(filepath.Join(dir, lockName))
-		if err != nil {
-			continue
-		}
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-			f.Close()
-			continue // its run is alive
-		}
-		stopPostmaster(filepath.Join(dir, "data"))
-		os.RemoveAll(dir)
-		f.Close()
-	}
-}
-
-// stopPostmaster asks the postmaster of the cluster in dir, if one runs, for
-// a fast shutdown, and waits up to 30 seconds for it to exit.
-func stopPostmaster(dir string) {
-	b, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
-	if err != nil {
-		return
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil || pid <= 0 {
-		return
-	}
-	if syscall.Kill(pid, syscall.SIGINT) != nil {
-		return
-	}
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if syscall.Kill(pid, 0) != nil {
-			return
-		}
-	}
 }
 
 // prepareDatabase creates the database, applies the service's migrations

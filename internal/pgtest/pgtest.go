@@ -21,7 +21,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -40,9 +39,6 @@ const maxConns = 4
 // dirPrefix names the directories of throwaway servers, so that Main can
 // recognise those a killed test binary left behind.
 const dirPrefix = "pgtest-"
-
-// lockFile, in such a directory, is locked by the process that uses it.
-const lockFile = "lock"
 
 // server is what Main found or started for the tests of this binary.
 type server struct {
@@ -84,88 +80,19 @@ func setUp() (*server, func() error) {
 		return fromURL(u), noop
 	}
 
-	removeAbandoned(pglocal.ScratchDir())
-	dir, err := pglocal.MkdirScratch(dirPrefix)
+	scratch, err := pglocal.NewScratch(dirPrefix)
 	if err != nil {
 		return &server{err: fmt.Errorf("start test database: %w", err)}, noop
 	}
-	lock, err := newLockedDir(dir)
+	pg, err := pglocal.Start(context.Background(), pglocal.Options{Dir: filepath.Join(scratch.Dir(), "data"), Ephemeral: true})
 	if err != nil {
-		os.RemoveAll(dir)
-		return &server{err: fmt.Errorf("start test database: %w", err)}, noop
-	}
-	pg, err := pglocal.Start(context.Background(), pglocal.Options{Dir: filepath.Join(dir, "data"), Ephemeral: true})
-	if err != nil {
-		os.RemoveAll(dir)
-		lock.Close()
+		scratch.Remove()
 		return &server{err: fmt.Errorf("start test database: %w", err)}, noop
 	}
 	stop := func() error {
-		err := pg.Stop()
-		err = errors.Join(err, os.RemoveAll(dir))
-		lock.Close()
-		return err
+		return errors.Join(pg.Stop(), scratch.Remove())
 	}
 	return fromURL(pg.URL("postgres")), stop
-}
-
-// removeAbandoned removes the directories of throwaway servers whose test
-// binary died (killed, or timed out) before it could remove them: those
-// whose lock file no process holds any more.
-func removeAbandoned(parent string) {
-	dirs, _ := filepath.Glob(filepath.Join(parent, dirPrefix+"*")) // the pattern is valid
-	for _, dir := range dirs {
-		fi, err := os.Stat(dir)
-		if err != nil || !isOwnedByMe(fi) {
-			continue
-		}
-		lock, err := lockDir(dir)
-		if err != nil {
-			continue // in use, or too new to have its lock file
-		}
-		os.RemoveAll(dir)
-		lock.Close()
-	}
-}
-
-// lockDir takes the lock that marks dir as in use by this process until
-// the returned file is closed or the process ends. Returns an error when
-// another process holds it or dir has no lock file.
-func lockDir(dir string) (*os.File, error) {
-	f, err := os.Open(filepath.Join(dir, lockFile))
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
-// newLockedDir creates and takes the lock of dir, the new directory of a
-// throwaway server.
-func newLockedDir(dir string) (*os.File, error) {
-	// Locked before it gets its name, so no other process sees it unlocked.
-	tmp := filepath.Join(dir, lockFile+".new")
-	f, err := os.OpenFile(tmp, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, lockFile)); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
-func isOwnedByMe(fi os.FileInfo) bool {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	return ok && int(st.Uid) == os.Geteuid()
 }
 
 // fromURL returns the server that the postgres:// URL u points at.
