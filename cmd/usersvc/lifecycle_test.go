@@ -418,3 +418,18 @@ func TestDebugAddr(t *testing.T) {
 		t.Error("DEBUG_ADDR still accepts connections after serve stopped")
 	}
 }
+
+// TestStopWhileWaitingForDatabase sends SIGTERM while AUTO_MIGRATE still
+// waits for a database that never comes: serve stops cleanly, exit 0.
+func TestStopWhileWaitingForDatabase(t *testing.T) {
+	s := startServe(t, map[string]string{
+		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", freePort(t)),
+		"AUTO_MIGRATE": "true",
+	})
+	if err := s.stop(t, 10*time.Second); err != nil {
+		t.Fatalf("serve stopped while waiting for the database = %v, want nil", err)
+	}
+	if !strings.Contains(s.logs.String(), `"msg":"stopped"`) {
+		t.Errorf("log lacks the stopped line:\n%s", s.logs.String())
+	}
+}

@@ -94,46 +94,38 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
-	// The migrations run beside the server, which answers /readyz with 503
-	// until they are done; they wait for the database as long as it takes.
-	migrateCtx, stopMigrating := context.WithCancel(ctx)
-	defer stopMigrating()
-	migrated := make(chan error, 1)
-	if cfg.AutoMigrate {
-		go func() { migrated <- migrateWhenReachable(migrateCtx, cfg, pool, logger) }()
-	} else {
-		close(migrated)
-		pingCtx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
-		if err := pool.Ping(pingCtx); err != nil {
-			logger.WarnContext(ctx, "database not reachable yet", slog.String("db", cfg.DatabaseHost()), slog.Any("err", err))
-		}
-		cancel()
-	}
+	// Beside the server, which answers /readyz with 503 until the database
+	// is reachable and migrated.
+	startCtx, stopStarting := context.WithCancel(ctx)
+	defer stopStarting()
+	started := make(chan error, 1)
+	go func() { started <- startDatabase(startCtx, cfg, pool, logger) }()
 
 	var failed error
-	for waiting := true; waiting; {
+wait:
+	for {
 		select {
 		case err := <-serveErr:
-			stopMigrating()
-			if migrated != nil {
-				<-migrated
+			stopStarting()
+			if started != nil {
+				<-started
 			}
 			return fmt.Errorf("serve http: %w", err)
-		case err, ok := <-migrated:
-			if !ok || err == nil {
-				migrated = nil // done: stop selecting on it
-				continue
+		case err := <-started:
+			started = nil // done: stop selecting on it
+			if err != nil {
+				// A migration that failed on a database that answers: a
+				// pipeline or an operator must look at it.
+				failed = err
+				break wait
 			}
-			// Only a migration that fails on a reachable database ends up
-			// here: a pipeline or an operator must look at it.
-			failed, migrated, waiting = err, nil, false
 		case <-ctx.Done():
-			waiting = false
+			break wait
 		}
 	}
-	stopMigrating()
-	if migrated != nil {
-		<-migrated
+	stopStarting()
+	if started != nil {
+		<-started
 	}
 	if err := shutDown(cfg, handler, srv, serveErr, logger); err != nil {
 		return errors.Join(failed, err)
@@ -141,6 +133,26 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	pool.Close()
 	logger.Info("stopped")
 	return failed
+}
+
+// startDatabase applies the migrations for AUTO_MIGRATE, waiting for the
+// database as long as it takes. Without AUTO_MIGRATE it pings the database
+// once and warns when it does not answer, which is no error: /readyz says
+// so until it does. Returns only a migration's failure.
+func startDatabase(ctx context.Context, cfg config.Config, pool pinger, logger *slog.Logger) error {
+	if cfg.AutoMigrate {
+		err := migrateWhenReachable(ctx, cfg, pool, logger)
+		if ctx.Err() != nil {
+			return nil // stopped before the database came: nothing failed
+		}
+		return err
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil && ctx.Err() == nil {
+		logger.WarnContext(ctx, "database not reachable yet", slog.String("db", cfg.DatabaseHost()), slog.Any("err", err))
+	}
+	return nil
 }
 
 // shutDown stops serving within SHUTDOWN_TIMEOUT: /readyz turns 503 at
