@@ -47,6 +47,7 @@ bench-go:
 ## check: what CI fails on besides the tests
 check: fmt vet sqlc-diff
 	go mod verify
+	@go mod tidy -diff >/dev/null || { echo "go.mod or go.sum is not tidy: run make tidy"; go mod tidy -diff; exit 1; }
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
