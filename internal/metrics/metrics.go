@@ -98,26 +98,49 @@ type poolStatter interface {
 
 var _ poolStatter = (*pgxpool.Pool)(nil)
 
+// poolStat is one statistic of pgxpool.Stat, as a metric.
+type poolStat struct {
+	desc      *prometheus.Desc
+	valueType prometheus.ValueType
+	value     func(*pgxpool.Stat) float64
+}
+
+func poolGauge(name, help string, v func(*pgxpool.Stat) int32) poolStat {
+	return poolStat{poolDesc(name, help), prometheus.GaugeValue, func(s *pgxpool.Stat) float64 { return float64(v(s)) }}
+}
+
+func poolCounter(name, help string, v func(*pgxpool.Stat) float64) poolStat {
+	return poolStat{poolDesc(name, help), prometheus.CounterValue, v}
+}
+
 func poolDesc(name, help string) *prometheus.Desc {
 	return prometheus.NewDesc(prometheus.BuildFQName(namespace, "db_pool", name), help, nil, nil)
 }
 
-// The pool's statistics, as pgxpool.Stat names them.
-var (
-	poolAcquiredDesc     = poolDesc("acquired_connections", "Connections currently in use by a request.")
-	poolIdleDesc         = poolDesc("idle_connections", "Connections open and idle in the pool.")
-	poolConstructingDesc = poolDesc("constructing_connections", "Connections being opened.")
-	poolTotalDesc        = poolDesc("total_connections", "Connections in the pool: acquired, idle and being opened.")
-	poolMaxDesc          = poolDesc("max_connections", "The most connections the pool opens (DB_MAX_CONNS).")
-	poolAcquiresDesc     = poolDesc("acquires_total", "Successful acquisitions of a connection from the pool.")
-	poolAcquireDurDesc   = poolDesc("acquire_duration_seconds_total", "Total time spent in successful acquisitions, waiting included.")
-	poolEmptyDesc        = poolDesc("empty_acquires_total", "Successful acquisitions that had to wait because no connection was idle.")
-	poolEmptyWaitDesc    = poolDesc("empty_acquire_wait_seconds_total", "Total time acquisitions waited because no connection was idle.")
-	poolCanceledDesc     = poolDesc("canceled_acquires_total", "Acquisitions abandoned because the request's context ended (often REQUEST_TIMEOUT).")
-	poolNewConnsDesc     = poolDesc("new_connections_total", "Connections opened.")
-	poolLifetimeDesc     = poolDesc("max_lifetime_destroys_total", "Connections closed for reaching their maximum lifetime.")
-	poolIdleDestroysDesc = poolDesc("max_idle_destroys_total", "Connections closed for being idle too long.")
-)
+// poolStats are the pool's statistics that /metrics reports.
+var poolStats = []poolStat{
+	poolGauge("acquired_connections", "Connections currently in use by a request.", (*pgxpool.Stat).AcquiredConns),
+	poolGauge("idle_connections", "Connections open and idle in the pool.", (*pgxpool.Stat).IdleConns),
+	poolGauge("constructing_connections", "Connections being opened.", (*pgxpool.Stat).ConstructingConns),
+	poolGauge("total_connections", "Connections in the pool: acquired, idle and being opened.", (*pgxpool.Stat).TotalConns),
+	poolGauge("max_connections", "The most connections the pool opens (DB_MAX_CONNS).", (*pgxpool.Stat).MaxConns),
+	poolCounter("acquires_total", "Successful acquisitions of a connection from the pool.",
+		func(s *pgxpool.Stat) float64 { return float64(s.AcquireCount()) }),
+	poolCounter("acquire_duration_seconds_total", "Total time spent in successful acquisitions, waiting included.",
+		func(s *pgxpool.Stat) float64 { return s.AcquireDuration().Seconds() }),
+	poolCounter("empty_acquires_total", "Successful acquisitions that had to wait because no connection was idle.",
+		func(s *pgxpool.Stat) float64 { return float64(s.EmptyAcquireCount()) }),
+	poolCounter("empty_acquire_wait_seconds_total", "Total time acquisitions waited because no connection was idle.",
+		func(s *pgxpool.Stat) float64 { return s.EmptyAcquireWaitTime().Seconds() }),
+	poolCounter("canceled_acquires_total", "Acquisitions abandoned because the request's context ended (often REQUEST_TIMEOUT).",
+		func(s *pgxpool.Stat) float64 { return float64(s.CanceledAcquireCount()) }),
+	poolCounter("new_connections_total", "Connections opened.",
+		func(s *pgxpool.Stat) float64 { return float64(s.NewConnsCount()) }),
+	poolCounter("max_lifetime_destroys_total", "Connections closed for reaching their maximum lifetime.",
+		func(s *pgxpool.Stat) float64 { return float64(s.MaxLifetimeDestroyCount()) }),
+	poolCounter("max_idle_destroys_total", "Connections closed for being idle too long.",
+		func(s *pgxpool.Stat) float64 { return float64(s.MaxIdleDestroyCount()) }),
+}
 
 // poolCollector reports a pool's statistics, one Stat() per scrape.
 type poolCollector struct {
@@ -125,34 +148,14 @@ type poolCollector struct {
 }
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{
-		poolAcquiredDesc, poolIdleDesc, poolConstructingDesc, poolTotalDesc, poolMaxDesc,
-		poolAcquiresDesc, poolAcquireDurDesc, poolEmptyDesc, poolEmptyWaitDesc, poolCanceledDesc,
-		poolNewConnsDesc, poolLifetimeDesc, poolIdleDestroysDesc,
-	} {
-		ch <- d
+	for _, ps := range poolStats {
+		ch <- ps.desc
 	}
 }
 
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.pool.Stat()
-	gauge := func(d *prometheus.Desc, v int32) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v))
+	for _, ps := range poolStats {
+		ch <- prometheus.MustNewConstMetric(ps.desc, ps.valueType, ps.value(s))
 	}
-	counter := func(d *prometheus.Desc, v float64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v)
-	}
-	gauge(poolAcquiredDesc, s.AcquiredConns())
-	gauge(poolIdleDesc, s.IdleConns())
-	gauge(poolConstructingDesc, s.ConstructingConns())
-	gauge(poolTotalDesc, s.TotalConns())
-	gauge(poolMaxDesc, s.MaxConns())
-	counter(poolAcquiresDesc, float64(s.AcquireCount()))
-	counter(poolAcquireDurDesc, s.AcquireDuration().Seconds())
-	counter(poolEmptyDesc, float64(s.EmptyAcquireCount()))
-	counter(poolEmptyWaitDesc, s.EmptyAcquireWaitTime().Seconds())
-	counter(poolCanceledDesc, float64(s.CanceledAcquireCount()))
-	counter(poolNewConnsDesc, float64(s.NewConnsCount()))
-	counter(poolLifetimeDesc, float64(s.MaxLifetimeDestroyCount()))
-	counter(poolIdleDestroysDesc, float64(s.MaxIdleDestroyCount()))
 }
