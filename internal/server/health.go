@@ -35,7 +35,7 @@ func (rd readiness) check(ctx context.Context) error {
 	}
 	have, err := rd.database.SchemaVersion(ctx)
 	if err != nil {
-		return fmt.Errorf("read schema version: %w", storeErr(err))
+		return storeErr(err) // already says "read schema version"
 	}
 	if have < rd.want {
 		return &notReadyError{detail: fmt.Sprintf(
