@@ -21,8 +21,8 @@ type results struct {
 	opts      options
 	scenarios []*scenarioResults
 	deep      *deepResults // nil when skipped
-	// calibration is, by client count, what corrects the driver's figures
-	// when a scenario's ceiling comes from the driver.
+	// calibration is, by client count, the driver and pgbench on scenario
+	// 1's SQL: how the driver, scenario 4's ceiling, compares with pgbench.
 	calibration map[int][]calibration
 	final       memory // the service's, at the end of the run
 	logLines    int    // lines the service logged at warn or above
