@@ -194,6 +194,20 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	return srv, nil
 }
 
+// ServerProcAttr returns the process attributes Start runs postgres with,
+// for other server programs that refuse to run as root, such as PgBouncer:
+// when this process runs as root, the program runs as the user "postgres",
+// or "nobody" when that does not exist; for an ephemeral server it is
+// killed when the thread that started it dies (Linux only). Returns an
+// error when running as root and neither user exists.
+func ServerProcAttr(ephemeral bool) (*syscall.SysProcAttr, error) {
+	cred, err := serverCredential()
+	if err != nil {
+		return nil, err
+	}
+	return sysProcAttr(cred, ephemeral), nil
+}
+
 // serverCredential returns the credential to run the server binaries with:
 // nil when not root, else the user "postgres", or "nobody" when that does
 // not exist.

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -324,5 +326,30 @@ func TestStartUnreachableDir(t *testing.T) {
 	_, err := Start(context.Background(), Options{Dir: filepath.Join(parent, "data"), Ephemeral: true})
 	if err == nil || !strings.Contains(err.Error(), "cannot enter "+parent) {
 		t.Errorf("Start under a 0700 directory: err = %v, want it to name %s", err, parent)
+	}
+}
+
+// TestServerProcAttr checks that a program started with ServerProcAttr, as
+// PgBouncer is in the tests, runs as the user postgres runs as: not root.
+func TestServerProcAttr(t *testing.T) {
+	attr, err := ServerProcAttr(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("id", "-u")
+	cmd.SysProcAttr = attr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("id -u with ServerProcAttr: %v", err)
+	}
+	uid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("id -u printed %q", out)
+	}
+	if uid == 0 {
+		t.Errorf("id -u with ServerProcAttr = 0, want an unprivileged user")
+	}
+	if os.Geteuid() != 0 && uid != os.Geteuid() {
+		t.Errorf("id -u with ServerProcAttr = %d, want this process's own uid %d when not root", uid, os.Geteuid())
 	}
 }
