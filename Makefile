@@ -11,7 +11,7 @@ TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 
-.PHONY: run build test check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go
+.PHONY: run build test test-pgbouncer install-pgbouncer check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -30,6 +30,20 @@ build:
 ## (TEST_DATABASE_URL, else a throwaway server the tests start themselves)
 test:
 	go test -race -count=1 ./...
+
+## test-pgbouncer: three replicas of usersvc behind PgBouncer in transaction
+## mode (cmd/usersvc/pgbouncer_test.go, build tag pgbouncer); installs
+## Debian's pgbouncer first when it is missing (apt-get as root, else says how)
+test-pgbouncer:
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || $(MAKE) --no-print-directory install-pgbouncer
+	go test -race -count=1 -tags pgbouncer -run '^TestPgBouncer$$' -v ./cmd/usersvc
+
+install-pgbouncer:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make test-pgbouncer needs pgbouncer: sudo apt-get install pgbouncer" >&2; exit 1; \
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
 
 ## bench: the load benchmark of docs/benchmarks.md, about 20 minutes on a
 ## quiet machine; BENCH_ARGS passes flags, e.g. BENCH_ARGS='-quick' for a
@@ -53,8 +67,10 @@ fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+# The pgbouncer build tag's test too, so that it compiles without pgbouncer.
 vet:
 	go vet ./...
+	go vet -tags pgbouncer ./cmd/usersvc
 
 ## generate: regenerate db/ from queries/ and migrations/ (commit both)
 generate:

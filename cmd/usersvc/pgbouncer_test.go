@@ -1,0 +1,866 @@
+//go:build pgbouncer && linux
+
+// The tests in this file run usersvc as several replicas behind PgBouncer
+// in transaction mode, as README's "Behind a connection pooler" describes.
+// They need the pgbouncer program, so they are not part of make test:
+// make test-pgbouncer installs it when it is missing and runs them.
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json/v2"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pressly/goose/v3/lock"
+
+	"usersvc/internal/pglocal"
+)
+
+const (
+	// bouncerPoolSize is PgBouncer's default_pool_size: the server
+	// connections it opens per database, fewer than the replicas' pools
+	// hold in all, so that they really share them.
+	bouncerPoolSize = 5
+	replicaCount    = 3
+	replicaConns    = 4 // each replica's DB_MAX_CONNS
+	// execSetting is what README tells operators to add to DATABASE_URL.
+	execSetting = "default_query_exec_mode=exec"
+)
+
+// protocolTrouble matches what a driver and a pooler that disagree about
+// a session's state print: prepared statements missing or doubled,
+// messages out of order, parameters bound to another statement.
+var protocolTrouble = regexp.MustCompile(`(?i)prepared statement|bind message|unexpected .*message|protocol|pooler error|conn busy|SQLSTATE (08P01|26000|42P05)`)
+
+// pgBouncerPath returns the pgbouncer program, or fails the test saying how
+// to get it: Debian installs it in /usr/sbin, which a user's PATH may lack.
+func pgBouncerPath(t *testing.T) string {
+	t.Helper()
+	if path, err := exec.LookPath("pgbouncer"); err == nil {
+		return path
+	}
+	if _, err := os.Stat("/usr/sbin/pgbouncer"); err == nil {
+		return "/usr/sbin/pgbouncer"
+	}
+	t.Fatal("pgbouncer not found in PATH or /usr/sbin: run make test-pgbouncer, which installs it " +
+		"(Debian: apt-get install pgbouncer) and runs these tests")
+	return ""
+}
+
+// bouncer is a PgBouncer of the test's own.
+type bouncer struct {
+	port    int
+	version string
+	logs    *syncBuffer
+}
+
+// startPgBouncer starts PgBouncer in transaction mode on 127.0.0.1 in front
+// of the database usersvc on pgPort, as the user postgres runs as (it
+// refuses to run as root), and returns once it accepts connections. Besides
+// usersvc (bouncerPoolSize server connections), it serves usersvc_one, the
+// same database through a single server connection. It is stopped when the
+// test ends.
+func startPgBouncer(t *testing.T, pgPort int) *bouncer {
+	t.Helper()
+	bin := pgBouncerPath(t)
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		t.Fatalf("pgbouncer --version: %v", err)
+	}
+	b := &bouncer{port: freePort(t), version: strings.SplitN(string(out), "\n", 2)[0], logs: &syncBuffer{}}
+
+	dir, err := pglocal.MkdirScratch("usersvc-test-pgbouncer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// trust: the throwaway PostgreSQL trusts every local connection too;
+	// the user must still be in auth_file. Logs go to stderr, the pipe below.
+	ini := fmt.Sprintf(`[databases]
+usersvc = host=127.0.0.1 port=%[1]d dbname=usersvc
+usersvc_one = host=127.0.0.1 port=%[1]d dbname=usersvc pool_size=1
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %[2]d
+unix_socket_dir =
+auth_type = trust
+auth_file = %[3]s
+pool_mode = transaction
+default_pool_size = %[4]d
+max_client_conn = 200
+logfile =
+pidfile =
+`, pgPort, b.port, filepath.Join(dir, "userlist.txt"), bouncerPoolSize)
+	for name, content := range map[string]string{"pgbouncer.ini": ini, "userlist.txt": `"postgres" ""` + "\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	attr, err := pglocal.ServerProcAttr(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, filepath.Join(dir, "pgbouncer.ini"))
+	cmd.Dir = dir
+	cmd.SysProcAttr = attr
+	cmd.Stdout, cmd.Stderr = b.logs, b.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start pgbouncer: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM) // immediate shutdown
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		conn, err := pgx.Connect(ctx, b.url("usersvc", execSetting))
+		if err == nil {
+			err = conn.Ping(ctx)
+			conn.Close(ctx)
+		}
+		cancel()
+		if err == nil {
+			return b
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("pgbouncer exited during start-up: %v; log:\n%s", err, b.logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pgbouncer does not answer after 15s: %v; log:\n%s", err, b.logs.String())
+		}
+	}
+}
+
+// url returns the URL of database through PgBouncer, with params (a query
+// string without "?") added.
+func (b *bouncer) url(database, params string) string {
+	u := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable&application_name=usersvc", b.port, database)
+	if params != "" {
+		u += "&" + params
+	}
+	return u
+}
+
+// troubleLines returns the lines of log from offset on that report a
+// problem: PgBouncer's WARNING and ERROR lines, and protocol trouble.
+func troubleLines(log string, offset int) []string {
+	var out []string
+	for line := range strings.Lines(log[offset:]) {
+		if strings.Contains(line, " WARNING ") || strings.Contains(line, " ERROR ") || protocolTrouble.MatchString(line) {
+			out = append(out, strings.TrimSpace(line))
+		}
+	}
+	return out
+}
+
+// replica is a usersvc serve process.
+type replica struct {
+	base   string
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan error
+}
+
+// startReplica runs the usersvc binary's serve with env, and HTTP_ADDR,
+// LOG_FORMAT and DB_MAX_CONNS, as its whole environment, until the test
+// ends; it returns once /healthz answers.
+func startReplica(t *testing.T, bin string, env ...string) *replica {
+	t.Helper()
+	r := launchReplica(t, bin, env...)
+	waitFor(t, r.base+"/healthz", 10*time.Second, r.exited)
+	return r
+}
+
+// launchReplica is startReplica without the wait.
+func launchReplica(t *testing.T, bin string, env ...string) *replica {
+	t.Helper()
+	addr := freeAddr(t)
+	r := &replica{base: "http://" + addr, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	r.cmd = exec.Command(bin, "serve")
+	r.cmd.Env = append(env, "HTTP_ADDR="+addr, "LOG_FORMAT=json", "DB_MAX_CONNS="+strconv.Itoa(replicaConns))
+	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.exited <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		r.cmd.Process.Kill()
+		select {
+		case err := <-r.exited:
+			r.exited <- err
+		case <-time.After(10 * time.Second):
+		}
+	})
+	return r
+}
+
+// stop sends SIGTERM and wants exit status 0 within 20 seconds.
+func (r *replica) stop(t *testing.T) {
+	t.Helper()
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-r.exited:
+		r.exited <- err
+		if err != nil {
+			t.Errorf("replica %s after SIGTERM: %v, want exit status 0; log tail:\n%s", r.base, err, tail(r.logs.String(), 2000))
+		}
+	case <-time.After(20 * time.Second):
+		t.Errorf("replica %s still running 20s after SIGTERM", r.base)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// client sends requests to the replicas over one HTTP client.
+type client struct {
+	http     *http.Client
+	replicas []*replica
+}
+
+func newClient(replicas []*replica) *client {
+	return &client{
+		http:     &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
+		replicas: replicas,
+	}
+}
+
+// reply is what a replica answered.
+type reply struct {
+	status int
+	user   apiUser // for a 200 or 201 with a user
+	code   string  // a problem's code
+}
+
+type apiUser struct {
+	ID   int64  `json:"id"`
+	Name string `json:"name"`
+}
+
+// do sends method path with body (JSON when not empty) to replica i modulo
+// the number of replicas. Returns an error when no answer came or its body
+// is not what the status promises.
+func (c *client) do(i int, method, path, body string) (reply, error) {
+	base := c.replicas[i%len(c.replicas)].base
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	if err != nil {
+		return reply{}, err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := c.http.Do(req)
+	if err != nil {
+		return reply{}, fmt.Errorf("%s %s%s: %w", method, base, path, err)
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(res.Body)
+	if err != nil {
+		return reply{}, fmt.Errorf("%s %s%s: read body: %w", method, base, path, err)
+	}
+	r := reply{status: res.StatusCode}
+	switch {
+	case res.StatusCode >= 400:
+		var p struct {
+			Code string `json:"code"`
+		}
+		if err := json.Unmarshal(data, &p); err != nil {
+			return r, fmt.Errorf("%s %s%s: %d with a body that is no problem document: %q", method, base, path, res.StatusCode, data)
+		}
+		r.code = p.Code
+	case (res.StatusCode == 200 || res.StatusCode == 201) && (method != "GET" || strings.HasPrefix(path, "/users/")):
+		if err := json.Unmarshal(data, &r.user); err != nil {
+			return r, fmt.Errorf("%s %s%s: %d with a body that is no user: %q", method, base, path, res.StatusCode, data)
+		}
+	}
+	return r, nil
+}
+
+// outcome is an answer's label in the tallies: the status, and the
+// problem's code for an error.
+func (r reply) outcome() string {
+	if r.code != "" {
+		return fmt.Sprintf("%d %s", r.status, r.code)
+	}
+	return strconv.Itoa(r.status)
+}
+
+// tally counts the outcomes of each operation, and those that were not
+// what the operation expects.
+type tally struct {
+	mu         sync.Mutex
+	counts     map[string]map[string]int // operation, outcome
+	unexpected map[string]int            // "operation: outcome, want ...", or a transport error
+	total      int
+}
+
+func newTally() *tally {
+	return &tally{counts: map[string]map[string]int{}, unexpected: map[string]int{}}
+}
+
+// add records r for op, unexpected unless its outcome is want.
+func (t *tally) add(op string, r reply, err error, want string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.total++
+	if err != nil {
+		t.unexpected[op+": "+err.Error()]++
+		return
+	}
+	if t.counts[op] == nil {
+		t.counts[op] = map[string]int{}
+	}
+	t.counts[op][r.outcome()]++
+	if r.outcome() != want {
+		t.unexpected[fmt.Sprintf("%s: %s, want %s", op, r.outcome(), want)]++
+	}
+}
+
+func (t *tally) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var b strings.Builder
+	for _, op := range slices.Sorted(mapKeys(t.counts)) {
+		fmt.Fprintf(&b, "  %-9s", op)
+		for _, o := range slices.Sorted(mapKeys(t.counts[op])) {
+			fmt.Fprintf(&b, " %s×%d", o, t.counts[op][o])
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+func (t *tally) fivexx() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, outcomes := range t.counts {
+		for o, c := range outcomes {
+			if o[0] == '5' {
+				n += c
+			}
+		}
+	}
+	return n
+}
+
+func mapKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// direct connects to PostgreSQL itself, not through PgBouncer.
+func direct(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// runUsersvc runs the usersvc binary with args and env; returns its
+// combined output and exit status.
+func runUsersvc(t *testing.T, bin string, env []string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	status := 0
+	if exitErr, ok := errors.AsType[*exec.ExitError](err); ok {
+		status = exitErr.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run usersvc %s: %v", strings.Join(args, " "), err)
+	}
+	t.Logf("$ usersvc %s  # exit status %d\n%s", strings.Join(args, " "), status, out)
+	return string(out), status
+}
+
+// TestPgBouncer runs three usersvc serve processes through one PgBouncer in
+// transaction mode, with each query mode that works there and without
+// one, after showing that migrations refuse to run through it and must go
+// to PostgreSQL directly.
+func TestPgBouncer(t *testing.T) {
+	pgBouncerPath(t) // first: says how to get it
+	bin := usersvcBinary(t)
+	pgPort := freePort(t)
+	pg := startPostgres(t, newPGDir(t), pgPort)
+	if _, err := direct(t, pg.URL("postgres")).Exec(context.Background(), "CREATE DATABASE usersvc"); err != nil {
+		t.Fatal(err)
+	}
+	directURL := pg.URL("usersvc")
+	pgb := startPgBouncer(t, pgPort)
+	t.Logf("%s in transaction mode on 127.0.0.1:%d, default_pool_size %d, in front of PostgreSQL on 127.0.0.1:%d",
+		pgb.version, pgb.port, bouncerPoolSize, pgPort)
+
+	t.Run("session lock through the pooler", func(t *testing.T) {
+		checkSessionLockLeaks(t, pgb, directURL)
+	})
+	t.Run("migrate through the pooler", func(t *testing.T) {
+		checkMigrateRefused(t, bin, pgb, directURL)
+	})
+	out, status := runUsersvc(t, bin, []string{"DATABASE_URL=" + directURL}, "migrate", "up")
+	if status != 0 || !strings.Contains(out, "schema version 1") {
+		t.Fatalf("usersvc migrate up against PostgreSQL: exit status %d, want 0 and schema version 1", status)
+	}
+
+	// exec is the setting README recommends; the other two work too.
+	rates := map[string]float64{}
+	for _, mode := range []string{"exec", "cache_describe", "simple_protocol"} {
+		t.Run(mode, func(t *testing.T) {
+			rates[mode] = checkReplicas(t, bin, pgb, directURL, "default_query_exec_mode="+mode)
+		})
+	}
+	t.Logf("load phase throughput by default_query_exec_mode (req/s, this machine, -race): %v", rates)
+	t.Run("without the setting", func(t *testing.T) {
+		checkFailsWithoutSetting(t, bin, pgb)
+	})
+}
+
+// checkSessionLockLeaks shows why migrations must not run through the
+// pooler: goose's session-level advisory lock, taken by two clients that
+// share usersvc_one's one server connection, is granted to both, and stays
+// held by that server connection once both clients have gone, so that a
+// migration run against PostgreSQL itself could not get it.
+func checkSessionLockLeaks(t *testing.T, pgb *bouncer, directURL string) {
+	ctx := context.Background()
+	tryLock := func(conn *pgx.Conn) bool {
+		t.Helper()
+		var got bool
+		// goose's own query and lock id (lock.NewPostgresSessionLocker).
+		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", lock.DefaultLockID).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	a, err := pgx.Connect(ctx, pgb.url("usersvc_one", execSetting))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := pgx.Connect(ctx, pgb.url("usersvc_one", execSetting))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotA, gotB := tryLock(a), tryLock(b)
+	a.Close(ctx)
+	b.Close(ctx)
+	if !gotA || !gotB {
+		t.Errorf("through PgBouncer, client A got goose's lock: %v, client B while A held it: %v; want both true, the lock excluding nobody", gotA, gotB)
+	}
+	conn := direct(t, directURL)
+	if tryLock(conn) {
+		t.Errorf("directly after both pooled clients left, goose's lock was free; want it still held by the pooler's server connection")
+	}
+	// Terminating the server connection that holds it is the way out.
+	var holder int
+	err = conn.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND ((classid::bigint << 32) | objid::bigint) = $1`, lock.DefaultLockID).Scan(&holder)
+	if err != nil {
+		t.Fatalf("find the session holding goose's lock: %v", err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend($1)", holder); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !tryLock(conn) {
+		if time.Now().After(deadline) {
+			t.Fatal("goose's lock still held 10s after its session was terminated")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_unlock_all()"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkMigrateRefused checks that usersvc refuses to migrate through the
+// pooler, from the migrate command and from AUTO_MIGRATE, and changes
+// nothing; migrate version, which takes no lock, works.
+func checkMigrateRefused(t *testing.T, bin string, pgb *bouncer, directURL string) {
+	env := []string{"DATABASE_URL=" + pgb.url("usersvc", execSetting)}
+	out, status := runUsersvc(t, bin, env, "migrate", "up")
+	if status != 1 || !strings.Contains(out, "connection pooler") || !strings.Contains(out, "against PostgreSQL itself") {
+		t.Errorf("usersvc migrate up through PgBouncer: exit status %d, output %q; want 1 and a message that says to migrate against PostgreSQL itself", status, out)
+	}
+	out, status = runUsersvc(t, bin, env, "migrate", "version")
+	if status != 0 || !strings.Contains(out, "schema version 0") {
+		t.Errorf("usersvc migrate version through PgBouncer: exit status %d, output %q; want 0 and schema version 0", status, out)
+	}
+
+	r := launchReplica(t, bin, append(env, "AUTO_MIGRATE=true")...)
+	select {
+	case err := <-r.exited:
+		r.exited <- err
+		if exitErr, ok := errors.AsType[*exec.ExitError](err); !ok || exitErr.ExitCode() != 1 || !strings.Contains(r.logs.String(), "connection pooler") {
+			t.Errorf("serve with AUTO_MIGRATE through PgBouncer: %v, want exit status 1 naming the pooler; log:\n%s", err, r.logs.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Errorf("serve with AUTO_MIGRATE through PgBouncer still runs after 20s; want exit status 1; log:\n%s", r.logs.String())
+	}
+
+	var tables int
+	err := direct(t, directURL).QueryRow(context.Background(),
+		"SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'users'").Scan(&tables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tables != 0 {
+		t.Errorf("after the refused migrations, the users table exists; want nothing applied")
+	}
+}
+
+// loadDuration is how long each load phase runs.
+const loadDuration = 5 * time.Second
+
+// checkReplicas starts three replicas with DATABASE_URL through PgBouncer
+// plus setting, checks readiness, the same-name race and a load phase, and
+// returns the load phase's requests per second.
+func checkReplicas(t *testing.T, bin string, pgb *bouncer, directURL, setting string) float64 {
+	bouncerLogFrom := len(pgb.logs.String())
+	env := []string{"DATABASE_URL=" + pgb.url("usersvc", setting)}
+	began := time.Now()
+	var replicas []*replica
+	for range replicaCount {
+		replicas = append(replicas, startReplica(t, bin, env...))
+	}
+	for _, r := range replicas {
+		waitFor(t, r.base+"/readyz", 10*time.Second, r.exited)
+	}
+	t.Logf("GET /readyz: 200 from all %d replicas %v after they were started", replicaCount, time.Since(began).Round(time.Millisecond))
+	c := newClient(replicas)
+	prefix := strings.TrimPrefix(setting, "default_query_exec_mode=") + " "
+
+	// The same name, from 60 clients at once, round-robin over the
+	// replicas: PostgreSQL's unique constraint lets exactly one in.
+	race := newTally()
+	raceName := prefix + "race"
+	var raceID atomic.Int64
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 60 {
+		wg.Go(func() {
+			<-start
+			r, err := c.do(i, "POST", "/users", fmt.Sprintf(`{"name":%q}`, raceName))
+			if r.status == 201 {
+				raceID.Store(r.user.ID)
+			}
+			race.add("create", r, err, "400 duplicate_name")
+		})
+	}
+	close(start)
+	wg.Wait()
+	race.mu.Lock()
+	created := race.counts["create"]["201"]
+	dup := race.counts["create"]["400 duplicate_name"]
+	race.mu.Unlock()
+	if created != 1 || dup != 59 {
+		t.Errorf("60 concurrent POST /users of one name over %d replicas: %d×201 and %d×400 duplicate_name, want 1 and 59:\n%s",
+			replicaCount, created, dup, race)
+	}
+	t.Logf("same-name race, 60 concurrent creates over %d replicas:\n%s", replicaCount, race)
+
+	// Load: clients create, read (from another replica than the one that
+	// wrote), list, rename, collide and delete, each on its own users.
+	load := newTally()
+	var mu sync.Mutex
+	live := map[int64]string{} // every user a 201 or 200 announced and no 204 removed
+	gone := map[int64]bool{}
+	maxServers := sampleServers(t, directURL)
+	ctx, stop := context.WithTimeout(context.Background(), loadDuration)
+	defer stop()
+	began = time.Now()
+	const clients = 12
+	for k := range clients {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(k), 1))
+			var own []apiUser
+			n, seq := k, 0
+			next := func() int { n++; return n } // consecutive requests go to different replicas
+			for ctx.Err() == nil {
+				op := rng.IntN(10)
+				if len(own) == 0 || op < 3 {
+					seq++
+					name := fmt.Sprintf("%sc%d-%d", prefix, k, seq)
+					r, err := c.do(next(), "POST", "/users", fmt.Sprintf(`{"name":%q}`, name))
+					load.add("create", r, err, "201")
+					if r.status == 201 {
+						own = append(own, r.user)
+						mu.Lock()
+						live[r.user.ID] = r.user.Name
+						mu.Unlock()
+					}
+					continue
+				}
+				i := rng.IntN(len(own))
+				u := own[i]
+				switch op {
+				case 3, 4:
+					r, err := c.do(next(), "GET", fmt.Sprintf("/users/%d", u.ID), "")
+					if err == nil && r.status == 200 && r.user != u {
+						err = fmt.Errorf("GET /users/%d = %+v, want %+v", u.ID, r.user, u)
+					}
+					load.add("get", r, err, "200")
+				case 5:
+					r, err := c.do(next(), "GET", "/users?limit=1&name="+url.QueryEscape(u.Name), "")
+					load.add("list", r, err, "200")
+				case 6:
+					r, err := c.do(next(), "GET", fmt.Sprintf("/users?after=%d&limit=20", max(0, u.ID-10)), "")
+					load.add("list", r, err, "200")
+				case 7:
+					seq++
+					name := fmt.Sprintf("%sc%d-%d", prefix, k, seq)
+					r, err := c.do(next(), "PUT", fmt.Sprintf("/users/%d", u.ID), fmt.Sprintf(`{"name":%q}`, name))
+					load.add("rename", r, err, "200")
+					if r.status == 200 {
+						own[i] = r.user
+						mu.Lock()
+						live[u.ID] = r.user.Name
+						mu.Unlock()
+					}
+				case 8:
+					r, err := c.do(next(), "POST", "/users", fmt.Sprintf(`{"name":%q}`, u.Name))
+					load.add("duplicate", r, err, "400 duplicate_name")
+				case 9:
+					r, err := c.do(next(), "DELETE", fmt.Sprintf("/users/%d", u.ID), "")
+					load.add("delete", r, err, "204")
+					if r.status == 204 {
+						own = slices.Delete(own, i, i+1)
+						mu.Lock()
+						delete(live, u.ID)
+						gone[u.ID] = true
+						mu.Unlock()
+						r, err := c.do(next(), "GET", fmt.Sprintf("/users/%d", u.ID), "")
+						load.add("get gone", r, err, "404 not_found")
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(began)
+	servers := maxServers()
+	rate := float64(load.total) / elapsed.Seconds()
+	t.Logf("load: %d clients for %v, %d requests (%.0f/s) over %d replicas:\n%s", clients, elapsed.Round(time.Millisecond), load.total, rate, replicaCount, load)
+	if load.total < 100 {
+		t.Errorf("load phase made only %d requests", load.total)
+	}
+	if len(load.unexpected) > 0 || load.fivexx() > 0 {
+		t.Errorf("load phase: %d 5xx; unexpected outcomes: %v", load.fivexx(), load.unexpected)
+	}
+
+	// Every user a client was told exists does, with its last name; every
+	// deleted one is gone; nothing else carries the prefix.
+	rows, err := direct(t, directURL).Query(context.Background(), "SELECT id, name FROM users WHERE starts_with(name, $1)", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, err := pgx.CollectRows(rows, pgx.RowToStructByPos[apiUser])
+	if err != nil {
+		t.Fatal(err)
+	}
+	live[raceID.Load()] = raceName
+	inTable := map[int64]string{}
+	for _, u := range table {
+		inTable[u.ID] = u.Name
+	}
+	for id, name := range live {
+		if inTable[id] != name {
+			t.Errorf("user %d: the table has %q, clients were told %q", id, inTable[id], name)
+		}
+	}
+	for id, name := range inTable {
+		if _, ok := live[id]; !ok {
+			t.Errorf("user %d %q is in the table but no client was told it exists (deleted: %v)", id, name, gone[id])
+		}
+	}
+	t.Logf("durability: %d users acknowledged and not deleted, all in the table as told; %d deleted, all gone", len(live), len(gone))
+
+	// The replicas' pools shared PgBouncer's few server connections.
+	var clientConns int
+	for _, r := range replicas {
+		clientConns += poolConnections(t, r)
+	}
+	t.Logf("connections: the replicas' pools held %d to PgBouncer; PostgreSQL saw at most %d from it (default_pool_size %d)", clientConns, servers, bouncerPoolSize)
+	if servers > bouncerPoolSize || servers == 0 {
+		t.Errorf("PostgreSQL saw up to %d sessions from PgBouncer during the load, want 1 to %d", servers, bouncerPoolSize)
+	}
+	if clientConns <= bouncerPoolSize {
+		t.Errorf("the replicas' pools held %d connections in all, want more than PgBouncer's %d server connections for the test to mean anything", clientConns, bouncerPoolSize)
+	}
+
+	began = time.Now()
+	for _, r := range replicas {
+		r.stop(t)
+	}
+	t.Logf("SIGTERM: all %d replicas exited 0 within %v", replicaCount, time.Since(began).Round(time.Millisecond))
+	var trouble []string
+	for i, r := range replicas {
+		for _, rec := range logRecords(t, r.logs.String()) {
+			if lvl := rec["level"]; lvl == "WARN" || lvl == "ERROR" {
+				trouble = append(trouble, fmt.Sprintf("replica %d: %v", i, rec))
+			}
+		}
+		trouble = append(trouble, troubleLines(r.logs.String(), 0)...)
+	}
+	trouble = append(trouble, troubleLines(pgb.logs.String(), bouncerLogFrom)...)
+	if len(trouble) > 0 {
+		t.Errorf("%d warnings, errors or protocol errors in the replicas' and PgBouncer's logs, want none:\n%s", len(trouble), strings.Join(trouble[:min(len(trouble), 20)], "\n"))
+	}
+	t.Logf("protocol errors in the replicas' and PgBouncer's logs: %d", len(trouble))
+	return rate
+}
+
+// sampleServers counts PostgreSQL's sessions in the database usersvc,
+// other than its own, every 50 ms until the returned function is called,
+// which returns the highest count.
+func sampleServers(t *testing.T, directURL string) func() int {
+	conn := direct(t, directURL)
+	done, result := make(chan struct{}), make(chan int)
+	go func() {
+		highest := 0
+		for {
+			var n int
+			err := conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+				WHERE datname = 'usersvc' AND backend_type = 'client backend' AND pid <> pg_backend_pid()`).Scan(&n)
+			if err != nil {
+				t.Errorf("count sessions: %v", err)
+			}
+			highest = max(highest, n)
+			select {
+			case <-done:
+				result <- highest
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	return func() int { close(done); return <-result }
+}
+
+// poolConnections returns the replica's usersvc_db_pool_total_connections.
+func poolConnections(t *testing.T, r *replica) int {
+	t.Helper()
+	res, err := http.Get(r.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "usersvc_db_pool_total_connections "); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(n)
+		}
+	}
+	t.Fatalf("%s/metrics has no usersvc_db_pool_total_connections", r.base)
+	return 0
+}
+
+// checkFailsWithoutSetting is the control: the same replicas without the
+// setting, in pgx's default mode where every connection prepares the
+// queries by name, fail through the pooler. The test would notice a
+// service that stopped honouring default_query_exec_mode.
+func checkFailsWithoutSetting(t *testing.T, bin string, pgb *bouncer) {
+	bouncerLogFrom := len(pgb.logs.String())
+	var replicas []*replica
+	for range replicaCount {
+		replicas = append(replicas, startReplica(t, bin, "DATABASE_URL="+pgb.url("usersvc", "")))
+	}
+	c := newClient(replicas)
+	load := newTally()
+	troubleSeen := func() bool {
+		for _, r := range replicas {
+			if protocolTrouble.MatchString(r.logs.String()) {
+				return true
+			}
+		}
+		return false
+	}
+	// Load until the replicas report protocol errors, for at most 20s.
+	ctx, stop := context.WithTimeout(context.Background(), 20*time.Second)
+	defer stop()
+	var wg sync.WaitGroup
+	var seq atomic.Int64
+	for k := range 12 {
+		wg.Go(func() {
+			for n := k; ctx.Err() == nil; n++ {
+				id := seq.Add(1)
+				r, err := c.do(n, "POST", "/users", fmt.Sprintf(`{"name":"no setting %d"}`, id))
+				load.add("create", r, err, "201")
+				r, err = c.do(n+1, "GET", fmt.Sprintf("/users?after=%d&limit=5", max(0, id-5)), "")
+				load.add("list", r, err, "200")
+				if n%20 == 0 && troubleSeen() {
+					stop()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, r := range replicas {
+		r.stop(t)
+	}
+	errs := map[string]int{}
+	quoted, number := regexp.MustCompile(`"[^"]*"`), regexp.MustCompile(`(user|after) [0-9]+`)
+	for _, r := range replicas {
+		for _, rec := range logRecords(t, r.logs.String()) {
+			if err, ok := rec["err"].(string); ok && protocolTrouble.MatchString(err) {
+				// A statement's name is its SQL: keep the message's shape.
+				errs[number.ReplaceAllString(quoted.ReplaceAllString(err, `"…"`), "$1 N")]++
+			}
+		}
+	}
+	t.Logf("without the setting: %d requests:\n%s", load.total, load)
+	t.Logf("errors in the replicas' logs: %v", errs)
+	t.Logf("PgBouncer's log: %d warnings, errors or protocol errors", len(troubleLines(pgb.logs.String(), bouncerLogFrom)))
+	if !troubleSeen() || len(errs) == 0 {
+		t.Errorf("without %s, %d requests through PgBouncer in transaction mode logged no prepared-statement or protocol error; want some, or this test no longer tells the setting matters", execSetting, load.total)
+	}
+	if load.fivexx() == 0 {
+		t.Errorf("without %s, no request through PgBouncer in transaction mode failed; want some 5xx", execSetting)
+	}
+}
