@@ -453,7 +453,7 @@ func TestPgBouncer(t *testing.T) {
 			rates[mode] = checkReplicas(t, bin, pgb, directURL, "default_query_exec_mode="+mode)
 		})
 	}
-	t.Logf("load phase throughput by default_query_exec_mode (req/s, this machine, -race): %v", rates)
+	t.Logf("load phase throughput by default_query_exec_mode (req/s on this machine, shared with everything else running): %v", rates)
 	t.Run("without the setting", func(t *testing.T) {
 		checkFailsWithoutSetting(t, bin, pgb)
 	})
