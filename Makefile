@@ -11,7 +11,7 @@ TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 
-.PHONY: run build test test-pgbouncer install-pgbouncer check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go
+.PHONY: run build test test-pgbouncer install-pgbouncer check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -52,6 +52,19 @@ install-pgbouncer:
 bench:
 	@go build -o bin/bench ./cmd/bench
 	@./bin/bench $(BENCH_ARGS)
+
+## soak: sustained mixed load (every kind of request, each with the answer
+## it must get) from wrk for SOAK_DURATION over SOAK_CONNECTIONS connections,
+## against the service and a throwaway PostgreSQL, sampling the service's
+## RSS and goroutines every 10 s; fails on any error, or when RSS or
+## goroutines grow (docs/soak.md). Not part of make test. SOAK_ARGS passes
+## more flags (bin/bench soak -h lists them). Installs wrk when root. The
+## report is markdown on stdout: make soak > run.md
+SOAK_DURATION    ?= 5m
+SOAK_CONNECTIONS ?= 16
+soak:
+	@go build -o bin/bench ./cmd/bench
+	@./bin/bench soak -duration $(SOAK_DURATION) -connections $(SOAK_CONNECTIONS) $(SOAK_ARGS)
 
 ## bench-go: the request path's micro-benchmarks (JSON and handlers, no
 ## network, no database), with allocations

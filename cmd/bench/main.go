@@ -14,6 +14,12 @@
 // markdown report on stdout (progress goes to stderr) and removes everything
 // it made. Run it on a quiet machine: wrk, the service and PostgreSQL share
 // the CPU, and so does anything else that runs.
+//
+// `bench soak [-duration 5m] [-connections 16] [flags]` (make soak) runs on
+// the same set-up a sustained mixed load (scripts/soak.lua), samples the
+// service's memory, goroutines and pool every -interval, and prints a
+// markdown report; it exits 1 on any error, or when RSS or goroutines do
+// not stay flat. docs/soak.md has a recorded run and the rules.
 package main
 
 import (
@@ -29,7 +35,12 @@ func main() {
 	// in run then still stops the service and the database and removes
 	// their directories, which no signal would do.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "soak" {
+		err = runSoak(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		err = run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	}
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)

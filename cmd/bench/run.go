@@ -7,11 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"time"
-
-	"usersvc/internal/pglocal"
 )
 
 // results is everything one benchmark run measured.
@@ -59,64 +56,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	logf := func(format string, a ...any) { fmt.Fprintf(stderr, "bench: "+format+"\n", a...) }
 
-	// Tools first: better to fail before a minute of seeding.
-	binDir, err := pglocal.FindBinDir()
+	startLoad := loadAverage()
+	h, err := startHarness(ctx, harnessOptions{seed: opts.seed, serviceBin: opts.serviceBin, wrk: opts.wrk, env: opts.env}, stderr, logf)
 	if err != nil {
 		return err
 	}
-	wrk, err := findWrk(ctx, opts.wrk, stderr)
-	if err != nil {
-		return err
-	}
-
-	tmp, err := os.MkdirTemp("", "usersvc-bench-")
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, os.RemoveAll(tmp)) }()
-	scriptPaths, err := writeScripts(tmp)
-	if err != nil {
-		return err
-	}
-	bin := opts.serviceBin
-	if bin == "" {
-		logf("building the service")
-		if bin, err = buildService(ctx, tmp, stderr); err != nil {
-			return err
-		}
-	}
-	res := &results{opts: opts, startLoad: loadAverage(), calibration: map[int][]calibration{}}
-	res.machine = describeMachine(ctx, binDir, wrk, bin)
-
-	logf("starting PostgreSQL")
-	pg, err := startPostgres(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, pg.stop()) }()
-	logf("seeding %d users", opts.seed)
-	if err := pg.prepareDatabase(ctx, opts.seed); err != nil {
-		return err
-	}
-	if res.settings, err = pg.settings(ctx); err != nil {
-		return err
-	}
+	defer func() { err = errors.Join(err, h.stop()) }()
+	res := &results{opts: opts, startLoad: startLoad, calibration: map[int][]calibration{},
+		machine: h.machine, settings: h.settings}
+	pg, svc, wrk, scriptPaths := h.pg, h.svc, h.wrk, h.scripts
 	pgHost, pgPort, err := pg.hostPort()
 	if err != nil {
 		return err
 	}
-	ceil := ceiling{binDir: binDir, host: pgHost, port: pgPort, url: pg.srv.URL(database), scripts: scriptPaths,
+	ceil := ceiling{binDir: h.binDir, host: pgHost, port: pgPort, url: pg.srv.URL(database), scripts: scriptPaths,
 		seed: opts.seed, duration: opts.duration}
-
-	svc, err := startService(ctx, bin, pg.srv.URL(database), filepath.Join(tmp, "service.log"), opts.env)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if serr := svc.stop(); serr != nil {
-			err = errors.Join(err, fmt.Errorf("%w; its log ends:\n%s", serr, svc.logTail()))
-		}
-	}()
 
 	// tag numbers the runs, so that each run's new names are its own.
 	tag := 0

@@ -87,9 +87,9 @@ func (s scenario) bounds(seed int) (lo, hi int) {
 // one row more, which tells whether another page follows.
 const listMaxRows = 51
 
-// writeScripts writes the scripts that the scenarios need into dir, each
-// wrk script prefixed with common.lua, and returns the path of each by its
-// name.
+// writeScripts writes the scripts that the scenarios and the soak need
+// into dir, each wrk script prefixed with common.lua, and returns the path
+// of each by its name.
 func writeScripts(dir string) (map[string]string, error) {
 	common, err := scripts.ReadFile("scripts/common.lua")
 	if err != nil {
@@ -108,21 +108,23 @@ func writeScripts(dir string) (map[string]string, error) {
 	if err := write("common.lua", common); err != nil {
 		return nil, err
 	}
+	names := []string{soakScript}
 	for _, s := range scenarios {
-		for _, name := range []string{s.lua, s.pgbench} {
-			if name == "" {
-				continue
-			}
-			body, err := scripts.ReadFile("scripts/" + name)
-			if err != nil {
-				return nil, err
-			}
-			if filepath.Ext(name) == ".lua" {
-				body = append(append(append([]byte{}, common...), '\n'), body...)
-			}
-			if err := write(name, body); err != nil {
-				return nil, err
-			}
+		names = append(names, s.lua, s.pgbench)
+	}
+	for _, name := range names {
+		if name == "" {
+			continue
+		}
+		body, err := scripts.ReadFile("scripts/" + name)
+		if err != nil {
+			return nil, err
+		}
+		if filepath.Ext(name) == ".lua" {
+			body = append(append(append([]byte{}, common...), '\n'), body...)
+		}
+		if err := write(name, body); err != nil {
+			return nil, err
 		}
 	}
 	return paths, nil

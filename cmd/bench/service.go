@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -221,26 +222,35 @@ func (s *service) exited() bool {
 var troubleLevels = [][]byte{[]byte(`"level":"WARN"`), []byte(`"level":"ERROR"`)}
 
 // trouble returns how many lines the service logged at warn or above, and
-// the last few of them.
+// the last few of them; -1 and why when the log cannot be read. It reads
+// the log a line at a time: a soak's access log runs to hundreds of MiB.
 func (s *service) trouble() (int, string) {
-	b, err := os.ReadFile(s.logPath)
+	f, err := os.Open(s.logPath)
 	if err != nil {
 		return -1, fmt.Sprintf("(read the service's log: %v)", err)
 	}
-	var lines [][]byte
-	for line := range bytes.Lines(b) {
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 64<<10)
+	var n int
+	var last [][]byte
+	for {
+		line, err := r.ReadBytes('\n')
 		for _, level := range troubleLevels {
 			if bytes.Contains(line, level) {
-				lines = append(lines, line)
+				n++
+				if last = append(last, line); len(last) > 5 {
+					last = last[1:]
+				}
 				break
 			}
 		}
+		if err == io.EOF {
+			return n, string(bytes.Join(last, nil))
+		}
+		if err != nil {
+			return -1, fmt.Sprintf("(read the service's log: %v)", err)
+		}
 	}
-	n := len(lines)
-	if len(lines) > 5 {
-		lines = lines[len(lines)-5:]
-	}
-	return n, string(bytes.Join(lines, nil))
 }
 
 // logTail returns the end of the service's log.

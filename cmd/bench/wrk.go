@@ -132,6 +132,13 @@ type wrkRun struct {
 // run runs wrk and returns its result. Returns an error with wrk's output
 // when wrk fails or prints no result.
 func (w wrkRun) run(ctx context.Context) (wrkResult, error) {
+	r, _, err := w.runOutput(ctx)
+	return r, err
+}
+
+// runOutput is run, and returns wrk's whole output too, for what a script
+// prints besides the result line.
+func (w wrkRun) runOutput(ctx context.Context) (wrkResult, []byte, error) {
 	args := []string{
 		"-t", strconv.Itoa(w.threads),
 		"-c", strconv.Itoa(w.connections),
@@ -149,16 +156,16 @@ func (w wrkRun) run(ctx context.Context) (wrkResult, error) {
 	machine0, _ := machineBusy()
 	service0, _ := processCPU(w.servicePID)
 	if err := cmd.Run(); err != nil {
-		return wrkResult{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out.Bytes())
+		return wrkResult{}, out.Bytes(), fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out.Bytes())
 	}
 	machine1, _ := machineBusy()
 	service1, _ := processCPU(w.servicePID)
 	r, err := parseWrkOutput(out.Bytes())
 	if err != nil {
-		return r, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out.Bytes())
+		return r, out.Bytes(), fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out.Bytes())
 	}
 	r.cpu = cpuSample{machine: machine1 - machine0, service: service1 - service0, client: childCPU(cmd.ProcessState)}
-	return r, nil
+	return r, out.Bytes(), nil
 }
 
 // cpuRest returns the CPU time of the run that neither wrk nor the service

@@ -46,4 +46,8 @@ function done(summary, latency, requests)
       latency:percentile(50), latency:percentile(90), latency:percentile(99),
       latency:percentile(99.9), latency.max, latency.mean,
       exp, unexp))
+   -- A script may print more of the run after it, on lines of its own.
+   if done_more then
+      done_more(threads)
+   end
 end
