@@ -11,8 +11,8 @@ import (
 var nextLink = regexp.MustCompile(`^<(/users\?[^>]*)>; rel="next"$`)
 
 // walk follows the Link headers from first to the last page and returns the
-// ids in the order served and the number of pages.
-func (s *testServer) walk(first string) (ids []int64, pages int) {
+// users in the order served and the number of pages.
+func (s *testServer) walk(first string) (users []user, pages int) {
 	s.t.Helper()
 	for target := first; target != ""; pages++ {
 		if pages > 100 {
@@ -22,9 +22,7 @@ func (s *testServer) walk(first string) (ids []int64, pages int) {
 		if r.status != http.StatusOK {
 			s.t.Fatalf("GET %s: status = %d, want 200; body %s", target, r.status, r.body)
 		}
-		for _, u := range decodeJSON[[]user](s.t, r.body) {
-			ids = append(ids, u.ID)
-		}
+		users = append(users, decodeJSON[[]user](s.t, r.body)...)
 		target = ""
 		if link := r.header.Get("Link"); link != "" {
 			m := nextLink.FindStringSubmatch(link)
@@ -34,7 +32,7 @@ func (s *testServer) walk(first string) (ids []int64, pages int) {
 			target = m[1]
 		}
 	}
-	return ids, pages
+	return users, pages
 }
 
 func TestListUsersEmpty(t *testing.T) {
@@ -75,7 +73,11 @@ func TestListUsersPagination(t *testing.T) {
 		{"/users?after=0&limit=5", want, 2},
 	}
 	for _, tt := range tests {
-		ids, pages := s.walk(tt.first)
+		users, pages := s.walk(tt.first)
+		var ids []int64
+		for _, u := range users {
+			ids = append(ids, u.ID)
+		}
 		if !slices.Equal(ids, tt.wantIDs) || pages != tt.wantPages {
 			t.Errorf("walk from %s: ids %v in %d pages, want %v in %d", tt.first, ids, pages, tt.wantIDs, tt.wantPages)
 		}

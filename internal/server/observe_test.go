@@ -319,6 +319,9 @@ func TestReadyz(t *testing.T) {
 			if r.status != tt.status {
 				t.Fatalf("GET /readyz = %d %s, want %d", r.status, r.body, tt.status)
 			}
+			if r.close != tt.drain {
+				t.Errorf("GET /readyz: Connection: close %v, want %v: a draining server closes each connection after its answer", r.close, tt.drain)
+			}
 			if tt.status == 200 {
 				return
 			}

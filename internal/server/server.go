@@ -45,12 +45,19 @@ func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Op
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		// A client's next request then goes out on a new connection, which
+		// the listener accepts or refuses, not on a kept-alive one that
+		// the shutdown may close as idle just as the request is sent.
+		w.Header().Set("Connection", "close")
+	}
 	s.handler.ServeHTTP(w, r)
 }
 
 // Drain makes /readyz answer 503 from now on, so that load balancers stop
-// sending new requests while the ones in flight finish. It does not stop
-// serving: that is http.Server.Shutdown's job.
+// sending new requests while the ones in flight finish, and every response
+// close its connection. It does not stop serving: that is
+// http.Server.Shutdown's job.
 func (s *Server) Drain() {
 	s.draining.Store(true)
 }

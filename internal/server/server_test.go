@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"usersvc/db"
 	"usersvc/internal/pgtest"
 	"usersvc/migrations"
@@ -22,8 +24,9 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // testServer is the real handler stack on a real, freshly migrated database
 // of its own, served over loopback HTTP.
 type testServer struct {
-	t   *testing.T
-	url string
+	t    *testing.T
+	url  string
+	pool *pgxpool.Pool // the server's database, for checks behind the API's back
 }
 
 func newTestServer(t *testing.T) *testServer {
@@ -32,7 +35,7 @@ func newTestServer(t *testing.T) *testServer {
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
 	srv := httptest.NewServer(New(logger, db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 5 * time.Second, SchemaVersion: migrations.Latest()}))
 	t.Cleanup(srv.Close)
-	return &testServer{t: t, url: srv.URL}
+	return &testServer{t: t, url: srv.URL, pool: pool}
 }
 
 // response is what a request got back.

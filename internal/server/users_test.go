@@ -4,7 +4,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -178,34 +177,16 @@ func TestConcurrentCreateSameName(t *testing.T) {
 	t.Parallel()
 	s := newTestServer(t)
 	const n = 40
-	type result struct {
-		req *http.Request
-		res response
-		err error
+	calls := make([]call, n)
+	for i := range calls {
+		calls[i] = call{http.MethodPost, "/users", `{"name":"contested"}`}
 	}
-	results := make(chan result, n)
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() {
-			<-start
-			req, res, err := s.send(http.MethodPost, "/users", "application/json", strings.NewReader(`{"name":"contested"}`))
-			results <- result{req, res, err}
-		})
-	}
-	close(start)
-	wg.Wait()
-	close(results)
 	count := map[int]int{}
-	for r := range results {
-		if r.err != nil {
-			t.Fatal(r.err)
+	for i, r := range s.concurrently(n, calls) {
+		if r.status == http.StatusBadRequest {
+			wantProblem(t, calls[i].String()+" race loser", r, 400, codeDuplicateName)
 		}
-		s.check(r.req, r.res)
-		if r.res.status == http.StatusBadRequest {
-			wantProblem(t, "POST /users race loser", r.res, 400, codeDuplicateName)
-		}
-		count[r.res.status]++
+		count[r.status]++
 	}
 	if count[201] != 1 || count[400] != n-1 {
 		t.Errorf("%d concurrent creates of one name: statuses %v, want one 201 and %d × 400", n, count, n-1)
