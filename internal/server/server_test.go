@@ -24,6 +24,8 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 type testServer struct {
 	t   *testing.T
 	url string
+	// header is added to every request, such as an Authorization.
+	header http.Header
 }
 
 func newTestServer(t *testing.T) *testServer {
@@ -64,6 +66,9 @@ func (s *testServer) send(method, target, contentType string, body io.Reader) (*
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
+	}
+	for name, values := range s.header {
+		req.Header[name] = values
 	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
