@@ -244,6 +244,15 @@ func TestRunServe(t *testing.T) {
 	checkMetrics(t, base)
 	checkServerLimits(t, base)
 
+	// /readyz turns 200 once the migration commits, a moment before goose
+	// returns and the line is logged; a cancel in between stops goose
+	// before it says what it applied.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(stderr.String(), `"msg":"migration applied"`); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no migration applied line 10s after /readyz turned 200:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	cancel()
 	select {
 	case err := <-runErr:
