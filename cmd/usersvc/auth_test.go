@@ -98,3 +98,50 @@ func TestServeWithTokensFile(t *testing.T) {
 		t.Errorf("the access log has %d lines with status 401, want 3:\n%s", refused, log)
 	}
 }
+
+// TestServeMetricsAddr runs serve with METRICS_ADDR and tokens: /metrics
+// moves to its own listener, where it needs no token, and is gone from the
+// API's.
+func TestServeMetricsAddr(t *testing.T) {
+	metricsAddr := freeAddr(t)
+	s := startServe(t, map[string]string{
+		"DATABASE_URL": pgtest.NewURL(t),
+		"METRICS_ADDR": metricsAddr,
+		"AUTH_TOKENS":  "metrics-test-0123456789abcdef",
+	})
+	if status, _ := s.request(t, "GET", "/metrics", ""); status != http.StatusNotFound {
+		t.Errorf("GET /metrics on HTTP_ADDR with METRICS_ADDR set: status = %d, want 404", status)
+	}
+	if status, _ := s.request(t, "GET", "/users", ""); status != http.StatusUnauthorized {
+		t.Errorf("GET /users without a token: status = %d, want 401", status)
+	}
+	checkMetrics(t, "http://"+metricsAddr)
+	res, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, want := range []string{
+		`usersvc_http_requests_total{code="404",method="GET",route="unmatched"} 1`,
+		`usersvc_http_requests_total{code="401",method="GET",route="/users"} 1`,
+	} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("GET /metrics on METRICS_ADDR lacks %s, the API listener's requests", want)
+		}
+	}
+	if status, _ := s.request(t, "GET", "/healthz", ""); status != http.StatusOK {
+		t.Errorf("GET /healthz: status = %d, want 200", status)
+	}
+	if err := s.stop(t, 15*time.Second); err != nil {
+		t.Errorf("serve after cancel = %v, want nil", err)
+	}
+	if _, err := http.Get("http://" + metricsAddr + "/metrics"); err == nil {
+		t.Error("METRICS_ADDR still answers after serve returned")
+	}
+	if rec := findRecord(logRecords(t, s.logs.String()), "msg", "metrics listening"); rec == nil || rec["addr"] != metricsAddr {
+		t.Errorf("log line metrics listening = %v, want addr %s", rec, metricsAddr)
+	} else {
+		checkLogFieldsDocumented(t, rec)
+	}
+}

@@ -71,10 +71,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("register pool metrics: %w", err)
 	}
 	handler := server.New(logger, db.New(pool), migrations.VersionReader{Q: pool}, server.Options{
-		RequestTimeout: cfg.RequestTimeout,
-		SchemaVersion:  migrations.Latest(),
-		Metrics:        m,
-		AuthTokens:     cfg.AuthTokens,
+		RequestTimeout:   cfg.RequestTimeout,
+		SchemaVersion:    migrations.Latest(),
+		Metrics:          m,
+		MetricsElsewhere: cfg.MetricsAddr != "",
+		AuthTokens:       cfg.AuthTokens,
 	})
 	srv := newHTTPServer(ctx, cfg, handler, logger)
 	if cfg.DebugAddr != "" {
@@ -83,6 +84,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 		defer stopDebug()
+	}
+	if cfg.MetricsAddr != "" {
+		stopMetrics, err := startMetrics(ctx, cfg.MetricsAddr, m, logger)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
 	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {

@@ -44,6 +44,10 @@ type Config struct {
 	// DebugAddr, when set, is the address of a second listener that serves
 	// net/http/pprof's profiles. Empty: no such listener.
 	DebugAddr string `envconfig:"DEBUG_ADDR"`
+	// MetricsAddr, when set, is the address of a second listener that
+	// serves /metrics, which HTTPAddr then does not. Empty: /metrics is
+	// served on HTTPAddr.
+	MetricsAddr string `envconfig:"METRICS_ADDR"`
 	// AuthTokens are the bearer tokens the API's routes accept: AUTH_TOKENS
 	// split at commas, or the lines of the file AUTH_TOKENS_FILE names. Load
 	// reads and checks them (see readTokens). Empty: the API needs no token.

@@ -10,8 +10,9 @@ import (
 
 // addRoutes lists every route the service serves. The API's routes, under
 // /users, are wrapped in authed: with tokens configured they answer 401
-// unauthorized to a request without one. The probes, the metrics and the
-// OpenAPI document are open to all.
+// unauthorized to a request without one. The probes, the metrics (when m
+// is set: not when another listener serves them) and the OpenAPI document
+// are open to all.
 func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready readiness, m *metrics.Metrics, authed func(http.Handler) http.Handler) {
 	mux.Handle("POST /users", authed(handleUserCreate(logger, store)))
 	mux.Handle("GET /users", authed(handleUserList(logger, store)))

@@ -19,8 +19,12 @@ type Options struct {
 	// SchemaVersion is the migration version this build's queries need:
 	// /readyz answers 503 while the database is behind it.
 	SchemaVersion int64
-	// Metrics, when set, counts every request and is served at /metrics.
+	// Metrics, when set, counts every request and is served at /metrics,
+	// unless MetricsElsewhere.
 	Metrics *metrics.Metrics
+	// MetricsElsewhere leaves /metrics out of the routes: another listener
+	// serves it (METRICS_ADDR).
+	MetricsElsewhere bool
 	// AuthTokens, when set, are the bearer tokens the /users routes accept;
 	// any other request to them gets 401 unauthorized. Empty: no check.
 	AuthTokens []string
@@ -45,7 +49,11 @@ func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Op
 	mux := http.NewServeMux()
 	auth := newAuthenticator(opts.AuthTokens)
 	authed := func(h http.Handler) http.Handler { return auth.require(logger, h) }
-	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, opts.Metrics, authed)
+	served := opts.Metrics
+	if opts.MetricsElsewhere {
+		served = nil
+	}
+	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served, authed)
 	s.handler = observe(problemMux{mux: mux, logger: logger, auth: auth}, logger, opts.Metrics, opts.RequestTimeout)
 	return s
 }
