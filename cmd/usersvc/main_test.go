@@ -244,6 +244,15 @@ func TestRunServe(t *testing.T) {
 	checkMetrics(t, base)
 	checkServerLimits(t, base)
 
+	// /readyz turns 200 once the migration commits, a moment before goose
+	// returns and the line is logged; a cancel in between stops goose
+	// before it says what it applied.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(stderr.String(), `"msg":"migration applied"`); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no migration applied line 10s after /readyz turned 200:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	cancel()
 	select {
 	case err := <-runErr:
@@ -262,9 +271,12 @@ func TestRunServe(t *testing.T) {
 	}
 	if start := findRecord(logs, "msg", "listening"); start != nil {
 		db := config.Config{DatabaseURL: databaseURL}.DatabaseHost()
-		if start["version"] != buildVersion() || start["addr"] != addr || start["db"] != db || start["schema_version"] != float64(1) {
-			t.Errorf("start-up line = %v, want version %s, addr %s, db %s, schema_version 1", start, buildVersion(), addr, db)
+		if start["version"] != buildVersion() || start["addr"] != addr || start["db"] != db || start["schema_version"] != float64(1) || start["auth_tokens"] != float64(0) {
+			t.Errorf("start-up line = %v, want version %s, addr %s, db %s, schema_version 1, auth_tokens 0", start, buildVersion(), addr, db)
 		}
+	}
+	if warning := findRecord(logs, "msg", authOffWarning); warning == nil || warning["level"] != "WARN" {
+		t.Errorf("without tokens, the log has no warning %q:\n%s", authOffWarning, stderr.String())
 	}
 	access := findRecord(logs, "request_id", "run-test-1")
 	if access == nil || access["route"] != "/users" || access["status"] != float64(201) {
@@ -465,6 +477,9 @@ func TestRunErrors(t *testing.T) {
 		{"negative pool size", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "DB_MAX_CONNS": "-1"}, "DB_MAX_CONNS", 1},
 		{"zero timeout", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "SHUTDOWN_TIMEOUT": "0s"}, "SHUTDOWN_TIMEOUT", 1},
 		{"malformed URL", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@[::1"}, "DATABASE_URL", 1},
+		{"auth tokens file missing", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "AUTH_TOKENS_FILE": "/nonexistent/tokens"}, "AUTH_TOKENS_FILE: open /nonexistent/tokens: no such file", 1},
+		{"auth tokens twice", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "AUTH_TOKENS": "hunter2hunter2hunter2", "AUTH_TOKENS_FILE": "/dev/null"}, "AUTH_TOKENS: AUTH_TOKENS_FILE is set too", 1},
+		{"auth token too short", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "AUTH_TOKENS": "hunter2"}, "AUTH_TOKENS: token 1 of 1 is shorter than 16 characters", 1},
 		{"unusable address", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "HTTP_ADDR": "bad::addr::"}, "listen on bad::addr::", 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,6 +32,9 @@ const (
 	writeTimeoutMargin = 5 * time.Second
 )
 
+// authOffWarning is logged at start when no token is configured.
+const authOffWarning = "authentication is off: any client may read and change users; set AUTH_TOKENS or AUTH_TOKENS_FILE unless a proxy in front authenticates"
+
 // serve runs the HTTP server until ctx is done, then shuts it down
 // gracefully within SHUTDOWN_TIMEOUT. It listens at once, whether or not
 // the database answers: /healthz is 200 from the start, and /readyz tells
@@ -68,9 +71,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("register pool metrics: %w", err)
 	}
 	handler := server.New(logger, db.New(pool), migrations.VersionReader{Q: pool}, server.Options{
-		RequestTimeout: cfg.RequestTimeout,
-		SchemaVersion:  migrations.Latest(),
-		Metrics:        m,
+		RequestTimeout:   cfg.RequestTimeout,
+		SchemaVersion:    migrations.Latest(),
+		Metrics:          m,
+		MetricsElsewhere: cfg.MetricsAddr != "",
+		AuthTokens:       cfg.AuthTokens,
 	})
 	srv := newHTTPServer(ctx, cfg, handler, logger)
 	if cfg.DebugAddr != "" {
@@ -79,6 +84,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 		defer stopDebug()
+	}
+	if cfg.MetricsAddr != "" {
+		stopMetrics, err := startMetrics(ctx, cfg.MetricsAddr, m, logger)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
 	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -89,7 +101,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		slog.String("version", buildVersion()),
 		slog.String("db", cfg.DatabaseHost()),
 		slog.Int64("schema_version", migrations.Latest()),
-		slog.Bool("auto_migrate", cfg.AutoMigrate))
+		slog.Bool("auto_migrate", cfg.AutoMigrate),
+		slog.Int("auth_tokens", len(cfg.AuthTokens)))
+	if len(cfg.AuthTokens) == 0 {
+		logger.WarnContext(ctx, authOffWarning)
+	}
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

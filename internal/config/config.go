@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"reflect"
 	"strings"
 	"time"
@@ -43,6 +44,16 @@ type Config struct {
 	// DebugAddr, when set, is the address of a second listener that serves
 	// net/http/pprof's profiles. Empty: no such listener.
 	DebugAddr string `envconfig:"DEBUG_ADDR"`
+	// MetricsAddr, when set, is the address of a second listener that
+	// serves /metrics, which HTTPAddr then does not. Empty: /metrics is
+	// served on HTTPAddr.
+	MetricsAddr string `envconfig:"METRICS_ADDR"`
+	// AuthTokens are the bearer tokens the API's routes accept: AUTH_TOKENS
+	// split at commas, or the lines of the file AUTH_TOKENS_FILE names. Load
+	// reads and checks them (see readTokens). Empty: the API needs no token.
+	AuthTokens Tokens `envconfig:"AUTH_TOKENS" ignored:"true"`
+	// AuthTokensFile is the file AuthTokens were read from, if any.
+	AuthTokensFile string `envconfig:"AUTH_TOKENS_FILE" ignored:"true"`
 }
 
 // Load reads the configuration from the process environment and validates
@@ -57,7 +68,9 @@ func Load() (Config, error) {
 		return Config{}, err
 	}
 	c.LogFormat = strings.ToLower(c.LogFormat)
-	if err := c.validate(); err != nil {
+	var tokensErr error
+	c.AuthTokens, c.AuthTokensFile, tokensErr = readTokens(os.LookupEnv)
+	if err := errors.Join(c.validate(), tokensErr); err != nil {
 		return Config{}, err
 	}
 	return c, nil

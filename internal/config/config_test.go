@@ -3,6 +3,7 @@ package config
 import (
 	"log/slog"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +35,7 @@ func TestDefaults(t *testing.T) {
 		RequestTimeout:  5 * time.Second,
 		ShutdownTimeout: 15 * time.Second,
 	}
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load() = %+v, want %+v", got, want)
 	}
 	if err := got.RequireDatabase(); err == nil || !strings.Contains(err.Error(), "DATABASE_URL") {
@@ -54,6 +55,7 @@ func TestLoad(t *testing.T) {
 		"SHUTDOWN_DELAY":   "5s",
 		"AUTO_MIGRATE":     "true",
 		"DEBUG_ADDR":       "127.0.0.1:6060",
+		"METRICS_ADDR":     ":9090",
 	})
 	got, err := Load()
 	if err != nil {
@@ -70,8 +72,9 @@ func TestLoad(t *testing.T) {
 		ShutdownDelay:   5 * time.Second,
 		AutoMigrate:     true,
 		DebugAddr:       "127.0.0.1:6060",
+		MetricsAddr:     ":9090",
 	}
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load() = %+v, want %+v", got, want)
 	}
 	if host := got.DatabaseHost(); host != "db.internal:6432/users" {
@@ -108,7 +111,7 @@ func TestLoadRejects(t *testing.T) {
 
 func TestVariables(t *testing.T) {
 	got := strings.Join(Variables(), " ")
-	want := "DATABASE_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR"
+	want := "DATABASE_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR AUTH_TOKENS AUTH_TOKENS_FILE"
 	if got != want {
 		t.Errorf("Variables() = %s, want %s", got, want)
 	}

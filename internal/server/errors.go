@@ -30,6 +30,7 @@ const (
 	codeValidationFailed     = "validation_failed"
 	codeDuplicateName        = "duplicate_name"
 	codeNotFound             = "not_found"
+	codeUnauthorized         = "unauthorized"
 	codeMethodNotAllowed     = "method_not_allowed"
 	codeUnsupportedMediaType = "unsupported_media_type"
 	codePayloadTooLarge      = "payload_too_large"
@@ -50,6 +51,7 @@ var problemKinds = map[string]struct {
 	codeValidationFailed:     {http.StatusBadRequest, "Validation failed"},
 	codeDuplicateName:        {http.StatusBadRequest, "Duplicate name"},
 	codeNotFound:             {http.StatusNotFound, "Not found"},
+	codeUnauthorized:         {http.StatusUnauthorized, "Unauthorized"},
 	codeMethodNotAllowed:     {http.StatusMethodNotAllowed, "Method not allowed"},
 	codeUnsupportedMediaType: {http.StatusUnsupportedMediaType, "Unsupported media type"},
 	codePayloadTooLarge:      {http.StatusRequestEntityTooLarge, "Payload too large"},

@@ -79,12 +79,13 @@ func checkOpenAPI(t testing.TB, req *http.Request, status int, header http.Heade
 // A method the document does not list for a path (PATCH /users/1) gets the
 // mux's 405; it must answer 405 and match the 405 response of the path's GET
 // operation, which is the same MethodNotAllowed component on every operation.
+// Where the GET operation needs a token, it may answer that operation's 401.
 func (s *openAPISpec) validateResponse(ctx context.Context, req *http.Request, status int, header http.Header, body []byte) error {
 	route, pathParams, err := s.router.FindRoute(req)
 	switch {
 	case errors.Is(err, routers.ErrMethodNotAllowed):
-		if status != http.StatusMethodNotAllowed {
-			return fmt.Errorf("openapi.yaml has no %s operation for this path, so the status must be 405", req.Method)
+		if status != http.StatusMethodNotAllowed && status != http.StatusUnauthorized {
+			return fmt.Errorf("openapi.yaml has no %s operation for this path, so the status must be 405 (or the GET operation's 401)", req.Method)
 		}
 		get := req.Clone(ctx)
 		get.Method = http.MethodGet
@@ -181,13 +182,19 @@ func TestOpenAPIDocument(t *testing.T) {
 				seen[op.OperationID] = name
 
 				want := []string{"405", "500"}
-				if strings.HasPrefix(path, "/users") {
-					want = append(want, "503")
+				api := strings.HasPrefix(path, "/users")
+				if api {
+					want = append(want, "401", "503")
 				}
 				for _, code := range want {
 					if op.Responses.Value(code) == nil {
 						t.Errorf("%s: no %s response", name, code)
 					}
+				}
+				// The API needs the bearer token; the rest stays open.
+				bearer := op.Security != nil && len(*op.Security) == 1 && (*op.Security)[0]["bearerAuth"] != nil
+				if bearer != api || (!api && (op.Security != nil || op.Responses.Value("401") != nil)) {
+					t.Errorf("%s: security %v, 401 response %v; want bearerAuth and a 401 exactly on the /users operations", name, op.Security, op.Responses.Value("401") != nil)
 				}
 				for code, ref := range op.Responses.Map() {
 					if code[0] != '4' && code[0] != '5' {
@@ -264,13 +271,14 @@ func TestOpenAPIDocument(t *testing.T) {
 		t.Fatal(err)
 	}
 	const (
-		user        = `{"id":1,"name":"alice","created_at":"2025-01-02T03:04:05.123456Z","updated_at":"2025-01-02T03:04:05Z"}`
-		user2       = `{"id":2,"name":"bob","created_at":"2025-01-02T03:04:05Z","updated_at":"2025-01-02T05:04:05+02:00"}`
-		notFound    = `{"type":"urn:usersvc:problem:not_found","title":"Not found","status":404,"detail":"no user 1","instance":"/users/1","code":"not_found"}`
-		badID       = `{"type":"urn:usersvc:problem:validation_failed","title":"Validation failed","status":400,"detail":"invalid","instance":"/users/abc","code":"validation_failed","errors":[{"in":"path","field":"id","detail":"must be a positive integer"}]}`
-		duplicate   = `{"type":"urn:usersvc:problem:duplicate_name","title":"Name taken","status":400,"detail":"name taken","instance":"/users","code":"duplicate_name"}`
-		notAllowed  = `{"type":"urn:usersvc:problem:method_not_allowed","title":"Method not allowed","status":405,"detail":"no","instance":"/users/1","code":"method_not_allowed"}`
-		unavailable = `{"type":"urn:usersvc:problem:unavailable","title":"Unavailable","status":503,"detail":"database down","code":"unavailable"}`
+		user         = `{"id":1,"name":"alice","created_at":"2025-01-02T03:04:05.123456Z","updated_at":"2025-01-02T03:04:05Z"}`
+		user2        = `{"id":2,"name":"bob","created_at":"2025-01-02T03:04:05Z","updated_at":"2025-01-02T05:04:05+02:00"}`
+		notFound     = `{"type":"urn:usersvc:problem:not_found","title":"Not found","status":404,"detail":"no user 1","instance":"/users/1","code":"not_found"}`
+		badID        = `{"type":"urn:usersvc:problem:validation_failed","title":"Validation failed","status":400,"detail":"invalid","instance":"/users/abc","code":"validation_failed","errors":[{"in":"path","field":"id","detail":"must be a positive integer"}]}`
+		duplicate    = `{"type":"urn:usersvc:problem:duplicate_name","title":"Name taken","status":400,"detail":"name taken","instance":"/users","code":"duplicate_name"}`
+		notAllowed   = `{"type":"urn:usersvc:problem:method_not_allowed","title":"Method not allowed","status":405,"detail":"no","instance":"/users/1","code":"method_not_allowed"}`
+		unauthorized = `{"type":"urn:usersvc:problem:unauthorized","title":"Unauthorized","status":401,"detail":"no token","instance":"/users/1","code":"unauthorized"}`
+		unavailable  = `{"type":"urn:usersvc:problem:unavailable","title":"Unavailable","status":503,"detail":"database down","code":"unavailable"}`
 	)
 	jsonCT := http.Header{"Content-Type": {"application/json"}}
 	problemCT := http.Header{"Content-Type": {"application/problem+json"}}
@@ -333,6 +341,13 @@ func TestOpenAPIDocument(t *testing.T) {
 		{"method not allowed", "PATCH", "/users/1", 405, with(problemCT, "Allow", "DELETE, GET, HEAD, PUT"), notAllowed, ""},
 		{"client request URL", "GET", "http://127.0.0.1:8080/users/1", 200, jsonCT, user, ""},
 		{"method not allowed without Allow", "PATCH", "/users/1", 405, problemCT, notAllowed, "Allow"},
+		{"unauthorized", "GET", "/users/1", 401, with(problemCT, "WWW-Authenticate", `Bearer realm="usersvc"`), unauthorized, ""},
+		{"unauthorized, wrong token", "DELETE", "/users/1", 401, with(problemCT, "WWW-Authenticate", `Bearer realm="usersvc", error="invalid_token"`), unauthorized, ""},
+		{"unauthorized without challenge", "POST", "/users", 401, problemCT, unauthorized, "WWW-Authenticate"},
+		{"unauthorized, other challenge", "POST", "/users", 401, with(problemCT, "WWW-Authenticate", `Basic realm="usersvc"`), unauthorized, "WWW-Authenticate"},
+		{"unauthorized before 405", "PATCH", "/users/1", 401, with(problemCT, "WWW-Authenticate", `Bearer realm="usersvc"`), unauthorized, ""},
+		{"unauthorized on an open route", "GET", "/healthz", 401, with(problemCT, "WWW-Authenticate", `Bearer realm="usersvc"`), unauthorized, "not documented"},
+		{"unauthorized before 405 on an open route", "POST", "/healthz", 401, with(problemCT, "WWW-Authenticate", `Bearer realm="usersvc"`), unauthorized, "not documented"},
 		{"undocumented method answered", "PATCH", "/users/1", 200, jsonCT, user, "must be 405"},
 		{"unknown path", "GET", "/nope", 404, problemCT, notFound, "no route"},
 		{"healthz", "GET", "/healthz", 200, jsonCT, `{"status":"ok"}`, ""},

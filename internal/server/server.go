@@ -19,8 +19,15 @@ type Options struct {
 	// SchemaVersion is the migration version this build's queries need:
 	// /readyz answers 503 while the database is behind it.
 	SchemaVersion int64
-	// Metrics, when set, counts every request and is served at /metrics.
+	// Metrics, when set, counts every request and is served at /metrics,
+	// unless MetricsElsewhere.
 	Metrics *metrics.Metrics
+	// MetricsElsewhere leaves /metrics out of the routes: another listener
+	// serves it (METRICS_ADDR).
+	MetricsElsewhere bool
+	// AuthTokens, when set, are the bearer tokens the /users routes accept;
+	// any other request to them gets 401 unauthorized. Empty: no check.
+	AuthTokens []string
 }
 
 // Server is the service's HTTP handler.
@@ -30,7 +37,8 @@ type Server struct {
 }
 
 // New returns the service's HTTP handler: every route of routes.go, with the
-// mux's own 404 and 405 answers turned into problem documents, every
+// mux's own 404 and 405 answers turned into problem documents (after the
+// token check for paths under /users, as for the routes there), every
 // request's context bounded by RequestTimeout, and every request given an
 // id, a line in the access log and a place in the metrics. Production passes
 // db.New(pool) as the store and migrations.VersionReader{Q: pool} as the
@@ -39,8 +47,14 @@ func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Op
 	logger = slog.New(requestIDHandler{logger.Handler()})
 	s := &Server{}
 	mux := http.NewServeMux()
-	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, opts.Metrics)
-	s.handler = observe(problemMux{mux: mux, logger: logger}, logger, opts.Metrics, opts.RequestTimeout)
+	auth := newAuthenticator(opts.AuthTokens)
+	authed := func(h http.Handler) http.Handler { return auth.require(logger, h) }
+	served := opts.Metrics
+	if opts.MetricsElsewhere {
+		served = nil
+	}
+	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served, authed)
+	s.handler = observe(problemMux{mux: mux, logger: logger, auth: auth}, logger, opts.Metrics, opts.RequestTimeout)
 	return s
 }
 
@@ -65,9 +79,11 @@ func (s *Server) Drain() {
 // problemMux serves a ServeMux, but answers requests that match no route
 // with a problem document instead of the mux's text/plain 404 or 405. The
 // mux still decides which of the two applies and sets the 405's Allow header.
+// Under /users, a request without a valid token gets auth's 401 instead.
 type problemMux struct {
 	mux    *http.ServeMux
 	logger *slog.Logger
+	auth   authenticator
 }
 
 // ServeHTTP asks the mux which route matches, then serves through the mux
@@ -81,6 +97,12 @@ func (m problemMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// No route matched: h is the mux's own 404, 405 or redirect handler.
+	if m.auth.enabled() && underAPI(r.URL.Path) {
+		if err := m.auth.check(r); err != nil {
+			unauthorized(w, r, m.logger, err)
+			return
+		}
+	}
 	h.ServeHTTP(&unmatchedWriter{ResponseWriter: w, r: r, logger: m.logger}, r)
 }
 

@@ -27,6 +27,8 @@ type testServer struct {
 	t    *testing.T
 	url  string
 	pool *pgxpool.Pool // the server's database, for checks behind the API's back
+	// header is added to every request, such as an Authorization.
+	header http.Header
 }
 
 func newTestServer(t *testing.T) *testServer {
@@ -67,6 +69,9 @@ func (s *testServer) send(method, target, contentType string, body io.Reader) (*
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
+	}
+	for name, values := range s.header {
+		req.Header[name] = values
 	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+
+	"usersvc/internal/metrics"
+)
+
+// startMetrics serves m at /metrics on addr (METRICS_ADDR) until the
+// returned function is called, which closes the listener and waits for the
+// server. The API's listener then does not serve /metrics, so that the
+// metrics can stay on a private network while the API is public.
+func startMetrics(ctx context.Context, addr string, m *metrics.Metrics, logger *slog.Logger) (stop func(), err error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler(logger))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("METRICS_ADDR: listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      readTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	logger.InfoContext(ctx, "metrics listening", slog.String("addr", ln.Addr().String()))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln) // returns ErrServerClosed once stopped
+	}()
+	return func() {
+		srv.Close()
+		<-done
+	}, nil
+}

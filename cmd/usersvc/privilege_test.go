@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"usersvc/internal/pglocal"
+)
+
+// securitySQL returns the sql code blocks of the README's Security
+// section, in order: the roles as the README tells operators to make them.
+func securitySQL(t *testing.T) []string {
+	t.Helper()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n### Security\n")
+	if !ok {
+		t.Fatal("README.md has no Security section")
+	}
+	if end := strings.Index(section, "\n## "); end >= 0 {
+		section = section[:end]
+	}
+	var blocks []string
+	for {
+		_, rest, ok := strings.Cut(section, "\n```sql\n")
+		if !ok {
+			return blocks
+		}
+		block, after, ok := strings.Cut(rest, "\n```\n")
+		if !ok {
+			t.Fatal("README.md's Security section has an unterminated sql block")
+		}
+		blocks = append(blocks, block+"\n")
+		section = after
+	}
+}
+
+// psql runs script with psql against url, stopping at the first error.
+func psql(t *testing.T, url, script string) {
+	t.Helper()
+	// The psql beside the server binaries, else the one on PATH; Debian's
+	// postgresql package brings both.
+	bin := "psql"
+	if binDir, err := pglocal.FindBinDir(); err == nil {
+		if _, err := os.Stat(filepath.Join(binDir, "psql")); err == nil {
+			bin = filepath.Join(binDir, "psql")
+		}
+	}
+	cmd := exec.Command(bin, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("psql %s: %v\n%s\nscript:\n%s", url, err, out, script)
+	}
+}
+
+// TestLeastPrivilege makes the two roles exactly as the README shows,
+// migrates as the owner and serves as the app role: the API works, and the
+// app role can change rows but not the schema.
+func TestLeastPrivilege(t *testing.T) {
+	blocks := securitySQL(t)
+	if len(blocks) != 2 {
+		t.Fatalf("README's Security section has %d sql blocks, want 2: the roles, then the grant after the first migration", len(blocks))
+	}
+	port := freePort(t)
+	pg := startPostgres(t, newPGDir(t), port)
+	roleURL := func(role, password string) string {
+		return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/usersvc?sslmode=disable", role, password, port)
+	}
+	ownerURL, appURL := roleURL("usersvc_owner", "change-me-owner"), roleURL("usersvc_app", "change-me-app")
+	ctx := context.Background()
+
+	psql(t, pg.URL("postgres"), blocks[0])
+	setenv(t, map[string]string{"DATABASE_URL": ownerURL})
+	var out syncBuffer
+	if err := run(ctx, []string{"migrate", "up"}, &out, &out); err != nil {
+		t.Fatalf("migrate up as usersvc_owner = %v\n%s", err, out.String())
+	}
+	psql(t, ownerURL, blocks[1])
+
+	// serve as the app role: the whole API.
+	s := startServe(t, map[string]string{"DATABASE_URL": appURL})
+	s.eventually(t, "GET", "/readyz", "", 200, 10*time.Second)
+	for _, step := range []struct {
+		method, path, body string
+		want               int
+	}{
+		{"POST", "/users", `{"name":"alice"}`, 201},
+		{"POST", "/users", `{"name":"alice"}`, 400},
+		{"POST", "/users", `{"name":"bob"}`, 201},
+		{"GET", "/users/1", "", 200},
+		{"GET", "/users?limit=1", "", 200},
+		{"GET", "/users?name=bob", "", 200},
+		{"PUT", "/users/1", `{"name":"alicia"}`, 200},
+		{"PUT", "/users/1", `{"name":"bob"}`, 400},
+		{"DELETE", "/users/1", "", 204},
+		{"GET", "/users/1", "", 404},
+		{"POST", "/users", `{"name":"alice"}`, 201}, // a deleted user's name is free again
+	} {
+		if status, _ := s.request(t, step.method, step.path, step.body); status != step.want {
+			t.Errorf("%s %s as usersvc_app: status = %d, want %d; log:\n%s", step.method, step.path, status, step.want, s.logs.String())
+		}
+	}
+	if err := s.stop(t, 15*time.Second); err != nil {
+		t.Errorf("serve as usersvc_app = %v, want nil", err)
+	}
+
+	// The app role changes rows, not the schema or goose's bookkeeping.
+	app, err := pgx.Connect(ctx, appURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close(ctx)
+	for _, stmt := range []string{
+		"DROP TABLE users",
+		"TRUNCATE users",
+		"ALTER TABLE users ADD COLUMN email text",
+		"ALTER TABLE users DROP CONSTRAINT users_name_key",
+		"CREATE TABLE stolen (x int)",
+		"CREATE TEMP TABLE scratch (x int)",
+		"CREATE INDEX ON users (created_at)",
+		"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+		"DROP TABLE goose_db_version",
+		"DELETE FROM goose_db_version",
+		"INSERT INTO goose_db_version (version_id, is_applied) VALUES (99, true)",
+	} {
+		_, err := app.Exec(ctx, stmt)
+		if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != pgerrcode.InsufficientPrivilege {
+			t.Errorf("%s as usersvc_app: %v, want insufficient_privilege (42501)", stmt, err)
+		}
+	}
+	var tables int
+	if err := app.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&tables); err != nil || tables != 2 {
+		t.Errorf("public tables after the attempts: %d (%v), want users and goose_db_version", tables, err)
+	}
+
+	// AUTO_MIGRATE as the app role: with nothing pending there is nothing
+	// to do, so serve starts; with a migration pending, serve stops with
+	// exit status 1 and says the app role may not create it.
+	s = startServe(t, map[string]string{"DATABASE_URL": appURL, "AUTO_MIGRATE": "true"})
+	s.eventually(t, "GET", "/users/3", "", 200, 10*time.Second) // bob: the duplicate used id 2 up
+	if err := s.stop(t, 15*time.Second); err != nil {
+		t.Errorf("serve with AUTO_MIGRATE as usersvc_app on a migrated database = %v, want nil", err)
+	}
+	setenv(t, map[string]string{"DATABASE_URL": ownerURL})
+	if err := run(ctx, []string{"migrate", "down"}, &out, &out); err != nil {
+		t.Fatalf("migrate down as usersvc_owner = %v\n%s", err, out.String())
+	}
+	setenv(t, map[string]string{"DATABASE_URL": appURL, "AUTO_MIGRATE": "true", "HTTP_ADDR": freeAddr(t)})
+	runCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var logs syncBuffer
+	err = run(runCtx, []string{"serve"}, &logs, &logs)
+	if err == nil || !strings.Contains(err.Error(), "permission denied for schema public") || !strings.Contains(err.Error(), "42501") || exitCode(err, &out) != 1 {
+		t.Errorf("serve with AUTO_MIGRATE as usersvc_app on a database behind = %v, want exit status 1 for permission denied for schema public (42501); log:\n%s", err, logs.String())
+	}
+}
