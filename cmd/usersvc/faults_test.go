@@ -283,9 +283,9 @@ func firstAfter(as []attempt, t0 time.Time, f func(attempt) bool) (time.Time, bo
 	return first, !first.IsZero()
 }
 
-// tally summarises attempts for the log: how many got each class of
+// summarize summarises attempts for the log: how many got each class of
 // answer, and the slowest.
-func tally(as []attempt) string {
+func summarize(as []attempt) string {
 	var ok, client, unavail, other, transport int
 	var slowest time.Duration
 	for _, a := range as {
@@ -433,7 +433,7 @@ func TestFaultsUnderLoad(t *testing.T) {
 	var told []attempt         // the creates that got 201
 	for _, phase := range []string{"steady", "terminated", "stopped", "restarted"} {
 		as := l.phaseAttempts(phase)
-		t.Logf("phase %-10s %s", phase, tally(as))
+		t.Logf("phase %-10s %s", phase, summarize(as))
 		for _, a := range as {
 			switch {
 			case a.err != nil:
@@ -808,7 +808,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 						t.Errorf("%v, yet the user is in the table: the service accepted the request and lost its answer", a)
 					}
 				}
-				t.Logf("phase %-8s %s; never read: %v", phase, tally(as), unreadN)
+				t.Logf("phase %-8s %s; never read: %v", phase, summarize(as), unreadN)
 			}
 			if len(table) != told {
 				t.Errorf("the table holds %d users, the clients were told of %d", len(table), told)
