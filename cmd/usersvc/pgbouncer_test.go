@@ -193,8 +193,12 @@ type replica struct {
 	exited chan error
 }
 
+// replicaToken is the bearer token every replica requires, as a
+// deployment with several replicas behind a load balancer would.
+const replicaToken = "replica-token-0123456789abcdef"
+
 // startReplica runs the usersvc binary's serve with env, and HTTP_ADDR,
-// LOG_FORMAT and DB_MAX_CONNS, as its whole environment, until the test
+// LOG_FORMAT, DB_MAX_CONNS and AUTH_TOKENS, as its whole environment, until the test
 // ends; it returns once /healthz answers.
 func startReplica(t *testing.T, bin string, env ...string) *replica {
 	t.Helper()
@@ -209,7 +213,7 @@ func launchReplica(t *testing.T, bin string, env ...string) *replica {
 	addr := freeAddr(t)
 	r := &replica{base: "http://" + addr, logs: &syncBuffer{}, exited: make(chan error, 1)}
 	r.cmd = exec.Command(bin, "serve")
-	r.cmd.Env = append(env, "HTTP_ADDR="+addr, "LOG_FORMAT=json", "DB_MAX_CONNS="+strconv.Itoa(replicaConns))
+	r.cmd.Env = append(env, "HTTP_ADDR="+addr, "LOG_FORMAT=json", "DB_MAX_CONNS="+strconv.Itoa(replicaConns), "AUTH_TOKENS="+replicaToken)
 	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -280,6 +284,7 @@ func (c *client) do(i int, method, path, body string) (reply, error) {
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	req.Header.Set("Authorization", "Bearer "+replicaToken)
 	res, err := c.http.Do(req)
 	if err != nil {
 		return reply{}, fmt.Errorf("%s %s%s: %w", method, base, path, err)
