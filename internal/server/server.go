@@ -30,7 +30,8 @@ type Server struct {
 }
 
 // New returns the service's HTTP handler: every route of routes.go, with the
-// mux's own 404 and 405 answers turned into problem documents, every
+// mux's own 404 and 405 answers turned into problem documents, a request
+// target longer than maxURIBytes refused before routing, every
 // request's context bounded by RequestTimeout, and every request given an
 // id, a line in the access log and a place in the metrics. Production passes
 // db.New(pool) as the store and migrations.VersionReader{Q: pool} as the
@@ -40,7 +41,7 @@ func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Op
 	s := &Server{}
 	mux := http.NewServeMux()
 	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, opts.Metrics)
-	s.handler = observe(problemMux{mux: mux, logger: logger}, logger, opts.Metrics, opts.RequestTimeout)
+	s.handler = observe(limitURI(problemMux{mux: mux, logger: logger}, logger), logger, opts.Metrics, opts.RequestTimeout)
 	return s
 }
 
