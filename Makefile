@@ -11,7 +11,7 @@ TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 
-.PHONY: run build test test-pgbouncer install-pgbouncer check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -44,6 +44,20 @@ install-pgbouncer:
 	fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
+
+## fuzz: each fuzz target of internal/server (FuzzCreateUser, ...) for
+## FUZZTIME (default 1m), one after the other, through the real handler
+## stack and a real PostgreSQL. A failing input is saved under
+## internal/server/testdata/fuzz/<target>/ and fails the run; make test then
+## replays it. FUZZMINIMIZETIME bounds the shrinking of each new input
+## (default 100x: runs, not seconds, so that fuzzing keeps the time).
+FUZZTIME         ?= 1m
+FUZZMINIMIZETIME ?= 100x
+fuzz:
+	@set -e; for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' internal/server/*_test.go | cut -c6-); do \
+		echo "== $$t for $(FUZZTIME)"; \
+		go test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) ./internal/server; \
+	done
 
 ## bench: the load benchmark of docs/benchmarks.md, about 20 minutes on a
 ## quiet machine; BENCH_ARGS passes flags, e.g. BENCH_ARGS='-quick' for a

@@ -8,13 +8,16 @@
 // Main uses the server that TEST_DATABASE_URL points at or, when that is
 // unset, starts a throwaway server (see package pglocal) for the package's
 // tests. Each database is cloned from a template that is migrated once per
-// server and migration set, which takes a few milliseconds per test.
+// server and migration set, which takes a few milliseconds per test. Under
+// go test -fuzz, the fuzzing workers share the server the coordinating
+// process started.
 package pgtest
 
 import (
 	"context"
 	"database/sql"
 	"errors"
+	"flag"
 	"fmt"
 	"net/url"
 	"os"
@@ -92,7 +95,26 @@ func setUp() (*server, func() error) {
 	stop := func() error {
 		return errors.Join(pg.Stop(), scratch.Remove())
 	}
+	if fuzzCoordinator() {
+		// go test -fuzz runs the test binary again for each fuzzing worker,
+		// with this process's environment: they create their databases on
+		// this server rather than each starting one. It outlives them.
+		if err := os.Setenv("TEST_DATABASE_URL", pg.URL("postgres")); err != nil {
+			stop()
+			return &server{err: fmt.Errorf("share the test database with fuzzing workers: %w", err)}, noop
+		}
+	}
 	return fromURL(pg.URL("postgres")), stop
+}
+
+// fuzzCoordinator reports whether this test binary coordinates fuzzing
+// (go test -fuzz), as opposed to being one of its workers or running tests.
+func fuzzCoordinator() bool {
+	if !flag.Parsed() {
+		flag.Parse() // the testing package's flags; m.Run would parse them next
+	}
+	fuzz, worker := flag.Lookup("test.fuzz"), flag.Lookup("test.fuzzworker")
+	return fuzz != nil && fuzz.Value.String() != "" && worker != nil && worker.Value.String() != "true"
 }
 
 // fromURL returns the server that the postgres:// URL u points at.

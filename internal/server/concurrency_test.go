@@ -69,15 +69,6 @@ func (s *testServer) concurrently(workers int, calls []call) []response {
 	return out
 }
 
-// problemCode returns the code of the problem r carries, or "".
-func problemCode(t *testing.T, r response) string {
-	t.Helper()
-	if r.status < 400 {
-		return ""
-	}
-	return decodeJSON[problem](t, r.body).Code
-}
-
 // TestConcurrentRenamesOntoOneName renames many users onto one free name at
 // once: exactly one wins, every other gets 400 duplicate_name and keeps
 // its name.

@@ -34,6 +34,7 @@ const (
 	codeMethodNotAllowed     = "method_not_allowed"
 	codeUnsupportedMediaType = "unsupported_media_type"
 	codePayloadTooLarge      = "payload_too_large"
+	codeURITooLong           = "uri_too_long"
 	codeUnavailable          = "unavailable"
 	codeInternal             = "internal"
 )
@@ -55,6 +56,7 @@ var problemKinds = map[string]struct {
 	codeMethodNotAllowed:     {http.StatusMethodNotAllowed, "Method not allowed"},
 	codeUnsupportedMediaType: {http.StatusUnsupportedMediaType, "Unsupported media type"},
 	codePayloadTooLarge:      {http.StatusRequestEntityTooLarge, "Payload too large"},
+	codeURITooLong:           {http.StatusRequestURITooLong, "URI too long"},
 	codeUnavailable:          {http.StatusServiceUnavailable, "Service unavailable"},
 	codeInternal:             {http.StatusInternalServerError, "Internal error"},
 }
@@ -162,6 +164,10 @@ func problemFor(r *http.Request, err error) problem {
 		p.Code, p.Detail = codeUnavailable, "the database is unavailable or did not answer in time; retry later"
 	default:
 		p.Code, p.Detail = codeInternal, "the server failed to handle the request"
+	}
+	if p.Code == codeURITooLong {
+		// The path may be most of what was too long: not worth echoing.
+		p.Instance = ""
 	}
 	kind := problemKinds[p.Code]
 	p.Type = "urn:usersvc:problem:" + p.Code

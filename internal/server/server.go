@@ -38,7 +38,8 @@ type Server struct {
 
 // New returns the service's HTTP handler: every route of routes.go, with the
 // mux's own 404 and 405 answers turned into problem documents (after the
-// token check for paths under /users, as for the routes there), every
+// token check for paths under /users, as for the routes there), a request
+// target longer than maxURIBytes refused before routing, every
 // request's context bounded by RequestTimeout, and every request given an
 // id, a line in the access log and a place in the metrics. Production passes
 // db.New(pool) as the store and migrations.VersionReader{Q: pool} as the
@@ -54,7 +55,7 @@ func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Op
 		served = nil
 	}
 	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served, authed)
-	s.handler = observe(problemMux{mux: mux, logger: logger, auth: auth}, logger, opts.Metrics, opts.RequestTimeout)
+	s.handler = observe(limitURI(problemMux{mux: mux, logger: logger, auth: auth}, logger), logger, opts.Metrics, opts.RequestTimeout)
 	return s
 }
 
