@@ -91,7 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		tag++
 		lo, hi := s.bounds(opts.seed)
 		w := wrkRun{wrk: wrk, url: svc.url, threads: opts.threads, connections: opts.connections, duration: d,
-			args: []string{fmt.Sprint(tag), fmt.Sprint(lo), fmt.Sprint(hi)}, servicePID: svc.cmd.Process.Pid}
+			args: []string{fmt.Sprint(tag), fmt.Sprint(lo), fmt.Sprint(hi)}, servicePID: svc.cmd.Process.Pid, token: svc.token}
 		if s.lua == "" {
 			w.script, w.url = scriptPaths["common.lua"], svc.url+s.path
 		} else {

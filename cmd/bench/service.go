@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -67,6 +68,7 @@ type service struct {
 	cmd     *exec.Cmd
 	url     string // http://127.0.0.1:port
 	logPath string
+	token   string        // the bearer token it requires (AUTH_TOKENS)
 	done    chan struct{} // closed when the process has exited
 	waitErr error
 }
@@ -86,11 +88,14 @@ func startService(ctx context.Context, bin, databaseURL, logPath string, extra [
 		return nil, fmt.Errorf("start the service: %w", err)
 	}
 	defer logFile.Close() // the process has its own descriptor
-	s := &service{url: "http://127.0.0.1:" + strconv.Itoa(port), logPath: logPath, done: make(chan struct{})}
+	s := &service{url: "http://127.0.0.1:" + strconv.Itoa(port), logPath: logPath, token: rand.Text(), done: make(chan struct{})}
 	s.cmd = exec.Command(bin, "serve")
 	s.cmd.Env = append([]string{
 		"DATABASE_URL=" + databaseURL,
 		"HTTP_ADDR=127.0.0.1:" + strconv.Itoa(port),
+		// Authentication on, as it should be in production: its cost is
+		// measured too, and the service does not warn that it is off.
+		"AUTH_TOKENS=" + s.token,
 		// Otherwise the defaults, as operators run it: JSON logs at info,
 		// one access log line per request, whose cost is measured too.
 	}, extra...)

@@ -610,7 +610,7 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	res.samples = append(res.samples, before)
 
 	w := wrkRun{wrk: h.wrk, script: h.scripts[soakScript], url: h.svc.url, threads: opts.threads, connections: opts.connections,
-		duration: opts.duration, args: []string{"1", "1", strconv.Itoa(opts.seed)}, servicePID: h.svc.cmd.Process.Pid}
+		duration: opts.duration, args: []string{"1", "1", strconv.Itoa(opts.seed)}, servicePID: h.svc.cmd.Process.Pid, token: h.svc.token}
 	type wrkDone struct {
 		r   wrkResult
 		out []byte

@@ -127,6 +127,7 @@ type wrkRun struct {
 	duration    time.Duration
 	args        []string // the script's arguments: run tag, lo, hi
 	servicePID  int      // whose CPU time the run measures
+	token       string   // the service's bearer token, for common.lua
 }
 
 // run runs wrk and returns its result. Returns an error with wrk's output
@@ -151,6 +152,7 @@ func (w wrkRun) runOutput(ctx context.Context) (wrkResult, []byte, error) {
 	}
 	args = append(args, w.args...)
 	cmd := exec.CommandContext(ctx, w.wrk, args...)
+	cmd.Env = append(os.Environ(), "USERSVC_TOKEN="+w.token)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	machine0, _ := machineBusy()

@@ -26,8 +26,14 @@ function init(args)
    math.randomseed(run * 1000 + tid)
 end
 
+-- The service requires a bearer token, as it should in production; bench
+-- makes one up for each run and hands it over in USERSVC_TOKEN. wrk sends
+-- wrk.headers with every request that names no headers of its own.
+bearer = "Bearer " .. assert(os.getenv("USERSVC_TOKEN"), "USERSVC_TOKEN is not set")
+wrk.headers["Authorization"] = bearer
+
 -- json is the header set of the requests with a body.
-json = { ["Content-Type"] = "application/json" }
+json = { ["Content-Type"] = "application/json", ["Authorization"] = bearer }
 
 function done(summary, latency, requests)
    local exp, unexp = 0, 0

@@ -40,7 +40,7 @@ wrong = {}
 
 local function send(kind, method, path, body)
    counter = counter + 1
-   local headers = { ["X-Request-ID"] = "soak." .. kind .. "." .. tid .. "." .. counter }
+   local headers = { ["X-Request-ID"] = "soak." .. kind .. "." .. tid .. "." .. counter, ["Authorization"] = bearer }
    if body then
       headers["Content-Type"] = "application/json"
    end
