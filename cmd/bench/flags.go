@@ -17,15 +17,12 @@ type options struct {
 	duration       time.Duration // each wrk and pgbench run
 	warmup         time.Duration // one untimed run of scenario 1 before the rounds
 	reps           int           // rounds: every scenario runs once per round
-	seed           int           // rows in the table for scenarios 1 to 6
 	deepRows       int           // rows in the table for the deep-page comparison
 	threads        int           // wrk threads
 	connections    int           // wrk connections, over all threads
 	pgbenchClients []int         // pgbench client counts to try; the best one counts
 	scenarios      []int         // which of 1 to 6 to run
-	serviceBin     string        // a prebuilt service binary instead of building one
-	wrk            string        // the wrk binary
-	env            []string      // extra KEY=VALUE settings for the service
+	harnessOptions               // seed: rows in the table for scenarios 1 to 6
 	args           []string      // the command line, for the report
 }
 
@@ -62,15 +59,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.connections, "connections", 16, "wrk connections, over all threads")
 	clients := fs.String("pgbench-clients", "2,4,8,16", "pgbench client counts to try, comma-separated; each scenario's best counts")
 	only := fs.String("scenarios", "1,2,3,4,5,6", "scenarios to run, comma-separated")
-	fs.StringVar(&o.serviceBin, "service-bin", "", "benchmark this usersvc binary instead of building one")
-	fs.StringVar(&o.wrk, "wrk", "wrk", "the wrk `binary`; installed with apt-get when missing and running as root")
-	fs.Func("env", "`KEY=VALUE` for the service's environment, e.g. DB_MAX_CONNS=8 (repeatable)", func(s string) error {
-		if k, _, ok := strings.Cut(s, "="); !ok || k == "" {
-			return errors.New("want KEY=VALUE")
-		}
-		o.env = append(o.env, s)
-		return nil
-	})
+	o.harnessOptions.addFlags(fs, "benchmark")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: bench [-quick] [flags]\n\nRuns the load benchmark and prints a markdown report; see docs/benchmarks.md.")
 		fs.PrintDefaults()

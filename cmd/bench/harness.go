@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"usersvc/internal/pglocal"
 )
@@ -31,6 +33,20 @@ type harnessOptions struct {
 	serviceBin string   // a prebuilt service binary instead of building one
 	wrk        string   // the wrk binary's name or path
 	env        []string // extra KEY=VALUE settings for the service
+}
+
+// addFlags registers the flags that set ho, but for seed, whose default
+// and meaning differ by mode; what names the mode's work for the help.
+func (ho *harnessOptions) addFlags(fs *flag.FlagSet, what string) {
+	fs.StringVar(&ho.serviceBin, "service-bin", "", what+" this usersvc binary instead of building one")
+	fs.StringVar(&ho.wrk, "wrk", "wrk", "the wrk `binary`; installed with apt-get when missing and running as root")
+	fs.Func("env", "`KEY=VALUE` for the service's environment, e.g. DB_MAX_CONNS=8 (repeatable)", func(s string) error {
+		if k, _, ok := strings.Cut(s, "="); !ok || k == "" {
+			return errors.New("want KEY=VALUE")
+		}
+		ho.env = append(ho.env, s)
+		return nil
+	})
 }
 
 // startHarness finds (or installs) the tools, builds the service, starts

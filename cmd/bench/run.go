@@ -57,7 +57,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	logf := func(format string, a ...any) { fmt.Fprintf(stderr, "bench: "+format+"\n", a...) }
 
 	startLoad := loadAverage()
-	h, err := startHarness(ctx, harnessOptions{seed: opts.seed, serviceBin: opts.serviceBin, wrk: opts.wrk, env: opts.env}, stderr, logf)
+	h, err := startHarness(ctx, opts.harnessOptions, stderr, logf)
 	if err != nil {
 		return err
 	}

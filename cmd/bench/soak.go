@@ -23,16 +23,13 @@ const soakScript = "soak.lua"
 
 // soakOptions are the soak's settings, from the command line after "soak".
 type soakOptions struct {
-	duration    time.Duration // of the load
-	interval    time.Duration // between samples
-	warmup      time.Duration // samples before it are shown, not judged
-	threads     int           // wrk threads
-	connections int           // wrk connections, over all threads
-	seed        int           // users in the table at the start
-	serviceBin  string
-	wrk         string
-	env         []string
-	args        []string // the command line, for the report
+	duration       time.Duration // of the load
+	interval       time.Duration // between samples
+	warmup         time.Duration // samples before it are shown, not judged
+	threads        int           // wrk threads
+	connections    int           // wrk connections, over all threads
+	harnessOptions               // seed: users in the table at the start
+	args           []string      // the command line, for the report
 }
 
 // parseSoakOptions parses the soak's command line. Without -warmup, the
@@ -54,15 +51,7 @@ func parseSoakOptions(args []string, stderr io.Writer) (soakOptions, error) {
 	fs.IntVar(&o.threads, "threads", 2, "wrk threads")
 	fs.IntVar(&o.connections, "connections", 16, "wrk connections, over all threads")
 	fs.IntVar(&o.seed, "seed", 100_000, "users in the table at the start")
-	fs.StringVar(&o.serviceBin, "service-bin", "", "soak this usersvc binary instead of building one")
-	fs.StringVar(&o.wrk, "wrk", "wrk", "the wrk `binary`; installed with apt-get when missing and running as root")
-	fs.Func("env", "`KEY=VALUE` for the service's environment, e.g. DB_MAX_CONNS=8 (repeatable)", func(s string) error {
-		if k, _, ok := strings.Cut(s, "="); !ok || k == "" {
-			return errors.New("want KEY=VALUE")
-		}
-		o.env = append(o.env, s)
-		return nil
-	})
+	o.harnessOptions.addFlags(fs, "soak")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: bench soak [flags]\n\nRuns a mixed load against the service for -duration, samples it every -interval,\nand prints a markdown report; exits 1 on any error or when RSS or goroutines grow. See docs/soak.md.")
 		fs.PrintDefaults()
@@ -583,7 +572,7 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	logf := func(format string, a ...any) { fmt.Fprintf(stderr, "bench soak: "+format+"\n", a...) }
 
 	res := &soakResults{opts: opts, startLoad: loadAverage()}
-	h, err := startHarness(ctx, harnessOptions{seed: opts.seed, serviceBin: opts.serviceBin, wrk: opts.wrk, env: opts.env}, stderr, logf)
+	h, err := startHarness(ctx, opts.harnessOptions, stderr, logf)
 	if err != nil {
 		return err
 	}

@@ -288,7 +288,7 @@ func TestJudgeIdle(t *testing.T) {
 // the warm-up's end.
 func soakFixture() *soakResults {
 	res := &soakResults{
-		opts:    soakOptions{duration: time.Minute, interval: 10 * time.Second, warmup: 20 * time.Second, connections: 16, threads: 2, seed: 1000, args: []string{"-duration", "1m"}},
+		opts:    soakOptions{duration: time.Minute, interval: 10 * time.Second, warmup: 20 * time.Second, connections: 16, threads: 2, harnessOptions: harnessOptions{seed: 1000}, args: []string{"-duration", "1m"}},
 		machine: machine{date: "2026-11-26T09:00:00Z", cores: "2"},
 		wrk:     wrkResult{Requests: 600_000, DurationUS: 60_000_000, P99US: 4000, Expected: 600_000},
 		answers: soakAnswers{Expect: map[string]int{"get": 200}, Answers: map[string]int64{"get 200": 600_000}},
