@@ -211,7 +211,7 @@ func writeReport(w io.Writer, res *results) error {
 		env = strings.Join(o.env, " ")
 	}
 	p("Settings: %d users seeded; each run %v; %d round(s), figures are the median [min–max] over them.", o.seed, o.duration, o.reps)
-	p("wrk: %d threads, %d connections. Service: the default settings (JSON access log at info, to a file), extra environment: %s.", o.threads, o.connections, env)
+	p("wrk: %d threads, %d connections. Service: the default settings (JSON access log at info, to a file) and a bearer token (AUTH_TOKENS), extra environment: %s.", o.threads, o.connections, env)
 	p("pgbench: `-M prepared -n`, clients %s (the best median counts), threads min(clients, cores).", joinInts(o.pgbenchClients))
 	p("PostgreSQL, over TCP on 127.0.0.1 for both: %s.", strings.Join(settings, ", "))
 	p("")

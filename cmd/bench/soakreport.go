@@ -53,7 +53,7 @@ func writeSoakReport(w io.Writer, res *soakResults) error {
 	}
 	p("Load: wrk, %d threads, %d connections, for %v, running `cmd/bench/scripts/soak.lua` (a mix of every request kind, below) against %d seeded users.",
 		o.threads, o.connections, o.duration, o.seed)
-	p("Service: the default settings (JSON access log at info, to a file), extra environment: %s.", env)
+	p("Service: the default settings (JSON access log at info, to a file) and a bearer token (AUTH_TOKENS), extra environment: %s.", env)
 	p("PostgreSQL, over TCP on 127.0.0.1: %s.", strings.Join(settings, ", "))
 	p("")
 
