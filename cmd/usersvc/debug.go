@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/pprof"
 )
@@ -21,20 +19,12 @@ func startDebug(ctx context.Context, addr string, logger *slog.Logger) (stop fun
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("DEBUG_ADDR: listen on %s: %w", addr, err)
-	}
 	// No WriteTimeout: a CPU profile or a trace streams for as long as asked.
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
-	logger.WarnContext(ctx, "debug listener serves profiles; keep it off public networks", slog.String("addr", ln.Addr().String()))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln) // returns ErrServerClosed once stopped
-	}()
-	return func() {
-		srv.Close()
-		<-done
-	}, nil
+	stop, bound, err := serveAside("DEBUG_ADDR", addr, srv)
+	if err != nil {
+		return nil, err
+	}
+	logger.WarnContext(ctx, "debug listener serves profiles; keep it off public networks", slog.String("addr", bound.String()))
+	return stop, nil
 }

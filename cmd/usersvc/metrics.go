@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 
 	"usersvc/internal/metrics"
@@ -17,10 +15,6 @@ import (
 func startMetrics(ctx context.Context, addr string, m *metrics.Metrics, logger *slog.Logger) (stop func(), err error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler(logger))
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("METRICS_ADDR: listen on %s: %w", addr, err)
-	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: readHeaderTimeout,
@@ -30,14 +24,10 @@ func startMetrics(ctx context.Context, addr string, m *metrics.Metrics, logger *
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-	logger.InfoContext(ctx, "metrics listening", slog.String("addr", ln.Addr().String()))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln) // returns ErrServerClosed once stopped
-	}()
-	return func() {
-		srv.Close()
-		<-done
-	}, nil
+	stop, bound, err := serveAside("METRICS_ADDR", addr, srv)
+	if err != nil {
+		return nil, err
+	}
+	logger.InfoContext(ctx, "metrics listening", slog.String("addr", bound.String()))
+	return stop, nil
 }

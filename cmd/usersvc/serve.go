@@ -244,3 +244,23 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
+
+// serveAside serves srv on a listener of its own at addr, which the
+// configuration variable named variable set, beside the API's server, until
+// the returned function is called: it closes srv and waits for it. Returns
+// the address the listener got, or an error that names variable.
+func serveAside(variable, addr string, srv *http.Server) (stop func(), bound net.Addr, err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: listen on %s: %w", variable, addr, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln) // returns ErrServerClosed once stopped
+	}()
+	return func() {
+		srv.Close()
+		<-done
+	}, ln.Addr(), nil
+}
