@@ -30,6 +30,41 @@ type machine struct {
 	service                          string // the binary's version and Go
 }
 
+// writeTable writes m as a report's machine table, with the load average
+// at the start and the end of the run, then extraRow when it is not empty,
+// and the pgbench row when withPgbench.
+func (m machine) writeTable(p func(string, ...any), startLoad, endLoad, extraRow string, withPgbench bool) {
+	p("| machine | |")
+	p("|---|---|")
+	p("| CPU | %s, %s cores (as Go sees them) |", m.cpu, m.cores)
+	p("| memory | %s |", m.memory)
+	p("| kernel | %s |", m.kernel)
+	p("| load average (1, 5, 15 min) | %s at the start, %s at the end |", startLoad, endLoad)
+	if extraRow != "" {
+		p("%s", extraRow)
+	}
+	p("| PostgreSQL | %s |", m.postgres)
+	if withPgbench {
+		p("| pgbench | %s |", m.pgbench)
+	}
+	p("| wrk | %s |", m.wrk)
+	p("| Go | %s |", m.goCmd)
+	p("| service | %s |", m.service)
+	p("")
+}
+
+// describeSettings returns PostgreSQL's settings as name=value, and the
+// service's extra environment joined, or "none".
+func describeSettings(pgSettings [][2]string, env []string) (settings []string, extraEnv string) {
+	for _, s := range pgSettings {
+		settings = append(settings, s[0]+"="+s[1])
+	}
+	if len(env) == 0 {
+		return settings, "none"
+	}
+	return settings, strings.Join(env, " ")
+}
+
 // describeMachine gathers the facts that make a run's figures comparable
 // with another's. A fact that cannot be read says why instead.
 func describeMachine(ctx context.Context, binDir, wrk, serviceBin string) machine {
@@ -190,26 +225,8 @@ func writeReport(w io.Writer, res *results) error {
 	p("")
 	p("Command: `%s`", command(o.args))
 	p("")
-	p("| machine | |")
-	p("|---|---|")
-	p("| CPU | %s, %s cores (as Go sees them) |", m.cpu, m.cores)
-	p("| memory | %s |", m.memory)
-	p("| kernel | %s |", m.kernel)
-	p("| load average (1, 5, 15 min) | %s at the start, %s at the end |", res.startLoad, res.endLoad)
-	p("| PostgreSQL | %s |", m.postgres)
-	p("| pgbench | %s |", m.pgbench)
-	p("| wrk | %s |", m.wrk)
-	p("| Go | %s |", m.goCmd)
-	p("| service | %s |", m.service)
-	p("")
-	var settings []string
-	for _, s := range res.settings {
-		settings = append(settings, s[0]+"="+s[1])
-	}
-	env := "none"
-	if len(o.env) > 0 {
-		env = strings.Join(o.env, " ")
-	}
+	m.writeTable(p, res.startLoad, res.endLoad, "", true)
+	settings, env := describeSettings(res.settings, o.env)
 	p("Settings: %d users seeded; each run %v; %d round(s), figures are the median [min–max] over them.", o.seed, o.duration, o.reps)
 	p("wrk: %d threads, %d connections. Service: the default settings (JSON access log at info, to a file) and a bearer token (AUTH_TOKENS), extra environment: %s.", o.threads, o.connections, env)
 	p("pgbench: `-M prepared -n`, clients %s (the best median counts), threads min(clients, cores).", joinInts(o.pgbenchClients))

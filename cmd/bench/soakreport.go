@@ -30,27 +30,10 @@ func writeSoakReport(w io.Writer, res *soakResults) error {
 	p("")
 	p("Command: `%s` (what `make soak` runs). Verdict: %s.", soakCommand(o.args), verdict)
 	p("")
-	p("| machine | |")
-	p("|---|---|")
-	p("| CPU | %s, %s cores (as Go sees them) |", m.cpu, m.cores)
-	p("| memory | %s |", m.memory)
-	p("| kernel | %s |", m.kernel)
-	p("| load average (1, 5, 15 min) | %s at the start, %s at the end |", res.startLoad, res.endLoad)
-	p("| CPU busy during the load | %.2f of %s cores: the service %.2f, wrk %.2f, the rest (PostgreSQL and anything else running) %.2f |",
+	busy := fmt.Sprintf("| CPU busy during the load | %.2f of %s cores: the service %.2f, wrk %.2f, the rest (PostgreSQL and anything else running) %.2f |",
 		cores(r.cpu.machine, r), m.cores, cores(r.cpu.service, r), cores(r.cpu.client, r), cores(r.cpu.rest(), r))
-	p("| PostgreSQL | %s |", m.postgres)
-	p("| wrk | %s |", m.wrk)
-	p("| Go | %s |", m.goCmd)
-	p("| service | %s |", m.service)
-	p("")
-	var settings []string
-	for _, s := range res.settings {
-		settings = append(settings, s[0]+"="+s[1])
-	}
-	env := "none"
-	if len(o.env) > 0 {
-		env = strings.Join(o.env, " ")
-	}
+	m.writeTable(p, res.startLoad, res.endLoad, busy, false)
+	settings, env := describeSettings(res.settings, o.env)
 	p("Load: wrk, %d threads, %d connections, for %v, running `cmd/bench/scripts/soak.lua` (a mix of every request kind, below) against %d seeded users.",
 		o.threads, o.connections, o.duration, o.seed)
 	p("Service: the default settings (JSON access log at info, to a file) and a bearer token (AUTH_TOKENS), extra environment: %s.", env)
