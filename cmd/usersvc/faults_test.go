@@ -143,32 +143,15 @@ func sameUser(a, b apiUser) bool {
 // function rolls it back, which lets them proceed.
 func holdRows(t *testing.T, databaseURL string, insert []string, lock []int64) (release func()) {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, databaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range insert {
-		if _, err := tx.Exec(ctx, "INSERT INTO users (name) VALUES ($1)", name); err != nil {
-			t.Fatal(err)
+	return holdTx(t, databaseURL, func(ctx context.Context, tx pgx.Tx) error {
+		for _, name := range insert {
+			if _, err := tx.Exec(ctx, "INSERT INTO users (name) VALUES ($1)", name); err != nil {
+				return err
+			}
 		}
-	}
-	if _, err := tx.Exec(ctx, "SELECT 1 FROM users WHERE id = ANY($1) FOR UPDATE", lock); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	release = func() {
-		once.Do(func() {
-			tx.Rollback(ctx)
-			conn.Close(ctx)
-		})
-	}
-	t.Cleanup(release)
-	return release
+		_, err := tx.Exec(ctx, "SELECT 1 FROM users WHERE id = ANY($1) FOR UPDATE", lock)
+		return err
+	})
 }
 
 // load is clients using the service at once, each recording what every

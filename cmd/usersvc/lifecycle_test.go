@@ -212,6 +212,17 @@ func TestHungDatabase(t *testing.T) {
 // request that touches it until the returned function releases it.
 func lockUsers(t *testing.T, databaseURL string) (release func()) {
 	t.Helper()
+	return holdTx(t, databaseURL, func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+		return err
+	})
+}
+
+// holdTx opens a transaction on a connection of its own, runs do in it and
+// keeps it open, with its locks, until the returned function (or the end
+// of the test) rolls it back.
+func holdTx(t *testing.T, databaseURL string, do func(context.Context, pgx.Tx) error) (release func()) {
+	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, databaseURL)
 	if err != nil {
@@ -221,7 +232,8 @@ func lockUsers(t *testing.T, databaseURL string) (release func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE"); err != nil {
+	if err := do(ctx, tx); err != nil {
+		conn.Close(ctx)
 		t.Fatal(err)
 	}
 	var once sync.Once
