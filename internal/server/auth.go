@@ -75,22 +75,6 @@ func (a authenticator) check(r *http.Request) *authError {
 	return nil
 }
 
-// require returns next behind a's check: a request that fails it gets 401
-// unauthorized with a WWW-Authenticate challenge, and next never sees it.
-// Without tokens it returns next itself.
-func (a authenticator) require(logger *slog.Logger, next http.Handler) http.Handler {
-	if !a.enabled() {
-		return next
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := a.check(r); err != nil {
-			unauthorized(w, r, logger, err)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 // unauthorized answers r with 401 for err.
 func unauthorized(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err *authError) {
 	w.Header()["Www-Authenticate"] = err.challenge

@@ -8,17 +8,17 @@ import (
 	"usersvc/internal/metrics"
 )
 
-// addRoutes lists every route the service serves. The API's routes, under
-// /users, are wrapped in authed: with tokens configured they answer 401
-// unauthorized to a request without one. The probes, the metrics (when m
-// is set: not when another listener serves them) and the OpenAPI document
-// are open to all.
-func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready readiness, m *metrics.Metrics, authed func(http.Handler) http.Handler) {
-	mux.Handle("POST /users", authed(handleUserCreate(logger, store)))
-	mux.Handle("GET /users", authed(handleUserList(logger, store)))
-	mux.Handle("GET /users/{id}", authed(handleUserGet(logger, store)))
-	mux.Handle("PUT /users/{id}", authed(handleUserRename(logger, store)))
-	mux.Handle("DELETE /users/{id}", authed(handleUserDelete(logger, store)))
+// addRoutes lists every route the service serves. With tokens configured,
+// every request under /users (see underAPI), these routes' and those that
+// match none, needs one: problemMux checks it before any handler. The probes,
+// the metrics (when m is set: not when another listener serves them) and
+// the OpenAPI document are open to all.
+func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready readiness, m *metrics.Metrics) {
+	mux.Handle("POST /users", handleUserCreate(logger, store))
+	mux.Handle("GET /users", handleUserList(logger, store))
+	mux.Handle("GET /users/{id}", handleUserGet(logger, store))
+	mux.Handle("PUT /users/{id}", handleUserRename(logger, store))
+	mux.Handle("DELETE /users/{id}", handleUserDelete(logger, store))
 	mux.Handle("GET /healthz", handleHealthz(logger))
 	mux.Handle("GET /readyz", handleReadyz(logger, ready))
 	mux.Handle("GET /openapi.yaml", handleOpenAPI())
@@ -27,10 +27,10 @@ func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready r
 	}
 }
 
-// underAPI reports whether path is /users or below it. A request there
-// that matches no route gets the token check too, before its 404 or 405:
-// a client without a token learns nothing, not even which methods and
-// paths exist.
+// underAPI reports whether path is /users or below it: the paths that need
+// a token when tokens are configured. A request there that matches no
+// route is checked too, before its 404 or 405, so that a client without a
+// token learns nothing, not even which methods and paths exist.
 func underAPI(path string) bool {
 	return path == "/users" || strings.HasPrefix(path, "/users/")
 }

@@ -48,14 +48,12 @@ func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Op
 	logger = slog.New(requestIDHandler{logger.Handler()})
 	s := &Server{}
 	mux := http.NewServeMux()
-	auth := newAuthenticator(opts.AuthTokens)
-	authed := func(h http.Handler) http.Handler { return auth.require(logger, h) }
 	served := opts.Metrics
 	if opts.MetricsElsewhere {
 		served = nil
 	}
-	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served, authed)
-	s.handler = observe(limitURI(problemMux{mux: mux, logger: logger, auth: auth}, logger), logger, opts.Metrics, opts.RequestTimeout)
+	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served)
+	s.handler = observe(limitURI(problemMux{mux: mux, logger: logger, auth: newAuthenticator(opts.AuthTokens)}, logger), logger, opts.Metrics, opts.RequestTimeout)
 	return s
 }
 
@@ -80,7 +78,8 @@ func (s *Server) Drain() {
 // problemMux serves a ServeMux, but answers requests that match no route
 // with a problem document instead of the mux's text/plain 404 or 405. The
 // mux still decides which of the two applies and sets the 405's Allow header.
-// Under /users, a request without a valid token gets auth's 401 instead.
+// Under /users, with tokens configured, a request without a valid one gets
+// auth's 401 before any handler runs, whether a route matches or not.
 type problemMux struct {
 	mux    *http.ServeMux
 	logger *slog.Logger
@@ -93,17 +92,18 @@ type problemMux struct {
 // every response through an unmatchedWriter.
 func (m problemMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h, pattern := m.mux.Handler(r)
+	if m.auth.enabled() && underAPI(r.URL.Path) {
+		if err := m.auth.check(r); err != nil {
+			r.Pattern = pattern // the access log and metrics name the route refused, as the mux would
+			unauthorized(w, r, m.logger, err)
+			return
+		}
+	}
 	if pattern != "" {
 		m.mux.ServeHTTP(w, r)
 		return
 	}
 	// No route matched: h is the mux's own 404, 405 or redirect handler.
-	if m.auth.enabled() && underAPI(r.URL.Path) {
-		if err := m.auth.check(r); err != nil {
-			unauthorized(w, r, m.logger, err)
-			return
-		}
-	}
 	h.ServeHTTP(&unmatchedWriter{ResponseWriter: w, r: r, logger: m.logger}, r)
 }
 
