@@ -19,16 +19,26 @@ type schemaVersioner interface {
 	SchemaVersion(ctx context.Context) (int64, error)
 }
 
+// databaseProbe is what /readyz asks the database: its schema version, and
+// whether it takes writes. migrations.VersionReader is one.
+type databaseProbe interface {
+	schemaVersioner
+	// ReadOnly returns why the database refuses writes, or "" when it
+	// takes them.
+	ReadOnly(ctx context.Context) (string, error)
+}
+
 // readiness is what /readyz decides by.
 type readiness struct {
-	database schemaVersioner
+	database databaseProbe
 	want     int64        // the schema version this build needs
 	draining *atomic.Bool // set once the process is shutting down
 }
 
 // check returns nil when the server should get traffic: it is not shutting
-// down, the database answers, and its schema is at least the one this build
-// needs. Returns a *notReadyError or an errUnavailable otherwise.
+// down, the database answers and takes writes, and its schema is at least
+// the one this build needs. Returns a *notReadyError or an errUnavailable
+// otherwise.
 func (rd readiness) check(ctx context.Context) error {
 	if rd.draining.Load() {
 		return &notReadyError{detail: "the server is shutting down"}
@@ -36,6 +46,16 @@ func (rd readiness) check(ctx context.Context) error {
 	have, err := rd.database.SchemaVersion(ctx)
 	if err != nil {
 		return storeErr(err) // already says "read schema version"
+	}
+	readOnly, err := rd.database.ReadOnly(ctx)
+	if err != nil {
+		return storeErr(err)
+	}
+	if readOnly != "" {
+		// A standby, or a primary fenced during a failover: the pool drops
+		// the connection (DATABASE_URL's next one looks for a host that
+		// takes writes), but this instance cannot serve writes now.
+		return &notReadyError{detail: "the database refuses writes: " + readOnly}
 	}
 	if have < rd.want {
 		return &notReadyError{detail: fmt.Sprintf(
@@ -56,8 +76,9 @@ func handleHealthz(logger *slog.Logger) http.Handler {
 }
 
 // handleReadyz serves GET /readyz: 200 when the server should get traffic;
-// 503 while it shuts down, while the database does not answer, and while
-// the database's schema is behind this build's migrations.
+// 503 while it shuts down, while the database does not answer or refuses
+// writes (a standby, or a primary fenced read-only), and while the
+// database's schema is behind this build's migrations.
 func handleReadyz(logger *slog.Logger, rd readiness) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := rd.check(r.Context()); err != nil {

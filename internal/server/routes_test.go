@@ -136,6 +136,8 @@ type okDatabase struct{}
 
 func (okDatabase) SchemaVersion(context.Context) (int64, error) { return migrations.Latest(), nil }
 
+func (okDatabase) ReadOnly(context.Context) (string, error) { return "", nil }
+
 func TestStoreFailures(t *testing.T) {
 	t.Parallel()
 	secret := "relation users: SELECT secret FROM pg_shadow"

@@ -44,7 +44,7 @@ type Server struct {
 // id, a line in the access log and a place in the metrics. Production passes
 // db.New(pool) as the store and migrations.VersionReader{Q: pool} as the
 // database.
-func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Options) *Server {
+func New(logger *slog.Logger, store userStore, database databaseProbe, opts Options) *Server {
 	logger = slog.New(requestIDHandler{logger.Handler()})
 	s := &Server{}
 	mux := http.NewServeMux()
