@@ -30,6 +30,8 @@ func defaultMaxConns(procs int) int32 {
 
 // newPool returns a connection pool for DATABASE_URL. It does not connect
 // yet: connections are made on first use, so the database may come later.
+// A connection whose server stops taking writes is dropped when it is
+// released (see takesWrites).
 func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
@@ -54,11 +56,27 @@ func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	if pc.ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
 		pc.AfterConnect = prepareQueries
 	}
+	pc.AfterRelease = takesWrites
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("create connection pool: %w", err)
 	}
 	return pool, nil
+}
+
+// takesWrites is the write pool's AfterRelease: it keeps a connection only
+// while its server takes writes. PostgreSQL (14 and later) tells a session
+// when default_transaction_read_only or in_hot_standby change, with the
+// answer to its next statement after a configuration reload: a server
+// fenced read-only (pg_auto_failover fences a node it promotes or demotes
+// so; an operator may do the same) or turned standby answers each write
+// with SQLSTATE 25006 and then says so. Dropping that connection makes the
+// pool's next one go through DATABASE_URL's target_session_attrs, which
+// finds the host that takes writes, if any, instead of failing every
+// write on the pooled sessions until they end.
+func takesWrites(conn *pgx.Conn) bool {
+	status := conn.PgConn().ParameterStatus
+	return status("default_transaction_read_only") != "on" && status("in_hot_standby") != "on"
 }
 
 // prepareQueries prepares preparedQueries on conn, each named by its SQL,

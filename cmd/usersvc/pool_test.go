@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -115,5 +116,47 @@ func TestPoolSize(t *testing.T) {
 		if got := defaultMaxConns(procs); got != want {
 			t.Errorf("defaultMaxConns(%d) = %d, want %d", procs, got, want)
 		}
+	}
+}
+
+// TestPoolDropsReadOnlySessions checks that a connection whose session has
+// turned read-only, as every session of a server fenced with
+// default_transaction_read_only does, leaves the write pool when released,
+// while one that takes writes stays.
+func TestPoolDropsReadOnlySessions(t *testing.T) {
+	ctx := context.Background()
+	pool, err := newPool(ctx, config.Config{DatabaseURL: pgtest.NewURL(t), DBMaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	// sessionPID runs sql on the pool's one connection and returns its
+	// backend's pid.
+	sessionPID := func(sql string) uint32 {
+		t.Helper()
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Release()
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+		return conn.Conn().PgConn().PID()
+	}
+	first := sessionPID("SELECT 1")
+	if again := sessionPID("SELECT 1"); again != first {
+		t.Fatalf("a session that takes writes was replaced (pid %d, then %d): want it kept", first, again)
+	}
+	// The server tells the session of the change, as it does after a
+	// reload that fences it.
+	sessionPID("SET default_transaction_read_only = on")
+	deadline := time.Now().Add(5 * time.Second)
+	for sessionPID("SELECT 1") == first {
+		// AfterRelease runs in a goroutine of the pool's.
+		if time.Now().After(deadline) {
+			t.Fatal("the read-only session is still in the pool 5s after its release: want it dropped")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
