@@ -28,24 +28,72 @@ func defaultMaxConns(procs int) int32 {
 	return int32(max(4, 2*procs))
 }
 
-// newPool returns a connection pool for DATABASE_URL. It does not connect
-// yet: connections are made on first use, so the database may come later.
-// A connection whose server stops taking writes is dropped when it is
-// released (see takesWrites).
+// newPool returns the connection pool for DATABASE_URL, through which every
+// write goes (and every read without DATABASE_READ_URL). It does not
+// connect yet: connections are made on first use, so the database may come
+// later. A connection whose server stops taking writes is dropped when it
+// is released (see takesWrites). With DATABASE_READ_URL, its sessions
+// commit with synchronous_commit=remote_apply unless the URL sets
+// synchronous_commit: see newReadPool.
 func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
-	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	pc, err := poolConfig(cfg.DatabaseURL, "DATABASE_URL", "usersvc", cfg.DBMaxConns)
 	if err != nil {
-		return nil, errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
+		return nil, err
+	}
+	pc.AfterRelease = takesWrites
+	if cfg.DatabaseReadURL != "" {
+		if _, set := pc.ConnConfig.RuntimeParams["synchronous_commit"]; !set {
+			pc.ConnConfig.RuntimeParams["synchronous_commit"] = "remote_apply"
+		}
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("create connection pool: %w", err)
+	}
+	return pool, nil
+}
+
+// newReadPool returns the connection pool for DATABASE_READ_URL, which the
+// GET routes use, or nil when it is not set. Its sessions are named
+// usersvc-read unless the URL names them. A client reads its own writes
+// through it because the write pool's commits wait for the synchronous
+// standbys to apply them (remote_apply) before the service acknowledges
+// them: a standby in the synchronous quorum has every acknowledged write.
+func newReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
+	if cfg.DatabaseReadURL == "" {
+		return nil, nil
+	}
+	pc, err := poolConfig(cfg.DatabaseReadURL, "DATABASE_READ_URL", "usersvc-read", cfg.DBMaxConns)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("create read connection pool: %w", err)
+	}
+	return pool, nil
+}
+
+// poolConfig returns the pool configuration for url, which the variable
+// named variable holds: maxConns connections (0: pool_max_conns from url,
+// else defaultMaxConns), sessions named appName unless url names them, and
+// every query prepared on each new connection when the query mode allows.
+// Returns an error that names variable, never url's text (which can hold
+// a password), when url does not parse.
+func poolConfig(url, variable, appName string, maxConns int32) (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("%s: not a valid PostgreSQL connection string", variable)
 	}
 	switch {
-	case cfg.DBMaxConns > 0:
-		pc.MaxConns = cfg.DBMaxConns
-	case !strings.Contains(cfg.DatabaseURL, "pool_max_conns"):
+	case maxConns > 0:
+		pc.MaxConns = maxConns
+	case !strings.Contains(url, "pool_max_conns"):
 		pc.MaxConns = defaultMaxConns(runtime.GOMAXPROCS(0))
 	}
 	// Names the service's sessions in pg_stat_activity, unless the URL does.
 	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
-		pc.ConnConfig.RuntimeParams["application_name"] = "usersvc"
+		pc.ConnConfig.RuntimeParams["application_name"] = appName
 	}
 	// pgx's default mode prepares every statement anyway, through a cache
 	// that drops a statement whenever an execution fails, so that the next
@@ -56,12 +104,7 @@ func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	if pc.ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
 		pc.AfterConnect = prepareQueries
 	}
-	pc.AfterRelease = takesWrites
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
-	if err != nil {
-		return nil, fmt.Errorf("create connection pool: %w", err)
-	}
-	return pool, nil
+	return pc, nil
 }
 
 // takesWrites is the write pool's AfterRelease: it keeps a connection only

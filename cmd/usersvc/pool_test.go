@@ -160,3 +160,41 @@ func TestPoolDropsReadOnlySessions(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestPoolSettingsForReadURL checks what DATABASE_READ_URL changes: the
+// write pool's sessions wait for the synchronous standbys to apply each
+// commit, unless DATABASE_URL says otherwise, and the read pool's sessions
+// have a name of their own. Without it, nothing changes.
+func TestPoolSettingsForReadURL(t *testing.T) {
+	ctx := context.Background()
+	const readURL = "postgres://h1,h2/db?target_session_attrs=prefer-standby"
+	for _, tt := range []struct {
+		name, url, readURL, want string
+	}{
+		{"without DATABASE_READ_URL", "postgres://h/db", "", ""},
+		{"with DATABASE_READ_URL", "postgres://h/db", readURL, "remote_apply"},
+		{"DATABASE_URL's own setting", "postgres://h/db?synchronous_commit=local", readURL, "local"},
+	} {
+		cfg := config.Config{DatabaseURL: tt.url, DatabaseReadURL: tt.readURL}
+		pool, err := newPool(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pool.Config().ConnConfig.RuntimeParams["synchronous_commit"]; got != tt.want {
+			t.Errorf("%s: the write pool's synchronous_commit = %q, want %q", tt.name, got, tt.want)
+		}
+		pool.Close()
+		reads, err := newReadPool(ctx, cfg)
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case tt.readURL == "" && reads != nil:
+			t.Errorf("%s: a read pool, want none", tt.name)
+		case tt.readURL != "":
+			if got := reads.Config().ConnConfig.RuntimeParams["application_name"]; got != "usersvc-read" {
+				t.Errorf("%s: the read pool's application_name = %q, want usersvc-read", tt.name, got)
+			}
+			reads.Close()
+		}
+	}
+}

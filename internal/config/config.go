@@ -21,6 +21,10 @@ type Config struct {
 	// DatabaseURL is a PostgreSQL connection URL or keyword/value string.
 	// Required by serve and migrate.
 	DatabaseURL string `envconfig:"DATABASE_URL"`
+	// DatabaseReadURL, when set, is a PostgreSQL URL for the GET routes
+	// alone, typically the standbys of DatabaseURL's primary with
+	// target_session_attrs=prefer-standby. Empty: reads use DatabaseURL.
+	DatabaseReadURL string `envconfig:"DATABASE_READ_URL"`
 	// HTTPAddr is the address the HTTP server listens on.
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080"`
 	// LogLevel is debug, info, warn or error.
@@ -78,10 +82,13 @@ func Load() (Config, error) {
 
 func (c Config) validate() error {
 	var errs []error
-	if c.DatabaseURL != "" {
-		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+	for _, v := range []struct{ name, url string }{{"DATABASE_URL", c.DatabaseURL}, {"DATABASE_READ_URL", c.DatabaseReadURL}} {
+		if v.url == "" {
+			continue
+		}
+		if _, err := pgxpool.ParseConfig(v.url); err != nil {
 			// The parse error can echo the password; name the variable only.
-			errs = append(errs, errors.New("DATABASE_URL: not a valid PostgreSQL connection string"))
+			errs = append(errs, fmt.Errorf("%s: not a valid PostgreSQL connection string", v.name))
 		}
 	}
 	if c.HTTPAddr == "" {

@@ -45,17 +45,18 @@ func TestDefaults(t *testing.T) {
 
 func TestLoad(t *testing.T) {
 	setenv(t, map[string]string{
-		"DATABASE_URL":     "postgres://u:hunter2@db.internal:6432/users?sslmode=require",
-		"HTTP_ADDR":        "127.0.0.1:9000",
-		"LOG_LEVEL":        "DEBUG",
-		"LOG_FORMAT":       "Text",
-		"DB_MAX_CONNS":     "12",
-		"REQUEST_TIMEOUT":  "750ms",
-		"SHUTDOWN_TIMEOUT": "1m",
-		"SHUTDOWN_DELAY":   "5s",
-		"AUTO_MIGRATE":     "true",
-		"DEBUG_ADDR":       "127.0.0.1:6060",
-		"METRICS_ADDR":     ":9090",
+		"DATABASE_URL":      "postgres://u:hunter2@db.internal:6432/users?sslmode=require",
+		"DATABASE_READ_URL": "postgres://u:hunter2@standby1.internal,standby2.internal/users?target_session_attrs=prefer-standby",
+		"HTTP_ADDR":         "127.0.0.1:9000",
+		"LOG_LEVEL":         "DEBUG",
+		"LOG_FORMAT":        "Text",
+		"DB_MAX_CONNS":      "12",
+		"REQUEST_TIMEOUT":   "750ms",
+		"SHUTDOWN_TIMEOUT":  "1m",
+		"SHUTDOWN_DELAY":    "5s",
+		"AUTO_MIGRATE":      "true",
+		"DEBUG_ADDR":        "127.0.0.1:6060",
+		"METRICS_ADDR":      ":9090",
 	})
 	got, err := Load()
 	if err != nil {
@@ -63,6 +64,7 @@ func TestLoad(t *testing.T) {
 	}
 	want := Config{
 		DatabaseURL:     "postgres://u:hunter2@db.internal:6432/users?sslmode=require",
+		DatabaseReadURL: "postgres://u:hunter2@standby1.internal,standby2.internal/users?target_session_attrs=prefer-standby",
 		HTTPAddr:        "127.0.0.1:9000",
 		LogLevel:        slog.LevelDebug,
 		LogFormat:       "text",
@@ -97,6 +99,7 @@ func TestLoadRejects(t *testing.T) {
 		{"SHUTDOWN_DELAY", "15s"}, // not less than the default SHUTDOWN_TIMEOUT
 		{"AUTO_MIGRATE", "yes please"},
 		{"DATABASE_URL", "postgres://u:hunter2@[::1"},
+		{"DATABASE_READ_URL", "postgres://u:hunter2@[::1"},
 	} {
 		setenv(t, map[string]string{tt.variable: tt.value})
 		_, err := Load()
@@ -111,7 +114,7 @@ func TestLoadRejects(t *testing.T) {
 
 func TestVariables(t *testing.T) {
 	got := strings.Join(Variables(), " ")
-	want := "DATABASE_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR AUTH_TOKENS AUTH_TOKENS_FILE"
+	want := "DATABASE_URL DATABASE_READ_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR AUTH_TOKENS AUTH_TOKENS_FILE"
 	if got != want {
 		t.Errorf("Variables() = %s, want %s", got, want)
 	}

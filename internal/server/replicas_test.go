@@ -4,8 +4,10 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -49,5 +51,47 @@ func TestReadyzRefusesReadOnly(t *testing.T) {
 	pool.Reset() // the sessions opened under the fence keep it
 	if r := s.get("/readyz"); r.status != http.StatusOK {
 		t.Errorf("GET /readyz after the fence = %d %s, want 200", r.status, r.body)
+	}
+}
+
+// TestReadsGoToTheirOwnStore serves the GET routes from one database and
+// the writes from another, as Options.Reads does for DATABASE_READ_URL: a
+// user created through the API is found only once the reads' database has
+// it too.
+func TestReadsGoToTheirOwnStore(t *testing.T) {
+	t.Parallel()
+	writes, reads := pgtest.NewPool(t), pgtest.NewPool(t)
+	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
+	srv := httptest.NewServer(New(logger, db.New(writes), migrations.VersionReader{Q: writes}, Options{
+		RequestTimeout: 5 * time.Second,
+		SchemaVersion:  migrations.Latest(),
+		Reads:          db.New(reads),
+	}))
+	t.Cleanup(srv.Close)
+	s := &testServer{t: t, url: srv.URL, pool: writes}
+
+	u := s.createUser("written")
+	wantProblem(t, "GET "+userPath(u.ID)+" before the reads' database has the user", s.get(userPath(u.ID)), 404, codeNotFound)
+	if r := s.get("/users"); r.status != http.StatusOK || string(r.body) != "[]" {
+		t.Errorf("GET /users before the reads' database has the user = %d %s, want 200 []", r.status, r.body)
+	}
+	_, err := reads.Exec(context.Background(), "INSERT INTO users (id, name, created_at, updated_at) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4)",
+		u.ID, u.Name, u.CreatedAt, u.UpdatedAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := s.get(userPath(u.ID)); r.status != http.StatusOK || decodeJSON[user](t, r.body) != u {
+		t.Errorf("GET %s once the reads' database has the user = %d %s, want 200 and %+v", userPath(u.ID), r.status, r.body, u)
+	}
+	if r := s.get("/users?name=written"); r.status != http.StatusOK || len(decodeJSON[[]user](t, r.body)) != 1 {
+		t.Errorf("GET /users?name=written once the reads' database has the user = %d %s, want the user", r.status, r.body)
+	}
+	// Writes, and the checks they make, stay on the writes' database.
+	if r := s.putJSON(userPath(u.ID), `{"name":"renamed"}`); r.status != http.StatusOK {
+		t.Errorf("PUT %s = %d %s, want 200", userPath(u.ID), r.status, r.body)
+	}
+	var name string
+	if err := writes.QueryRow(context.Background(), "SELECT name FROM users WHERE id = $1", u.ID).Scan(&name); err != nil || name != "renamed" {
+		t.Errorf("the writes' database has %q (%v) after the rename, want renamed", name, err)
 	}
 }

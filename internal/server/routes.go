@@ -12,11 +12,12 @@ import (
 // every request under /users (see underAPI), these routes' and those that
 // match none, needs one: problemMux checks it before any handler. The probes,
 // the metrics (when m is set: not when another listener serves them) and
-// the OpenAPI document are open to all.
-func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready readiness, m *metrics.Metrics) {
+// the OpenAPI document are open to all. The GET routes read through reads,
+// the others through store.
+func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, reads userReader, ready readiness, m *metrics.Metrics) {
 	mux.Handle("POST /users", handleUserCreate(logger, store))
-	mux.Handle("GET /users", handleUserList(logger, store))
-	mux.Handle("GET /users/{id}", handleUserGet(logger, store))
+	mux.Handle("GET /users", handleUserList(logger, reads))
+	mux.Handle("GET /users/{id}", handleUserGet(logger, reads))
 	mux.Handle("PUT /users/{id}", handleUserRename(logger, store))
 	mux.Handle("DELETE /users/{id}", handleUserDelete(logger, store))
 	mux.Handle("GET /healthz", handleHealthz(logger))

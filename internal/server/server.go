@@ -28,6 +28,9 @@ type Options struct {
 	// AuthTokens, when set, are the bearer tokens the /users routes accept;
 	// any other request to them gets 401 unauthorized. Empty: no check.
 	AuthTokens []string
+	// Reads, when set, serves the GET routes' queries instead of the store:
+	// production passes db.New(pool) for the pool of DATABASE_READ_URL.
+	Reads userReader
 }
 
 // Server is the service's HTTP handler.
@@ -52,7 +55,11 @@ func New(logger *slog.Logger, store userStore, database databaseProbe, opts Opti
 	if opts.MetricsElsewhere {
 		served = nil
 	}
-	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served)
+	reads := opts.Reads
+	if reads == nil {
+		reads = store
+	}
+	addRoutes(mux, logger, store, reads, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served)
 	s.handler = observe(limitURI(problemMux{mux: mux, logger: logger, auth: newAuthenticator(opts.AuthTokens)}, logger), logger, opts.Metrics, opts.RequestTimeout)
 	return s
 }
