@@ -11,7 +11,7 @@ TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 
-.PHONY: run build test test-pgbouncer install-pgbouncer fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -44,6 +44,22 @@ install-pgbouncer:
 	fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
+
+## test-ha: usersvc against a pg_auto_failover formation (a monitor and two
+## nodes with synchronous replication, on loopback) whose primary is killed,
+## fenced read-only and switched over under load (cmd/usersvc/ha_test.go,
+## build tag ha); installs Debian's postgresql-15-auto-failover first when
+## pg_autoctl is missing (apt-get as root, else says how)
+test-ha:
+	@command -v pg_autoctl >/dev/null || $(MAKE) --no-print-directory install-pg-auto-failover
+	go test -race -count=1 -tags ha -run '^TestHighAvailability$$' -v ./cmd/usersvc
+
+install-pg-auto-failover:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make test-ha needs pg_auto_failover: sudo apt-get install postgresql-15-auto-failover" >&2; exit 1; \
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15-auto-failover
 
 ## fuzz: each fuzz target of internal/server (FuzzCreateUser, ...) for
 ## FUZZTIME (default 1m), one after the other, through the real handler
@@ -94,10 +110,12 @@ fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-# The pgbouncer build tag's test too, so that it compiles without pgbouncer.
+# The pgbouncer and ha build tags' tests too, so that they compile without
+# pgbouncer or pg_autoctl.
 vet:
 	go vet ./...
 	go vet -tags pgbouncer ./cmd/usersvc
+	go vet -tags ha ./cmd/usersvc
 
 ## generate: regenerate db/ from queries/ and migrations/ (commit both)
 generate:
