@@ -85,7 +85,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		AuthTokens:       cfg.AuthTokens,
 	}
 	if readPool != nil {
-		opts.Reads = db.New(readPool)
+		opts.Reads = retriedReads{q: db.New(readPool)}
 	}
 	handler := server.New(logger, db.New(pool), migrations.VersionReader{Q: pool}, opts)
 	srv := newHTTPServer(ctx, cfg, handler, logger)
