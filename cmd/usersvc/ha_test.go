@@ -39,10 +39,14 @@ const haRequestTimeout = 2 * time.Second
 // monitorSettings tune the monitor's health checks to about a second
 // (pg_auto_failover's defaults: a check every 5 s, 20 s without news
 // before a node counts as unhealthy, 30 s for a lost primary to demote).
-// primaryDemoteTimeout stays above the keepers' networkPartitionTimeout:
-// a primary cut off from the monitor and its standby demotes itself
-// before the standby may be promoted, so that two primaries never take
-// writes at once.
+// primary_demote_timeout is how long the monitor waits for the old
+// primary to stop before it lets the new one take writes: it stays above
+// the keepers' networkPartitionTimeout, so that a primary cut off from the
+// monitor and its standby demotes itself first, and leaves a keeper slowed
+// down by a busy machine time to stop its PostgreSQL. (A shorter one lost
+// acknowledged writes here: a switchover from a primary that had dropped
+// to wait_primary, with synchronous replication off, promoted the standby
+// while the old primary, its keeper late, still acknowledged writes.)
 var monitorSettings = [][2]string{
 	{"pgautofailover.health_check_period", "1000"},
 	{"pgautofailover.health_check_timeout", "1000"},
@@ -50,12 +54,12 @@ var monitorSettings = [][2]string{
 	{"pgautofailover.health_check_retry_delay", "500"},
 	{"pgautofailover.node_considered_unhealthy_timeout", "2000"},
 	{"pgautofailover.startup_grace_period", "2000"},
-	{"pgautofailover.primary_demote_timeout", "3000"},
+	{"pgautofailover.primary_demote_timeout", "5000"},
 }
 
 // networkPartitionTimeout is each keeper's timeout.network_partition_timeout
 // in seconds (default 20).
-const networkPartitionTimeout = "2"
+const networkPartitionTimeout = "3"
 
 // pgAutoctlPath returns the pg_autoctl program, or fails the test saying
 // how to get it.
@@ -145,6 +149,11 @@ func newFormation(t *testing.T, names ...string) *formation {
 		"XDG_RUNTIME_DIR=" + home,
 	}
 	t.Cleanup(f.stop)
+	t.Cleanup(func() {
+		if t.Failed() && f.monitor != nil && f.monitor.running() {
+			t.Logf("the monitor's events:\n%s", f.events())
+		}
+	})
 
 	began := time.Now()
 	f.monitor = &autoctl{name: "monitor", pgdata: filepath.Join(f.dir, "monitor"), port: freePort(t)}
@@ -380,6 +389,33 @@ func (f *formation) states() map[string]nodeState {
 		f.t.Fatal(err)
 	}
 	return out
+}
+
+// events returns the monitor's events, oldest first, one a line.
+func (f *formation) events() string {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, f.monitorURL("postgres"))
+	if err != nil {
+		return fmt.Sprintf("(connect to the monitor: %v)", err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT to_char(eventtime, 'HH24:MI:SS.MS'), nodename, reportedstate::text, goalstate::text, description
+		FROM pgautofailover.event ORDER BY eventid`)
+	if err != nil {
+		return fmt.Sprintf("(read the monitor's events: %v)", err)
+	}
+	var b strings.Builder
+	var at, node, reported, goal, description string
+	_, err = pgx.ForEachRow(rows, []any{&at, &node, &reported, &goal, &description}, func() error {
+		fmt.Fprintf(&b, "%s %s %s -> %s: %s\n", at, node, reported, goal, description)
+		return nil
+	})
+	if err != nil {
+		fmt.Fprintf(&b, "(read the monitor's events: %v)", err)
+	}
+	return b.String()
 }
 
 // describe returns each node's name, port and state, for the log.
@@ -900,11 +936,29 @@ func TestHighAvailability(t *testing.T) {
 	}
 
 	var reports []faultReport
+	// healthy waits until the formation has a primary whose commits wait
+	// for the secondary (not wait_primary, which commits alone): each fault
+	// below is the first since the formation was whole, which is what two
+	// nodes can take without losing an acknowledged write.
+	healthy := func() {
+		t.Helper()
+		states := f.states()
+		want := map[string]string{}
+		for name, s := range states {
+			if s.reported == "primary" || s.reported == "wait_primary" {
+				want[name] = "primary"
+			} else {
+				want[name] = "secondary"
+			}
+		}
+		f.waitStates(60*time.Second, want)
+	}
 	// failover hurts the formation with inject and waits for node next to
 	// commit a write and for each service to acknowledge one; then it
 	// checks the table there.
 	failover := func(phase, next string, inject func()) {
 		t.Helper()
+		healthy()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		accepting := f.probeWrites(ctx, next) // fails until next is the primary
@@ -945,6 +999,7 @@ func TestHighAvailability(t *testing.T) {
 	rejoin.rows, rejoin.lost = c.pauseAndCheck(f, "node2")
 	reports = append(reports, rejoin)
 
+	healthy()
 	t.Run("fenced read-only", func(t *testing.T) {
 		reports = append(reports, checkFence(t, f, c, plain, "node2"))
 	})
