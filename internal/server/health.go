@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -28,14 +29,21 @@ type readiness struct {
 
 // check returns nil when the server should get traffic: it is not shutting
 // down, the database answers, and its schema is at least the one this build
-// needs. Returns a *notReadyError or an errUnavailable otherwise.
+// needs. Returns a *notReadyError that says which otherwise, or the error
+// of a failure that is not the database's unavailability: an internal error.
 func (rd readiness) check(ctx context.Context) error {
 	if rd.draining.Load() {
 		return &notReadyError{detail: "the server is shutting down"}
 	}
 	have, err := rd.database.SchemaVersion(ctx)
 	if err != nil {
-		return storeErr(err) // already says "read schema version"
+		err = storeErr(err) // already says "read schema version"
+		if ue, ok := errors.AsType[*unavailableError](err); ok {
+			// Unlike the API's answers, /readyz says why: the operator
+			// who asks needs to know what to fix.
+			return &notReadyError{detail: ue.why, err: err}
+		}
+		return err
 	}
 	if have < rd.want {
 		return &notReadyError{detail: fmt.Sprintf(
