@@ -28,18 +28,20 @@ func defaultMaxConns(procs int) int32 {
 	return int32(max(4, 2*procs))
 }
 
-// newPool returns the connection pool for DATABASE_URL, through which every
-// write goes (and every read without DATABASE_READ_URL). It does not
+// newPool returns the connection pool for DATABASE_URL, with the
+// connection settings of every command (config.PoolConfig), through which
+// every write goes (and every read without DATABASE_READ_URL). It does not
 // connect yet: connections are made on first use, so the database may come
 // later. A connection whose server stops taking writes is dropped when it
 // is released (see takesWrites). With DATABASE_READ_URL, its sessions
 // commit with synchronous_commit=remote_apply unless the URL sets
 // synchronous_commit: see newReadPool.
 func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
-	pc, err := poolConfig(cfg.DatabaseURL, "DATABASE_URL", "usersvc", cfg.DBMaxConns)
+	pc, err := cfg.PoolConfig()
 	if err != nil {
 		return nil, err
 	}
+	tunePool(pc, cfg.DatabaseURL, cfg.DBMaxConns)
 	pc.AfterRelease = takesWrites
 	if cfg.DatabaseReadURL != "" {
 		if _, set := pc.ConnConfig.RuntimeParams["synchronous_commit"]; !set {
@@ -54,8 +56,8 @@ func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 }
 
 // newReadPool returns the connection pool for DATABASE_READ_URL, which the
-// GET routes use, or nil when it is not set. Its sessions are named
-// usersvc-read unless the URL names them. A client reads its own writes
+// GET routes use, or nil when it is not set: the same settings, sessions
+// named usersvc-read (config.ReadPoolConfig). A client reads its own writes
 // through it because the write pool's commits wait for the synchronous
 // standbys to apply them (remote_apply) before the service acknowledges
 // them: a standby in the synchronous quorum has every acknowledged write.
@@ -63,10 +65,11 @@ func newReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) 
 	if cfg.DatabaseReadURL == "" {
 		return nil, nil
 	}
-	pc, err := poolConfig(cfg.DatabaseReadURL, "DATABASE_READ_URL", "usersvc-read", cfg.DBMaxConns)
+	pc, err := cfg.ReadPoolConfig()
 	if err != nil {
 		return nil, err
 	}
+	tunePool(pc, cfg.DatabaseReadURL, cfg.DBMaxConns)
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("create read connection pool: %w", err)
@@ -74,26 +77,15 @@ func newReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) 
 	return pool, nil
 }
 
-// poolConfig returns the pool configuration for url, which the variable
-// named variable holds: maxConns connections (0: pool_max_conns from url,
-// else defaultMaxConns), sessions named appName unless url names them, and
-// every query prepared on each new connection when the query mode allows.
-// Returns an error that names variable, never url's text (which can hold
-// a password), when url does not parse.
-func poolConfig(url, variable, appName string, maxConns int32) (*pgxpool.Config, error) {
-	pc, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("%s: not a valid PostgreSQL connection string", variable)
-	}
+// tunePool sizes the pool for url, which pc was parsed from: maxConns
+// connections (0: pool_max_conns from url, else defaultMaxConns); and has
+// each new connection prepare every query when the query mode allows.
+func tunePool(pc *pgxpool.Config, url string, maxConns int32) {
 	switch {
 	case maxConns > 0:
 		pc.MaxConns = maxConns
 	case !strings.Contains(url, "pool_max_conns"):
 		pc.MaxConns = defaultMaxConns(runtime.GOMAXPROCS(0))
-	}
-	// Names the service's sessions in pg_stat_activity, unless the URL does.
-	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
-		pc.ConnConfig.RuntimeParams["application_name"] = appName
 	}
 	// pgx's default mode prepares every statement anyway, through a cache
 	// that drops a statement whenever an execution fails, so that the next
@@ -104,7 +96,6 @@ func poolConfig(url, variable, appName string, maxConns int32) (*pgxpool.Config,
 	if pc.ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
 		pc.AfterConnect = prepareQueries
 	}
-	return pc, nil
 }
 
 // takesWrites is the write pool's AfterRelease: it keeps a connection only
@@ -136,4 +127,19 @@ func prepareQueries(ctx context.Context, conn *pgx.Conn) error {
 		}
 	}
 	return nil
+}
+
+// connectErr returns err, from a command's work on the database, with the
+// database named as host:port/database (never the user or password) and,
+// when it did not answer, the connect timeout it had, if err is a failure
+// to connect. Returns any other err unchanged.
+func connectErr(cfg config.Config, err error) error {
+	connErr, ok := errors.AsType[*pgconn.ConnectError](err)
+	if !ok {
+		return err
+	}
+	if bound := connErr.Config.ConnectTimeout; bound > 0 && (pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded)) {
+		return fmt.Errorf("the database at %s did not answer within %s: %w", cfg.DatabaseHost(), bound, err)
+	}
+	return fmt.Errorf("cannot connect to the database at %s: %w", cfg.DatabaseHost(), err)
 }

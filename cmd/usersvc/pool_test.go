@@ -119,6 +119,19 @@ func TestPoolSize(t *testing.T) {
 	}
 }
 
+// TestPoolConnectTimeout checks that serve's pool bounds its connects as
+// every command does, whose own tests run against a silent database.
+func TestPoolConnectTimeout(t *testing.T) {
+	pool, err := newPool(context.Background(), config.Config{DatabaseURL: "postgres://h/db", DBConnectTimeout: 7 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if got := pool.Config().ConnConfig.ConnectTimeout; got != 7*time.Second {
+		t.Errorf("ConnectTimeout = %v, want DB_CONNECT_TIMEOUT's 7s", got)
+	}
+}
+
 // TestPoolDropsReadOnlySessions checks that a connection whose session has
 // turned read-only, as every session of a server fenced with
 // default_transaction_read_only does, leaves the write pool when released,

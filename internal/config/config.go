@@ -34,6 +34,10 @@ type Config struct {
 	// DBMaxConns caps the connection pool; 0 means pool_max_conns from
 	// DatabaseURL, else twice the cores the service may use, at least 4.
 	DBMaxConns int32 `envconfig:"DB_MAX_CONNS" default:"0"`
+	// DBConnectTimeout bounds each attempt to open a database connection,
+	// for every command, unless DatabaseURL has connect_timeout (see
+	// PoolConfig).
+	DBConnectTimeout time.Duration `envconfig:"DB_CONNECT_TIMEOUT" default:"10s"`
 	// RequestTimeout bounds every database call a request makes.
 	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"5s"`
 	// ShutdownTimeout bounds the graceful shutdown after SIGINT or SIGTERM,
@@ -80,15 +84,25 @@ func Load() (Config, error) {
 	return c, nil
 }
 
+// errBadDatabaseURL and errBadDatabaseReadURL are the errors for a
+// DatabaseURL or a DatabaseReadURL that does not parse: pgx's own can echo
+// the password, so they name the variable only.
+var (
+	errBadDatabaseURL     = errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
+	errBadDatabaseReadURL = errors.New("DATABASE_READ_URL: not a valid PostgreSQL connection string")
+)
+
 func (c Config) validate() error {
 	var errs []error
-	for _, v := range []struct{ name, url string }{{"DATABASE_URL", c.DatabaseURL}, {"DATABASE_READ_URL", c.DatabaseReadURL}} {
-		if v.url == "" {
+	for _, u := range []struct {
+		url string
+		bad error
+	}{{c.DatabaseURL, errBadDatabaseURL}, {c.DatabaseReadURL, errBadDatabaseReadURL}} {
+		if u.url == "" {
 			continue
 		}
-		if _, err := pgxpool.ParseConfig(v.url); err != nil {
-			// The parse error can echo the password; name the variable only.
-			errs = append(errs, fmt.Errorf("%s: not a valid PostgreSQL connection string", v.name))
+		if _, err := pgxpool.ParseConfig(u.url); err != nil {
+			errs = append(errs, u.bad)
 		}
 	}
 	if c.HTTPAddr == "" {
@@ -101,6 +115,9 @@ func (c Config) validate() error {
 	}
 	if c.DBMaxConns < 0 {
 		errs = append(errs, fmt.Errorf("DB_MAX_CONNS: %d is negative", c.DBMaxConns))
+	}
+	if c.DBConnectTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("DB_CONNECT_TIMEOUT: %s is not positive", c.DBConnectTimeout))
 	}
 	if c.RequestTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("REQUEST_TIMEOUT: %s is not positive", c.RequestTimeout))
@@ -120,6 +137,43 @@ func (c Config) RequireDatabase() error {
 		return errors.New("DATABASE_URL: required (a PostgreSQL URL, e.g. postgres://user:pass@host:5432/db)")
 	}
 	return nil
+}
+
+// PoolConfig returns the settings of every database connection that the
+// service and its commands open, from DatabaseURL: each attempt to connect
+// ends after the URL's connect_timeout (or PGCONNECT_TIMEOUT's, as in
+// libpq), else after DBConnectTimeout, so that no command waits forever
+// for a database that accepts connections and never answers; and sessions
+// are named usersvc in pg_stat_activity unless the URL names them. Returns
+// an error that names the variable, and not its value, when DatabaseURL
+// does not parse.
+func (c Config) PoolConfig() (*pgxpool.Config, error) {
+	return c.poolConfig(c.DatabaseURL, errBadDatabaseURL, "usersvc")
+}
+
+// ReadPoolConfig is PoolConfig for DatabaseReadURL, whose sessions are
+// named usersvc-read unless the URL names them.
+func (c Config) ReadPoolConfig() (*pgxpool.Config, error) {
+	return c.poolConfig(c.DatabaseReadURL, errBadDatabaseReadURL, "usersvc-read")
+}
+
+// poolConfig returns the settings of the connections to url, named appName;
+// bad when url does not parse.
+func (c Config) poolConfig(url string, bad error, appName string) (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, bad
+	}
+	// pgx sets ConnectTimeout from connect_timeout and leaves it 0, no
+	// limit, without one. connect_timeout=0, libpq's "wait forever", is 0
+	// too: it gets the bound as well.
+	if pc.ConnConfig.ConnectTimeout <= 0 {
+		pc.ConnConfig.ConnectTimeout = c.DBConnectTimeout
+	}
+	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = appName
+	}
+	return pc, nil
 }
 
 // DatabaseHost returns host:port/dbname of DatabaseURL for logs, without

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -16,11 +17,10 @@ import (
 // This file is the one place that maps errors to HTTP statuses.
 
 // Outcomes of a store call that handlers and the problem table branch on.
-// storeErr produces them from driver errors.
+// storeErr produces them, and unavailableError, from driver errors.
 var (
-	errNotFound    = errors.New("not found")
-	errNameTaken   = errors.New("name taken")
-	errUnavailable = errors.New("database unavailable")
+	errNotFound  = errors.New("not found")
+	errNameTaken = errors.New("name taken")
 )
 
 // Problem codes: the stable, machine-readable "code" member of every
@@ -92,12 +92,21 @@ type requestError struct {
 
 func (e *requestError) Error() string { return e.code + ": " + e.detail }
 
-// notReadyError is why /readyz answers 503 although nothing failed.
+// notReadyError is why /readyz answers 503, in its detail: a state such as
+// a shutdown, or the reason of a failure, err, that it wraps.
 type notReadyError struct {
 	detail string
+	err    error // nil when nothing failed
 }
 
-func (e *notReadyError) Error() string { return "not ready: " + e.detail }
+func (e *notReadyError) Error() string {
+	if e.err != nil {
+		return "not ready: " + e.err.Error()
+	}
+	return "not ready: " + e.detail
+}
+
+func (e *notReadyError) Unwrap() error { return e.err }
 
 func invalidJSON(detail string) error {
 	return &requestError{code: codeInvalidJSON, detail: detail}
@@ -108,42 +117,109 @@ func invalidFields(fields ...fieldError) error {
 }
 
 // storeErr translates an error from the database into errNotFound,
-// errNameTaken or errUnavailable (wrapping the cause), a validation error for
-// a check violation, or returns it unchanged: an internal error.
+// errNameTaken, an *unavailableError (wrapping the cause), a validation
+// error for a check violation, or returns it unchanged: an internal error.
 func storeErr(err error) error {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNotFound
 	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch {
-		case pgErr.Code == pgerrcode.UniqueViolation:
+	if why := unavailableBecause(err); why != "" {
+		return &unavailableError{why: why, err: err}
+	}
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+		switch pgErr.Code {
+		case pgerrcode.UniqueViolation:
 			return errNameTaken
-		case pgErr.Code == pgerrcode.CheckViolation:
+		case pgerrcode.CheckViolation:
 			// The handlers validate names as the constraint does; this is
 			// the database holding the line should they ever disagree.
 			return invalidFields(fieldError{In: "body", Field: "name", Detail: nameRule})
-		case pgerrcode.IsConnectionException(pgErr.Code),
-			pgerrcode.IsInsufficientResources(pgErr.Code),
-			pgerrcode.IsOperatorIntervention(pgErr.Code),
-			pgErr.Code == pgerrcode.UndefinedTable:
-			// Includes 57014 query_canceled (a statement timeout), 57P01
-			// admin_shutdown (a backend terminated under us), and 42P01
-			// undefined_table: a database whose migrations have not run
-			// yet, as /readyz says too.
-			return errors.Join(errUnavailable, err)
 		}
-		return err
-	}
-	var netErr net.Error
-	var connErr *pgconn.ConnectError
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
-		pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
-		errors.As(err, &connErr) || errors.As(err, &netErr) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return errors.Join(errUnavailable, err)
 	}
 	return err
+}
+
+// unavailableError is a database that cannot serve the service now, through
+// no fault of the request: the client gets 503 and may retry.
+type unavailableError struct {
+	why string // for operators: /readyz's detail, and the log through Error
+	err error
+}
+
+func (e *unavailableError) Error() string {
+	return "database unavailable: " + e.why + ": " + e.err.Error()
+}
+
+func (e *unavailableError) Unwrap() error { return e.err }
+
+// unavailableBecause returns what err says about why the database cannot
+// serve the service, in words an operator acts on, or "" when err is not
+// such a failure. By SQLSTATE class: credentials refused (28), no such
+// database (3D), out of connection slots or other resources (53), shut
+// down, restarting or a statement cancelled (57), a read-only database
+// (25006), a broken connection (08), and a table missing because the
+// migrations have not run (42P01); any other refusal while connecting; and,
+// without a SQLSTATE, a database that cannot be reached or does not answer
+// in time. The words name no host, user or password: /readyz shows them to
+// anyone.
+func unavailableBecause(err error) string {
+	_, connecting := errors.AsType[*pgconn.ConnectError](err)
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+		code := pgErr.Code
+		why := func(what, todo string) string {
+			if todo == "" {
+				return fmt.Sprintf("%s (SQLSTATE %s)", what, code)
+			}
+			return fmt.Sprintf("%s (SQLSTATE %s): %s", what, code, todo)
+		}
+		switch {
+		case code == pgerrcode.InvalidPassword:
+			return why("the database refused the service's credentials", "check the user and password in DATABASE_URL")
+		case pgerrcode.IsInvalidAuthorizationSpecification(code):
+			return why("the database refused the service's role", "check the user in DATABASE_URL, that the role exists and may log in, and the server's pg_hba.conf")
+		case pgerrcode.IsInvalidCatalogName(code):
+			return why("the database named in DATABASE_URL does not exist", "create it, or correct the name")
+		case code == pgerrcode.TooManyConnections:
+			return why("the database has no connection slot free", "too many connections to the server, the database or the service's role; see max_connections, CONNECTION LIMIT and DB_MAX_CONNS")
+		case pgerrcode.IsInsufficientResources(code):
+			return why("the database is out of resources", "")
+		case code == pgerrcode.AdminShutdown:
+			return why("the database ended the service's session", "it is shutting down, or an administrator terminated the session")
+		case code == pgerrcode.CrashShutdown:
+			return why("the database is restarting after one of its processes crashed", "")
+		case code == pgerrcode.CannotConnectNow:
+			return why("the database accepts no connections now", "it is starting up, shutting down or recovering")
+		case code == pgerrcode.QueryCanceled:
+			return why("the database cancelled the statement", "a statement_timeout, or the request ran out of REQUEST_TIMEOUT")
+		case pgerrcode.IsOperatorIntervention(code):
+			return why("the database ended the service's session", "")
+		case code == pgerrcode.ReadOnlySQLTransaction:
+			return why("the database is read-only", "a standby, or default_transaction_read_only is on; the service needs the primary")
+		case pgerrcode.IsConnectionException(code):
+			return why("the connection to the database failed", "")
+		case code == pgerrcode.UndefinedTable:
+			return why("a table the service needs does not exist", "apply the migrations (usersvc migrate up)")
+		case connecting:
+			return why("the database refused the service's connection", "")
+		}
+		return ""
+	}
+	timedOut := errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)
+	switch {
+	case connecting && timedOut:
+		return "the database did not complete the connection in time"
+	case connecting:
+		return "the database cannot be reached"
+	case timedOut:
+		return "the database did not answer in time"
+	case errors.Is(err, context.Canceled):
+		return "the wait for the database was cancelled"
+	}
+	if _, netErr := errors.AsType[net.Error](err); netErr ||
+		pgconn.SafeToRetry(err) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "the connection to the database failed"
+	}
+	return ""
 }
 
 // problemFor returns the problem document for err, as seen from r.
@@ -151,6 +227,7 @@ func problemFor(r *http.Request, err error) problem {
 	p := problem{Instance: r.URL.EscapedPath(), RequestID: requestID(r.Context())}
 	var re *requestError
 	var nr *notReadyError
+	var ue *unavailableError
 	switch {
 	case errors.As(err, &re):
 		p.Code, p.Detail, p.Errors = re.code, re.detail, re.fields
@@ -160,7 +237,8 @@ func problemFor(r *http.Request, err error) problem {
 		p.Code, p.Detail = codeNotFound, "no user has this id"
 	case errors.Is(err, errNameTaken):
 		p.Code, p.Detail = codeDuplicateName, "another user already has this name"
-	case errors.Is(err, errUnavailable):
+	case errors.As(err, &ue):
+		// Generic on purpose: why is for operators (the log, /readyz).
 		p.Code, p.Detail = codeUnavailable, "the database is unavailable or did not answer in time; retry later"
 	default:
 		p.Code, p.Detail = codeInternal, "the server failed to handle the request"

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -37,19 +38,20 @@ type readiness struct {
 
 // check returns nil when the server should get traffic: it is not shutting
 // down, the database answers and takes writes, and its schema is at least
-// the one this build needs. Returns a *notReadyError or an errUnavailable
-// otherwise.
+// the one this build needs. Returns a *notReadyError that says which
+// otherwise, or the error of a failure that is not the database's
+// unavailability: an internal error.
 func (rd readiness) check(ctx context.Context) error {
 	if rd.draining.Load() {
 		return &notReadyError{detail: "the server is shutting down"}
 	}
 	have, err := rd.database.SchemaVersion(ctx)
 	if err != nil {
-		return storeErr(err) // already says "read schema version"
+		return notReady(err) // already says "read schema version"
 	}
 	readOnly, err := rd.database.ReadOnly(ctx)
 	if err != nil {
-		return storeErr(err)
+		return notReady(err)
 	}
 	if readOnly != "" {
 		// A standby, or a primary fenced during a failover: the pool drops
@@ -62,6 +64,19 @@ func (rd readiness) check(ctx context.Context) error {
 			"the database schema is at version %d, this build needs version %d: apply the migrations (usersvc migrate up)", have, rd.want)}
 	}
 	return nil
+}
+
+// notReady returns what /readyz answers for err, from the database: a
+// *notReadyError that says why the database is unavailable, or the error as
+// storeErr translates it.
+func notReady(err error) error {
+	err = storeErr(err)
+	if ue, ok := errors.AsType[*unavailableError](err); ok {
+		// Unlike the API's answers, /readyz says why: the operator who
+		// asks needs to know what to fix.
+		return &notReadyError{detail: ue.why, err: err}
+	}
+	return err
 }
 
 type status struct {
