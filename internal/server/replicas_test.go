@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"usersvc/db"
 	"usersvc/internal/pgtest"
@@ -47,6 +48,19 @@ func TestReadyzRefusesReadOnly(t *testing.T) {
 	if !strings.Contains(p.Detail, "refuses writes") || !strings.Contains(p.Detail, "transaction_read_only") {
 		t.Errorf("GET /readyz on a read-only database: detail %q, want it to say the database refuses writes, transaction_read_only being on", p.Detail)
 	}
+	// A pool that asks for a host that takes writes, as DATABASE_URL with
+	// target_session_attrs=read-write does, finds none.
+	writable, err := pgxpool.New(ctx, url+"&target_session_attrs=read-write")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writable.Close()
+	w, _ := newObservedServer(t, db.New(writable), migrations.VersionReader{Q: writable}, slog.LevelError)
+	p = wantProblem(t, "GET /readyz through target_session_attrs=read-write to a read-only database", w.get("/readyz"), 503, codeUnavailable)
+	if !strings.Contains(p.Detail, "takes writes") {
+		t.Errorf("GET /readyz through target_session_attrs=read-write to a read-only database: detail %q, want it to say no host takes writes", p.Detail)
+	}
+
 	fence("off")
 	pool.Reset() // the sessions opened under the fence keep it
 	if r := s.get("/readyz"); r.status != http.StatusOK {
