@@ -1152,6 +1152,9 @@ func checkFence(t *testing.T, f *formation, c *haClients, s *serving, node strin
 	t0 := time.Now()
 	setFence("ALTER SYSTEM SET default_transaction_read_only = on")
 	body, after := readyz(http.StatusServiceUnavailable, 2*time.Second)
+	if !strings.Contains(body, "refuses writes") && !strings.Contains(body, "takes writes") {
+		t.Errorf("GET /readyz on a fenced primary: %s, want a detail that says the database refuses writes, or that no host takes them", body)
+	}
 	t.Logf("fenced: GET /readyz 503 %v after the fence: %s", after.Round(time.Millisecond), body)
 	for _, l := range c.loads {
 		l.waitFor(phase, "503 under the fence", 5*time.Second, func(as []attempt) bool {
