@@ -1051,7 +1051,7 @@ func TestHighAvailability(t *testing.T) {
 		fmt.Fprintf(&b, "%s | %d | %d | %d | %d | %d | %v | %s | %s | %d/%d / %d/%d\n", r.name, r.requests, r.acked, r.lost, r.status500, r.status503,
 			r.gap.Round(time.Millisecond), accepted, share, r.readsOK[0], r.reads[0], r.readsOK[1], r.reads[1])
 	}
-	t.Logf("pg_auto_failover %s; load average %s; %v in all:\n%s", strings.TrimSpace(strings.SplitN(f.run("version"), "\n", 2)[0]), loadAverage(), time.Since(began).Round(time.Second), b.String())
+	t.Logf("%s; load average %s; %v in all:\n%s", strings.TrimSpace(strings.SplitN(f.run("version"), "\n", 2)[0]), loadAverage(), time.Since(began).Round(time.Second), b.String())
 	for _, r := range reports {
 		if r.status500 > 0 {
 			t.Errorf("%s: %d answers 500, want none", r.name, r.status500)
