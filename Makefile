@@ -11,7 +11,7 @@ TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 
-.PHONY: run build test test-pgbouncer install-pgbouncer fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean image docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -140,10 +140,23 @@ install-yamllint:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q yamllint
 
-## docker: the container image usersvc:$(VERSION); SOURCE, when set, becomes
-## its org.opencontainers.image.source label (the repository's URL)
-docker:
-	docker build --build-arg VERSION=$(VERSION) $(if $(SOURCE),--build-arg SOURCE=$(SOURCE)) -t usersvc:$(VERSION) .
+## image: the container image $(IMAGE) (usersvc:$(VERSION)), with podman
+## when it is installed, else docker (ENGINE=docker chooses). SOURCE, when
+## set, becomes its org.opencontainers.image.source label (the repository's
+## URL); IMAGE_FLAGS passes more flags to the build
+IMAGE  ?= usersvc:$(VERSION)
+ENGINE ?= $(if $(shell command -v podman),podman,docker)
+# podman writes OCI images unless told otherwise, and the OCI format has no
+# HEALTHCHECK: --format docker keeps it. --network host runs the RUN steps
+# (go mod download reaches the module proxy) on the host's network rather
+# than on a bridge that podman sets up with CNI and iptables, which not
+# every machine allows.
+image:
+	$(ENGINE) build $(if $(filter podman,$(firstword $(ENGINE))),--format docker --network host) \
+		--build-arg VERSION=$(VERSION) $(if $(SOURCE),--build-arg SOURCE=$(SOURCE)) $(IMAGE_FLAGS) -t $(IMAGE) .
+
+# The target's old name, which the Dockerfile's header names.
+docker: image
 
 ## compose-up: PostgreSQL, the migrations, then the API on localhost:8080,
 ## in containers (compose.yaml); Ctrl-C stops them
