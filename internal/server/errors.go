@@ -1,8 +1,10 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -112,9 +114,12 @@ func invalidFields(fields ...fieldError) error {
 	return &apiError{code: codeValidationFailed, detail: "the request has invalid fields; see errors", fields: fields}
 }
 
-// unavailable returns the error for a database that cannot serve now.
-func unavailable(cause error) *apiError {
-	return &apiError{code: codeUnavailable, detail: "the database is unavailable or did not answer in time; retry later", cause: cause}
+// unavailable returns the error for a database that cannot serve now, for
+// the reason why (see unavailableBecause), which the log shows before the
+// cause; the client's detail is generic on purpose: why is for operators
+// (the log, /readyz).
+func unavailable(why string, cause error) *apiError {
+	return &apiError{code: codeUnavailable, detail: "the database is unavailable or did not answer in time; retry later", cause: fmt.Errorf("%s: %w", why, cause)}
 }
 
 // constraintErrors maps each constraint of the schema to what its
@@ -148,35 +153,86 @@ func databaseError(err error) *apiError {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNotFound
 	}
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
-		switch {
-		case pgErr.Code == pgerrcode.UniqueViolation, pgErr.Code == pgerrcode.CheckViolation:
-			return constraintErrors[pgErr.ConstraintName]
-		case pgerrcode.IsConnectionException(pgErr.Code),
-			pgerrcode.IsInsufficientResources(pgErr.Code),
-			pgerrcode.IsOperatorIntervention(pgErr.Code),
-			pgErr.Code == pgerrcode.UndefinedTable:
-			// Includes 57014 query_canceled (a statement timeout), 57P01
-			// admin_shutdown (a backend terminated under us), and 42P01
-			// undefined_table: a database whose migrations have not run
-			// yet, as /readyz says too.
-			return unavailable(err)
-		}
-		return nil
+	if why := unavailableBecause(err); why != "" {
+		return unavailable(why, err)
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
-		pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
-		isType[*pgconn.ConnectError](err) || isType[net.Error](err) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return unavailable(err)
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+		switch pgErr.Code {
+		case pgerrcode.UniqueViolation, pgerrcode.CheckViolation:
+			return constraintErrors[pgErr.ConstraintName]
+		}
 	}
 	return nil
 }
 
-// isType reports whether err is, or wraps, an E.
-func isType[E error](err error) bool {
-	_, ok := errors.AsType[E](err)
-	return ok
+// unavailableBecause returns what err says about why the database cannot
+// serve the service, in words an operator acts on, or "" when err is not
+// such a failure. By SQLSTATE class: credentials refused (28), no such
+// database (3D), out of connection slots or other resources (53), shut
+// down, restarting or a statement cancelled (57), a read-only database
+// (25006), a broken connection (08), and a table missing because the
+// migrations have not run (42P01); any other refusal while connecting; and,
+// without a SQLSTATE, a database that cannot be reached or does not answer
+// in time. The words name no host, user or password: /readyz shows them to
+// anyone.
+func unavailableBecause(err error) string {
+	_, connecting := errors.AsType[*pgconn.ConnectError](err)
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+		code := pgErr.Code
+		why := func(what, todo string) string {
+			if todo == "" {
+				return fmt.Sprintf("%s (SQLSTATE %s)", what, code)
+			}
+			return fmt.Sprintf("%s (SQLSTATE %s): %s", what, code, todo)
+		}
+		switch {
+		case code == pgerrcode.InvalidPassword:
+			return why("the database refused the service's credentials", "check the user and password in DATABASE_URL")
+		case pgerrcode.IsInvalidAuthorizationSpecification(code):
+			return why("the database refused the service's role", "check the user in DATABASE_URL, that the role exists and may log in, and the server's pg_hba.conf")
+		case pgerrcode.IsInvalidCatalogName(code):
+			return why("the database named in DATABASE_URL does not exist", "create it, or correct the name")
+		case code == pgerrcode.TooManyConnections:
+			return why("the database has no connection slot free", "too many connections to the server, the database or the service's role; see max_connections, CONNECTION LIMIT and DB_MAX_CONNS")
+		case pgerrcode.IsInsufficientResources(code):
+			return why("the database is out of resources", "")
+		case code == pgerrcode.AdminShutdown:
+			return why("the database ended the service's session", "it is shutting down, or an administrator terminated the session")
+		case code == pgerrcode.CrashShutdown:
+			return why("the database is restarting after one of its processes crashed", "")
+		case code == pgerrcode.CannotConnectNow:
+			return why("the database accepts no connections now", "it is starting up, shutting down or recovering")
+		case code == pgerrcode.QueryCanceled:
+			return why("the database cancelled the statement", "a statement_timeout, or the request ran out of REQUEST_TIMEOUT")
+		case pgerrcode.IsOperatorIntervention(code):
+			return why("the database ended the service's session", "")
+		case code == pgerrcode.ReadOnlySQLTransaction:
+			return why("the database is read-only", "a standby, or default_transaction_read_only is on; the service needs the primary")
+		case pgerrcode.IsConnectionException(code):
+			return why("the connection to the database failed", "")
+		case code == pgerrcode.UndefinedTable:
+			return why("a table the service needs does not exist", "apply the migrations (usersvc migrate up)")
+		case connecting:
+			return why("the database refused the service's connection", "")
+		}
+		return ""
+	}
+	timedOut := errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)
+	switch {
+	case connecting && timedOut:
+		return "the database did not complete the connection in time"
+	case connecting:
+		return "the database cannot be reached"
+	case timedOut:
+		return "the database did not answer in time"
+	case errors.Is(err, context.Canceled):
+		return "the wait for the database was cancelled"
+	}
+	if _, netErr := errors.AsType[net.Error](err); netErr ||
+		pgconn.SafeToRetry(err) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "the connection to the database failed"
+	}
+	return ""
 }
 
 // problemFor returns the problem document for e, as seen from r.
@@ -216,7 +272,7 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 			slog.String("method", r.Method),
 			slog.String("path", r.URL.Path),
 			slog.Int("status", p.Status),
-			slog.Any("err", err),
+			slog.Any("err", cmp.Or(e.cause, err)),
 		}
 		if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
 			attrs = append(attrs, slog.String("sqlstate", pgErr.Code))

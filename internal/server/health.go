@@ -28,14 +28,22 @@ type readiness struct {
 
 // check returns nil when the server should get traffic: it is not shutting
 // down, the database answers, and its schema is at least the one this build
-// needs. Returns an unavailable *apiError, or the database's error,
-// otherwise.
+// needs. Returns an unavailable *apiError that says which otherwise, or the
+// error of a failure that is not the database's unavailability: an
+// internal error.
 func (rd readiness) check(ctx context.Context) error {
 	if rd.draining.Load() {
 		return &apiError{code: codeUnavailable, detail: "the server is shutting down"}
 	}
 	have, err := rd.database.SchemaVersion(ctx)
 	if err != nil {
+		if why := unavailableBecause(err); why != "" {
+			// Unlike the API's answers, /readyz says why: the operator
+			// who asks needs to know what to fix.
+			e := unavailable(why, err)
+			e.detail = why
+			return e
+		}
 		return err // already says "read schema version"
 	}
 	if have < rd.want {

@@ -99,14 +99,7 @@ func TestDatabaseUnreachable(t *testing.T) {
 	if r := s.get("/healthz"); r.status != http.StatusOK {
 		t.Errorf("GET /healthz without a database: status = %d, want 200", r.status)
 	}
-	for _, tt := range []struct{ method, path, body string }{
-		{"GET", "/readyz", ""},
-		{"GET", "/users", ""},
-		{"GET", "/users/1", ""},
-		{"POST", "/users", `{"name":"x"}`},
-		{"PUT", "/users/1", `{"name":"x"}`},
-		{"DELETE", "/users/1", ""},
-	} {
+	for _, tt := range databaseRequests {
 		r := s.do(tt.method, tt.path, "application/json", strings.NewReader(tt.body))
 		wantProblem(t, tt.method+" "+tt.path+" without a database", r, 503, codeUnavailable)
 		if r.header.Get("Retry-After") == "" {
@@ -151,6 +144,12 @@ func TestStoreFailures(t *testing.T) {
 		{"syntax error from postgres", faultyStore{err: &pgconn.PgError{Code: "42601", Message: secret}}, 500, codeInternal, time.Second},
 		{"terminated backend", faultyStore{err: &pgconn.PgError{Code: "57P01", Message: secret}}, 503, codeUnavailable, time.Second},
 		{"statement timeout", faultyStore{err: &pgconn.PgError{Code: "57014", Message: secret}}, 503, codeUnavailable, time.Second},
+		// PostgreSQL 14 and later tell the client of a crash in a warning,
+		// and a server sends class 08 when the protocol breaks: the tests
+		// against a real one cannot see these codes.
+		{"crash of another server process", faultyStore{err: &pgconn.PgError{Code: "57P02", Message: secret}}, 503, codeUnavailable, time.Second},
+		{"connection failure", faultyStore{err: &pgconn.PgError{Code: "08006", Message: secret}}, 503, codeUnavailable, time.Second},
+		{"disk full", faultyStore{err: &pgconn.PgError{Code: "53100", Message: secret}}, 503, codeUnavailable, time.Second},
 		{"hung database", faultyStore{block: true}, 503, codeUnavailable, 2 * time.Second},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
