@@ -120,13 +120,18 @@ vet:
 	go vet ./...
 	go vet -tags pgbouncer,image ./cmd/usersvc
 
-## generate: regenerate db/ from queries/ and migrations/ (commit both)
+## generate: regenerate db/ from queries/ and migrations/, and serve's list
+## of the statements to prepare from db/ (commit them all)
+PREPARED := cmd/usersvc/prepared.gen.go
 generate:
 	$(TOOL) sqlc generate
+	cd tools && go run ./preparedqueries -db ../db -out ../$(PREPARED)
 
-## sqlc-diff: fail when db/ is not what sqlc generates
+## sqlc-diff: fail when db/ is not what sqlc generates, or the list of
+## prepared statements not what db/ gives
 sqlc-diff:
 	$(TOOL) sqlc diff
+	@cd tools && go run ./preparedqueries -db ../db | diff -u ../$(PREPARED) - || { echo "$(PREPARED) is stale: run make generate"; exit 1; }
 
 tidy:
 	go mod tidy
