@@ -11,13 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"usersvc/db"
 	"usersvc/internal/config"
 )
-
-// preparedQueries are the statements every new connection prepares: all
-// of the queries in package db.
-var preparedQueries = []string{db.CreateUser, db.GetUser, db.ListUsers, db.ListUsersByName, db.RenameUser, db.DeleteUser}
 
 // defaultMaxConns is the pool size for DB_MAX_CONNS=0: two connections per
 // core the service may use, at least 4. A request holds a connection only

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,14 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// This file is the one place that maps errors to HTTP statuses.
-
-// Outcomes of a store call that handlers and the problem table branch on.
-// storeErr produces them, and unavailableError, from driver errors.
-var (
-	errNotFound  = errors.New("not found")
-	errNameTaken = errors.New("name taken")
-)
+// This file is the one place that maps errors to problem responses: a
+// handler returns an error, writeError answers with its problem.
 
 // Problem codes: the stable, machine-readable "code" member of every
 // problem document. openapi.yaml lists the same set.
@@ -83,74 +78,92 @@ type fieldError struct {
 	Detail string `json:"detail"`
 }
 
-// requestError is a client mistake found before or instead of a store call.
-type requestError struct {
-	code   string
-	detail string
-	fields []fieldError
+// apiError is the API's one error type: how a request failed, as the
+// client is to see it. Its code decides the status and title
+// (problemKinds); detail and fields are for the client; challenge is the
+// WWW-Authenticate value of a 401; cause, when set, is for the log only.
+// Handlers return it, or any other error, which classify translates.
+type apiError struct {
+	code      string
+	detail    string
+	fields    []fieldError
+	challenge string
+	cause     error
 }
 
-func (e *requestError) Error() string { return e.code + ": " + e.detail }
-
-// notReadyError is why /readyz answers 503, in its detail: a state such as
-// a shutdown, or the reason of a failure, err, that it wraps.
-type notReadyError struct {
-	detail string
-	err    error // nil when nothing failed
-}
-
-func (e *notReadyError) Error() string {
-	if e.err != nil {
-		return "not ready: " + e.err.Error()
+func (e *apiError) Error() string {
+	if e.cause != nil {
+		return e.code + ": " + e.detail + ": " + e.cause.Error()
 	}
-	return "not ready: " + e.detail
+	return e.code + ": " + e.detail
 }
 
-func (e *notReadyError) Unwrap() error { return e.err }
+func (e *apiError) Unwrap() error { return e.cause }
+
+// Errors that stand for one outcome wherever they occur.
+var (
+	errNotFound  = &apiError{code: codeNotFound, detail: "no user has this id"}
+	errNameTaken = &apiError{code: codeDuplicateName, detail: "another user already has this name"}
+)
 
 func invalidJSON(detail string) error {
-	return &requestError{code: codeInvalidJSON, detail: detail}
+	return &apiError{code: codeInvalidJSON, detail: detail}
 }
 
 func invalidFields(fields ...fieldError) error {
-	return &requestError{code: codeValidationFailed, detail: "the request has invalid fields; see errors", fields: fields}
+	return &apiError{code: codeValidationFailed, detail: "the request has invalid fields; see errors", fields: fields}
 }
 
-// storeErr translates an error from the database into errNotFound,
-// errNameTaken, an *unavailableError (wrapping the cause), a validation
-// error for a check violation, or returns it unchanged: an internal error.
-func storeErr(err error) error {
+// unavailable returns the error for a database that cannot serve now, for
+// the reason why (see unavailableBecause), which the log shows before the
+// cause; the client's detail is generic on purpose: why is for operators
+// (the log, /readyz).
+func unavailable(why string, cause error) *apiError {
+	return &apiError{code: codeUnavailable, detail: "the database is unavailable or did not answer in time; retry later", cause: fmt.Errorf("%s: %w", why, cause)}
+}
+
+// constraintErrors maps each constraint of the schema to what its
+// violation means to a client. A violation of a constraint not listed is an
+// internal error: a schema change that forgot this table, which a test
+// catches (TestEveryConstraintHasAProblem).
+var constraintErrors = map[string]*apiError{
+	"users_name_key": errNameTaken,
+	// The handlers validate names as this constraint does; this is the
+	// database holding the line should they ever disagree.
+	"users_name_length": {code: codeValidationFailed, detail: "the request has invalid fields; see errors",
+		fields: []fieldError{{In: "body", Field: "name", Detail: nameRule}}},
+}
+
+// classify returns err as an *apiError: err itself when it is one (or
+// wraps one), the meaning of a database error, else internal.
+func classify(err error) *apiError {
+	if e, ok := errors.AsType[*apiError](err); ok {
+		return e
+	}
+	if e := databaseError(err); e != nil {
+		return e
+	}
+	return &apiError{code: codeInternal, detail: "the server failed to handle the request", cause: err}
+}
+
+// databaseError returns what a database error means to a client: not
+// found, a violated constraint, or the database unavailable. Returns nil
+// for an error that is none of these.
+func databaseError(err error) *apiError {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNotFound
 	}
 	if why := unavailableBecause(err); why != "" {
-		return &unavailableError{why: why, err: err}
+		return unavailable(why, err)
 	}
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
 		switch pgErr.Code {
-		case pgerrcode.UniqueViolation:
-			return errNameTaken
-		case pgerrcode.CheckViolation:
-			// The handlers validate names as the constraint does; this is
-			// the database holding the line should they ever disagree.
-			return invalidFields(fieldError{In: "body", Field: "name", Detail: nameRule})
+		case pgerrcode.UniqueViolation, pgerrcode.CheckViolation:
+			return constraintErrors[pgErr.ConstraintName]
 		}
 	}
-	return err
+	return nil
 }
-
-// unavailableError is a database that cannot serve the service now, through
-// no fault of the request: the client gets 503 and may retry.
-type unavailableError struct {
-	why string // for operators: /readyz's detail, and the log through Error
-	err error
-}
-
-func (e *unavailableError) Error() string {
-	return "database unavailable: " + e.why + ": " + e.err.Error()
-}
-
-func (e *unavailableError) Unwrap() error { return e.err }
 
 // unavailableBecause returns what err says about why the database cannot
 // serve the service, in words an operator acts on, or "" when err is not
@@ -160,8 +173,8 @@ func (e *unavailableError) Unwrap() error { return e.err }
 // (25006), a broken connection (08), and a table missing because the
 // migrations have not run (42P01); any other refusal while connecting; and,
 // without a SQLSTATE, a database that cannot be reached, has no host that
-// takes writes (target_session_attrs), or does not answer in time. The words name no host, user or password: /readyz shows them to
-// anyone.
+// takes writes (target_session_attrs), or does not answer in time. The
+// words name no host, user or password: /readyz shows them to anyone.
 func unavailableBecause(err error) string {
 	_, connecting := errors.AsType[*pgconn.ConnectError](err)
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
@@ -226,40 +239,28 @@ func unavailableBecause(err error) string {
 	return ""
 }
 
-// problemFor returns the problem document for err, as seen from r.
-func problemFor(r *http.Request, err error) problem {
-	p := problem{Instance: r.URL.EscapedPath(), RequestID: requestID(r.Context())}
-	var re *requestError
-	var nr *notReadyError
-	var ue *unavailableError
-	switch {
-	case errors.As(err, &re):
-		p.Code, p.Detail, p.Errors = re.code, re.detail, re.fields
-	case errors.As(err, &nr):
-		p.Code, p.Detail = codeUnavailable, nr.detail
-	case errors.Is(err, errNotFound):
-		p.Code, p.Detail = codeNotFound, "no user has this id"
-	case errors.Is(err, errNameTaken):
-		p.Code, p.Detail = codeDuplicateName, "another user already has this name"
-	case errors.As(err, &ue):
-		// Generic on purpose: why is for operators (the log, /readyz).
-		p.Code, p.Detail = codeUnavailable, "the database is unavailable or did not answer in time; retry later"
-	default:
-		p.Code, p.Detail = codeInternal, "the server failed to handle the request"
+// problemFor returns the problem document for e, as seen from r.
+func problemFor(r *http.Request, e *apiError) problem {
+	p := problem{
+		Type:      "urn:usersvc:problem:" + e.code,
+		Title:     problemKinds[e.code].title,
+		Status:    problemKinds[e.code].status,
+		Detail:    e.detail,
+		Instance:  r.URL.EscapedPath(),
+		Code:      e.code,
+		Errors:    e.fields,
+		RequestID: requestID(r.Context()),
 	}
-	if p.Code == codeURITooLong {
+	if e.code == codeURITooLong {
 		// The path may be most of what was too long: not worth echoing.
 		p.Instance = ""
 	}
-	kind := problemKinds[p.Code]
-	p.Type = "urn:usersvc:problem:" + p.Code
-	p.Title, p.Status = kind.title, kind.status
 	return p
 }
 
-// writeError answers r with the problem for err. Server-side failures are
-// logged here, once, with their cause and the request's id (added by the
-// logger); the client sees only the problem.
+// writeError answers r with the problem for err, and the headers that go
+// with it. Server-side failures are logged here, once, with their cause and
+// the request's id (added by the logger); the client sees only the problem.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
 	if r.Context().Err() == context.Canceled {
 		// The client hung up (a deadline would be DeadlineExceeded): what
@@ -268,16 +269,16 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 		w.WriteHeader(statusClientClosedRequest)
 		return
 	}
-	p := problemFor(r, err)
+	e := classify(err)
+	p := problemFor(r, e)
 	if p.Status >= http.StatusInternalServerError {
 		attrs := []slog.Attr{
 			slog.String("method", r.Method),
 			slog.String("path", r.URL.Path),
 			slog.Int("status", p.Status),
-			slog.Any("err", err),
+			slog.Any("err", cmp.Or(e.cause, err)),
 		}
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
+		if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
 			attrs = append(attrs, slog.String("sqlstate", pgErr.Code))
 		}
 		level := slog.LevelError
@@ -286,8 +287,30 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 		}
 		logger.LogAttrs(r.Context(), level, "request failed", attrs...)
 	}
-	if p.Status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "1")
+	h := w.Header()
+	switch e.code {
+	case codeUnavailable:
+		h.Set("Retry-After", "1")
+	case codeUnauthorized:
+		h.Set("WWW-Authenticate", e.challenge)
+	case codePayloadTooLarge:
+		// The server then neither reads nor keeps the rest of the body.
+		// (http.MaxBytesReader would do that, but only when given the
+		// server's own ResponseWriter, and handlers get a wrapped one.)
+		h.Set("Connection", "close")
 	}
 	encode(w, r, logger, p.Status, problemContentType, p)
+}
+
+// handlerFunc is a handler that returns how it failed, if it did.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// handle returns h as an http.Handler that answers h's error with its
+// problem: the one way a handler's failure becomes a response.
+func handle(logger *slog.Logger, h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			writeError(w, r, logger, err)
+		}
+	})
 }

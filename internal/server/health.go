@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -38,12 +37,12 @@ type readiness struct {
 
 // check returns nil when the server should get traffic: it is not shutting
 // down, the database answers and takes writes, and its schema is at least
-// the one this build needs. Returns a *notReadyError that says which
-// otherwise, or the error of a failure that is not the database's
+// the one this build needs. Returns an unavailable *apiError that says
+// which otherwise, or the error of a failure that is not the database's
 // unavailability: an internal error.
 func (rd readiness) check(ctx context.Context) error {
 	if rd.draining.Load() {
-		return &notReadyError{detail: "the server is shutting down"}
+		return &apiError{code: codeUnavailable, detail: "the server is shutting down"}
 	}
 	have, err := rd.database.SchemaVersion(ctx)
 	if err != nil {
@@ -57,24 +56,25 @@ func (rd readiness) check(ctx context.Context) error {
 		// A standby, or a primary fenced during a failover: the pool drops
 		// the connection (DATABASE_URL's next one looks for a host that
 		// takes writes), but this instance cannot serve writes now.
-		return &notReadyError{detail: "the database refuses writes: " + readOnly}
+		return &apiError{code: codeUnavailable, detail: "the database refuses writes: " + readOnly}
 	}
 	if have < rd.want {
-		return &notReadyError{detail: fmt.Sprintf(
+		return &apiError{code: codeUnavailable, detail: fmt.Sprintf(
 			"the database schema is at version %d, this build needs version %d: apply the migrations (usersvc migrate up)", have, rd.want)}
 	}
 	return nil
 }
 
-// notReady returns what /readyz answers for err, from the database: a
-// *notReadyError that says why the database is unavailable, or the error as
-// storeErr translates it.
+// notReady returns what /readyz answers for err, from the database: an
+// unavailable *apiError whose detail says why, or err itself, an internal
+// error.
 func notReady(err error) error {
-	err = storeErr(err)
-	if ue, ok := errors.AsType[*unavailableError](err); ok {
+	if why := unavailableBecause(err); why != "" {
 		// Unlike the API's answers, /readyz says why: the operator who
 		// asks needs to know what to fix.
-		return &notReadyError{detail: ue.why, err: err}
+		e := unavailable(why, err)
+		e.detail = why
+		return e
 	}
 	return err
 }
@@ -95,12 +95,12 @@ func handleHealthz(logger *slog.Logger) http.Handler {
 // writes (a standby, or a primary fenced read-only), and while the
 // database's schema is behind this build's migrations.
 func handleReadyz(logger *slog.Logger, rd readiness) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		if err := rd.check(r.Context()); err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		encode(w, r, logger, http.StatusOK, jsonContentType, status{Status: "ok"})
+		return nil
 	})
 }
 

@@ -83,9 +83,8 @@ func newObservedServerTimeout(t *testing.T, store userStore, database databasePr
 	logs := &logBuffer{}
 	m := metrics.New("v0.0.0-test")
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
-	srv := httptest.NewServer(New(logger, store, database, Options{RequestTimeout: requestTimeout, SchemaVersion: migrations.Latest(), Metrics: m}))
-	t.Cleanup(srv.Close)
-	return &testServer{t: t, url: srv.URL}, logs
+	url := serveAPI(t, logger, store, database, Options{RequestTimeout: requestTimeout, SchemaVersion: migrations.Latest(), Metrics: m})
+	return &testServer{t: t, url: url}, logs
 }
 
 // sendWithID sends a GET with the header X-Request-ID: id (none when id is

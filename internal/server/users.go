@@ -76,30 +76,28 @@ func decodeName(w http.ResponseWriter, r *http.Request) (string, error) {
 // 400 for invalid JSON, an invalid name or a name already taken (decided by
 // the unique constraint); 413; 415; 503 when the database is unavailable.
 func handleUserCreate(logger *slog.Logger, store userStore) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		name, err := decodeName(w, r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		u, err := store.CreateUser(r.Context(), name)
 		if err != nil {
-			writeError(w, r, logger, fmt.Errorf("create user: %w", storeErr(err)))
-			return
+			return fmt.Errorf("create user: %w", err)
 		}
 		w.Header().Set("Location", "/users/"+strconv.FormatInt(u.ID, 10))
 		encode(w, r, logger, http.StatusCreated, jsonContentType, toUser(u))
+		return nil
 	})
 }
 
 // handleUserList serves GET /users: 200 with a page of users in id order
 // and, while more remain, a Link to the next page; 400 for a bad query.
 func handleUserList(logger *slog.Logger, store userReader) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		q, err := parseListQuery(r.URL.RawQuery)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		// One row more than the page tells whether another page follows.
 		var rows []db.User
@@ -109,8 +107,7 @@ func handleUserList(logger *slog.Logger, store userReader) http.Handler {
 			rows, err = store.ListUsers(r.Context(), db.ListUsersParams{After: q.after, MaxRows: q.limit + 1})
 		}
 		if err != nil {
-			writeError(w, r, logger, fmt.Errorf("list users after %d: %w", q.after, storeErr(err)))
-			return
+			return fmt.Errorf("list users after %d: %w", q.after, err)
 		}
 		if len(rows) > int(q.limit) {
 			rows = rows[:q.limit]
@@ -121,24 +118,24 @@ func handleUserList(logger *slog.Logger, store userReader) http.Handler {
 			users[i] = toUser(row)
 		}
 		encode(w, r, logger, http.StatusOK, jsonContentType, users)
+		return nil
 	})
 }
 
 // handleUserGet serves GET and HEAD /users/{id}: 200 with the user; 400 for
 // a malformed id; 404.
 func handleUserGet(logger *slog.Logger, store userReader) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		u, err := store.GetUser(r.Context(), id)
 		if err != nil {
-			writeError(w, r, logger, fmt.Errorf("get user %d: %w", id, storeErr(err)))
-			return
+			return fmt.Errorf("get user %d: %w", id, err)
 		}
 		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
+		return nil
 	})
 }
 
@@ -146,44 +143,40 @@ func handleUserGet(logger *slog.Logger, store userReader) http.Handler {
 // own name again is fine); 400 for a malformed id, invalid JSON, an invalid
 // name or another user's name; 404; 413; 415.
 func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		name, err := decodeName(w, r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		u, err := store.RenameUser(r.Context(), db.RenameUserParams{ID: id, Name: name})
 		if err != nil {
-			writeError(w, r, logger, fmt.Errorf("rename user %d: %w", id, storeErr(err)))
-			return
+			return fmt.Errorf("rename user %d: %w", id, err)
 		}
 		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
+		return nil
 	})
 }
 
 // handleUserDelete serves DELETE /users/{id}: 204; 400 for a malformed id;
 // 404 when no such user exists (any more).
 func handleUserDelete(logger *slog.Logger, store userStore) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		n, err := store.DeleteUser(r.Context(), id)
 		if err != nil {
-			writeError(w, r, logger, fmt.Errorf("delete user %d: %w", id, storeErr(err)))
-			return
+			return fmt.Errorf("delete user %d: %w", id, err)
 		}
 		if n == 0 {
-			writeError(w, r, logger, errNotFound)
-			return
+			return errNotFound
 		}
 		w.WriteHeader(http.StatusNoContent)
+		return nil
 	})
 }
