@@ -272,11 +272,17 @@ func (a *autoctl) running() bool {
 func (f *formation) kill(name string) {
 	f.t.Helper()
 	a := f.nodes[name]
-	pids := descendants(f.t, a.cmd.Process.Pid)
-	for _, sig := range []syscall.Signal{syscall.SIGSTOP, syscall.SIGKILL} {
+	// Frozen twice over, so that a backend forked between the listing and
+	// the first SIGSTOP is frozen too, before any is killed.
+	var pids []int
+	for range 2 {
+		pids = descendants(f.t, a.cmd.Process.Pid)
 		for _, pid := range pids {
-			syscall.Kill(pid, sig)
+			syscall.Kill(pid, syscall.SIGSTOP)
 		}
+	}
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	select {
 	case <-a.exited:
