@@ -33,8 +33,10 @@ type openAPISpec struct {
 // not a valid OpenAPI document.
 //
 // kin-openapi's default body decoders already cover application/problem+json
-// and application/yaml, so nothing global is registered here.
+// and application/yaml; OpenMetrics, which it does not know, is read as the
+// plain text it is.
 var loadOpenAPI = sync.OnceValues(func() (*openAPISpec, error) {
+	openapi3filter.RegisterBodyDecoder("application/openmetrics-text", openapi3filter.PlainBodyDecoder)
 	data, err := os.ReadFile("openapi.yaml")
 	if err != nil {
 		return nil, fmt.Errorf("read openapi document: %w", err)
@@ -161,7 +163,7 @@ func TestOpenAPIDocument(t *testing.T) {
 		if !spec.doc.IsOpenAPI31OrLater() || spec.doc.IsOpenAPI32OrLater() {
 			t.Errorf("openapi = %q, want 3.1.x", spec.doc.OpenAPI)
 		}
-		for _, mt := range []string{"application/json", "application/problem+json", "application/yaml"} {
+		for _, mt := range []string{"application/json", "application/problem+json", "application/yaml", "application/openmetrics-text"} {
 			if openapi3filter.RegisteredBodyDecoder(mt) == nil {
 				t.Errorf("no kin-openapi body decoder for %s", mt)
 			}
