@@ -11,8 +11,8 @@ import (
 // addRoutes lists every route the service serves. With tokens configured,
 // every request under /users (see underAPI), these routes' and those that
 // match none, needs one: problemMux checks it before any handler. The probes,
-// the metrics (when m is set: not when another listener serves them) and
-// the OpenAPI document are open to all.
+// the metrics (when m is set: not when another listener serves them), the
+// OpenAPI document and its reference page are open to all.
 func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready readiness, m *metrics.Metrics) {
 	mux.Handle("POST /users", handleUserCreate(logger, store))
 	mux.Handle("GET /users", handleUserList(logger, store))
@@ -22,6 +22,9 @@ func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready r
 	mux.Handle("GET /healthz", handleHealthz(logger))
 	mux.Handle("GET /readyz", handleReadyz(logger, ready))
 	mux.Handle("GET /openapi.yaml", handleOpenAPI())
+	mux.Handle("GET /docs", handleDocs())
+	mux.Handle("GET /docs/{file...}", handleDocsFile(logger))
+	mux.Handle("GET /{$}", handleRoot())
 	if m != nil {
 		mux.Handle("GET /metrics", m.Handler(logger))
 	}
