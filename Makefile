@@ -11,7 +11,7 @@ TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 
-.PHONY: run build test test-pgbouncer install-pgbouncer swagger-ui swagger-ui-check fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -44,6 +44,26 @@ install-pgbouncer:
 	fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
+
+## test-docs: the /docs page in a real browser: Debian's chromium, headless,
+## driven by chromedp (internal/server/docs_browser_test.go, build tag
+## browser); installs chromium first when it is missing (apt-get as root,
+## else says how)
+test-docs:
+	@command -v chromium >/dev/null || $(MAKE) --no-print-directory install-chromium
+	go test -race -count=1 -tags browser -run '^TestDocsPage$$' -v ./internal/server $(if $(TEST_DOCS_ARGS),-args $(TEST_DOCS_ARGS))
+
+## docs-screenshot: test-docs, keeping its screenshot of the page in
+## docs/docs-page.png (commit it when the page changes)
+docs-screenshot:
+	@$(MAKE) --no-print-directory test-docs TEST_DOCS_ARGS='-screenshot $(CURDIR)/docs/docs-page.png'
+
+install-chromium:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make test-docs needs chromium: sudo apt-get install chromium" >&2; exit 1; \
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 
 # Swagger UI, which GET /docs serves, is the npm package swagger-ui-dist at
 # the version tools/swagger-ui/package-lock.json pins. The few files the page
@@ -135,6 +155,7 @@ fmt:
 vet:
 	go vet ./...
 	go vet -tags pgbouncer ./cmd/usersvc
+	go vet -tags browser ./internal/server
 
 ## generate: regenerate db/ from queries/ and migrations/ (commit both)
 generate:
