@@ -64,12 +64,17 @@ func handleRoot() http.Handler {
 // browser from /openapi.yaml.
 func handleDocs() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("Content-Security-Policy", docsCSP)
-		h.Set("Content-Type", "text/html; charset=utf-8")
-		h.Set("Content-Length", strconv.Itoa(len(docsPage)))
-		_, _ = w.Write(docsPage)
+		w.Header().Set("Content-Security-Policy", docsCSP)
+		writeBytes(w, "text/html; charset=utf-8", docsPage)
 	})
+}
+
+// writeBytes answers 200 with body, of type contentType, and its length.
+func writeBytes(w http.ResponseWriter, contentType string, body []byte) {
+	h := w.Header()
+	h.Set("Content-Type", contentType)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	_, _ = w.Write(body)
 }
 
 // docsFile is a file under docs/ as it is served.
@@ -101,19 +106,17 @@ func handleDocsFile(logger *slog.Logger) http.Handler {
 		}
 		h := w.Header()
 		h.Set("Content-Security-Policy", docsCSP)
-		h.Set("Content-Type", f.contentType)
 		if !f.gzipped {
-			h.Set("Content-Length", strconv.Itoa(len(f.body)))
-			_, _ = w.Write(f.body)
+			writeBytes(w, f.contentType, f.body)
 			return
 		}
 		h.Add("Vary", "Accept-Encoding")
 		if acceptsGzip(r.Header) {
 			h.Set("Content-Encoding", "gzip")
-			h.Set("Content-Length", strconv.Itoa(len(f.body)))
-			_, _ = w.Write(f.body)
+			writeBytes(w, f.contentType, f.body)
 			return
 		}
+		h.Set("Content-Type", f.contentType)
 		h.Set("Content-Length", strconv.Itoa(f.size))
 		if r.Method == http.MethodHead {
 			return
@@ -124,7 +127,7 @@ func handleDocsFile(logger *slog.Logger) http.Handler {
 		}
 		if err != nil {
 			// The status line is sent; the short body tells the client.
-			logger.ErrorContext(r.Context(), "serve docs file", slog.String("file", r.PathValue("file")), slog.Any("error", err))
+			logger.ErrorContext(r.Context(), "serve docs file", slog.String("path", r.URL.Path), slog.Any("err", err))
 		}
 	})
 }
