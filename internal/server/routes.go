@@ -10,9 +10,9 @@ import (
 // addRoutes lists every route the service serves. With tokens configured,
 // every route needs one (requireToken), and so does every request that
 // matches no route, except the open ones marked here: the probes, the
-// metrics (when m is set: not when another listener serves them) and the
-// OpenAPI document. The GET routes read through reads, the others through
-// store.
+// metrics (when m is set: not when another listener serves them), the
+// OpenAPI document and its reference page. The GET routes read through
+// reads, the others through store.
 func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, reads userReader, ready readiness, m *metrics.Metrics) {
 	mux.Handle("POST /users", handleUserCreate(logger, store))
 	mux.Handle("GET /users", handleUserList(logger, reads))
@@ -23,6 +23,9 @@ func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, reads u
 	mux.Handle("GET /healthz", open(handleHealthz(logger)))
 	mux.Handle("GET /readyz", open(handleReadyz(logger, ready)))
 	mux.Handle("GET /openapi.yaml", open(handleOpenAPI()))
+	mux.Handle("GET /docs", open(handleDocs()))
+	mux.Handle("GET /docs/{file...}", open(handleDocsFile(logger)))
+	mux.Handle("GET /{$}", open(handleRoot()))
 	if m != nil {
 		mux.Handle("GET /metrics", open(m.Handler(logger)))
 	}
