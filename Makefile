@@ -11,7 +11,7 @@ TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 
-.PHONY: run build test test-pgbouncer install-pgbouncer test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean image docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean image docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -44,6 +44,22 @@ install-pgbouncer:
 	fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
+
+## test-ha: usersvc against a pg_auto_failover formation (a monitor and two
+## nodes with synchronous replication, on loopback) whose primary is killed,
+## fenced read-only and switched over under load (cmd/usersvc/ha_test.go,
+## build tag ha); installs Debian's postgresql-15-auto-failover first when
+## pg_autoctl is missing (apt-get as root, else says how)
+test-ha:
+	@command -v pg_autoctl >/dev/null || $(MAKE) --no-print-directory install-pg-auto-failover
+	go test -race -count=1 -tags ha -run '^TestHighAvailability$$' -v ./cmd/usersvc
+
+install-pg-auto-failover:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make test-ha needs pg_auto_failover: sudo apt-get install postgresql-15-auto-failover" >&2; exit 1; \
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15-auto-failover
 
 ## test-image: builds the image with make image and podman from the
 ## unchanged Dockerfile, then checks its config and files and runs it
@@ -171,11 +187,11 @@ fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-# The pgbouncer and image build tags' tests too, together, so that they
-# compile without pgbouncer or podman and beside each other.
+# The pgbouncer, image and ha build tags' tests too, together, so that they
+# compile without pgbouncer, podman or pg_autoctl and beside each other.
 vet:
 	go vet ./...
-	go vet -tags pgbouncer,image ./cmd/usersvc
+	go vet -tags pgbouncer,image,ha ./cmd/usersvc
 	go vet -tags browser ./internal/server
 
 ## generate: regenerate db/ from queries/ and migrations/, and serve's list

@@ -14,12 +14,18 @@ import (
 // userStore is what the user handlers need of the database. Its methods are
 // those of the sqlc-generated *db.Queries.
 type userStore interface {
+	userReader
 	CreateUser(ctx context.Context, name string) (db.User, error)
+	RenameUser(ctx context.Context, arg db.RenameUserParams) (db.User, error)
+	DeleteUser(ctx context.Context, id int64) (int64, error)
+}
+
+// userReader is what the GET routes need of the database: the queries that
+// a standby can answer.
+type userReader interface {
 	GetUser(ctx context.Context, id int64) (db.User, error)
 	ListUsers(ctx context.Context, arg db.ListUsersParams) ([]db.User, error)
 	ListUsersByName(ctx context.Context, arg db.ListUsersByNameParams) ([]db.User, error)
-	RenameUser(ctx context.Context, arg db.RenameUserParams) (db.User, error)
-	DeleteUser(ctx context.Context, id int64) (int64, error)
 }
 
 var _ userStore = (*db.Queries)(nil)
@@ -87,7 +93,7 @@ func handleUserCreate(logger *slog.Logger, store userStore) http.Handler {
 
 // handleUserList serves GET /users: 200 with a page of users in id order
 // and, while more remain, a Link to the next page; 400 for a bad query.
-func handleUserList(logger *slog.Logger, store userStore) http.Handler {
+func handleUserList(logger *slog.Logger, store userReader) http.Handler {
 	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		q, err := parseListQuery(r.URL.RawQuery)
 		if err != nil {
@@ -118,7 +124,7 @@ func handleUserList(logger *slog.Logger, store userStore) http.Handler {
 
 // handleUserGet serves GET and HEAD /users/{id}: 200 with the user; 400 for
 // a malformed id; 404.
-func handleUserGet(logger *slog.Logger, store userStore) http.Handler {
+func handleUserGet(logger *slog.Logger, store userReader) http.Handler {
 	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
