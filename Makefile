@@ -10,8 +10,9 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
+OPENAPI := internal/server/openapi.yaml
 
-.PHONY: run build test test-pgbouncer install-pgbouncer fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -116,11 +117,12 @@ tidy:
 	go mod tidy
 	cd tools && go mod tidy
 
-## lint: the Dockerfile, compose.yaml and every YAML file; installs the
-## linters first when they are missing (npm, and apt-get as root)
+## lint: the Dockerfile, compose.yaml, every YAML file and the OpenAPI
+## document (lint-openapi); installs the linters first when they are
+## missing (npm, and apt-get as root)
 # dockerfile-utils knows every instruction's flags (dockerfilelint does not,
 # see .dockerfilelintrc) but exits 0 on warnings, so any output fails.
-lint: $(LINT)/.installed
+lint: $(LINT)/.installed lint-openapi
 	@command -v yamllint >/dev/null || $(MAKE) --no-print-directory install-yamllint
 	$(LINT)/.bin/dockerfilelint Dockerfile
 	@echo '$(LINT)/.bin/dockerfile-utils lint Dockerfile'; \
@@ -129,11 +131,25 @@ lint: $(LINT)/.installed
 	$(LINT)/.bin/dclint --config .dclintrc --max-warnings 0 compose.yaml
 	yamllint --strict .
 
+## lint-openapi: the OpenAPI document as its consumers' tools read it:
+## Redocly's recommended rules and Spectral's spectral:oas, failing on any
+## warning; openapi-typescript's types, which tsc must compile
+lint-openapi: $(LINT)/.installed
+	REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \
+		$(LINT)/.bin/redocly lint --config tools/lint/redocly.yaml --format stylish $(OPENAPI)
+	$(LINT)/.bin/spectral lint --ruleset tools/lint/spectral.yaml --fail-severity hint $(OPENAPI)
+	@echo '$(LINT)/.bin/openapi-typescript $(OPENAPI) | tsc --strict'; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(LINT)/.bin/openapi-typescript $(OPENAPI) --output "$$tmp/openapi.d.ts" && \
+	$(LINT)/.bin/tsc --noEmit --strict "$$tmp/openapi.d.ts"
+
 # The pinned npm linters (tools/lint/package-lock.json), reinstalled when the
-# lock file changes.
+# lock file changes. --ignore-scripts: Spectral depends on @scarf/scarf,
+# whose install script reports the installation to scarf.sh; none of the
+# linters needs an install script.
 $(LINT)/.installed: tools/lint/package.json tools/lint/package-lock.json
 	@command -v npm >/dev/null || { echo "make lint needs Node.js and npm (Debian: apt-get install nodejs npm)" >&2; exit 1; }
-	cd tools/lint && npm ci --no-audit --no-fund
+	cd tools/lint && npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
 # yamllint comes from Debian: installed here when running as root (as CI
