@@ -12,7 +12,7 @@ BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 OPENAPI := internal/server/openapi.yaml
 
-.PHONY: run build test test-pgbouncer install-pgbouncer fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -87,7 +87,7 @@ bench-go:
 	go test -run '^$$' -bench . -benchmem ./internal/server/
 
 ## check: what CI fails on besides the tests
-check: fmt vet sqlc-diff
+check: fmt vet sqlc-diff client-diff
 	go mod verify
 	@go mod tidy -diff >/dev/null || { echo "go.mod or go.sum is not tidy: run make tidy"; go mod tidy -diff; exit 1; }
 
@@ -100,18 +100,29 @@ vet:
 	go vet ./...
 	go vet -tags pgbouncer ./cmd/usersvc
 
-## generate: regenerate db/ from queries/ and migrations/, and serve's list
-## of the statements to prepare from db/ (commit them all)
-PREPARED := cmd/usersvc/prepared.gen.go
+## generate: regenerate db/ from queries/ and migrations/, serve's list of
+## the statements to prepare from db/, and the Go client client/ from the
+## OpenAPI document (commit them all)
+PREPARED     := cmd/usersvc/prepared.gen.go
+CLIENT       := client/client.gen.go
+OAPI_CODEGEN := $(TOOL) oapi-codegen -config client/oapi-codegen.yaml $(OPENAPI)
 generate:
 	$(TOOL) sqlc generate
 	cd tools && go run ./preparedqueries -db ../db -out ../$(PREPARED)
+	$(OAPI_CODEGEN) > $(CLIENT).tmp && mv $(CLIENT).tmp $(CLIENT)
 
 ## sqlc-diff: fail when db/ is not what sqlc generates, or the list of
 ## prepared statements not what db/ gives
 sqlc-diff:
 	$(TOOL) sqlc diff
 	@cd tools && go run ./preparedqueries -db ../db | diff -u ../$(PREPARED) - || { echo "$(PREPARED) is stale: run make generate"; exit 1; }
+
+## client-diff: fail when the Go client is not what oapi-codegen generates
+## from the OpenAPI document, as sqlc-diff does for db/
+client-diff:
+	@echo '$(OAPI_CODEGEN) | diff -u $(CLIENT) -'; \
+	tmp=$$(mktemp) && trap 'rm -f "$$tmp"' EXIT && $(OAPI_CODEGEN) > "$$tmp" || exit 1; \
+	diff -u $(CLIENT) "$$tmp" || { echo "$(CLIENT) is stale: run make generate"; exit 1; }
 
 tidy:
 	go mod tidy
@@ -133,7 +144,8 @@ lint: $(LINT)/.installed lint-openapi
 
 ## lint-openapi: the OpenAPI document as its consumers' tools read it:
 ## Redocly's recommended rules and Spectral's spectral:oas, failing on any
-## warning; openapi-typescript's types, which tsc must compile
+## warning; openapi-typescript's types, which tsc must compile. (oapi-codegen
+## runs in make check, through client-diff.)
 lint-openapi: $(LINT)/.installed
 	REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \
 		$(LINT)/.bin/redocly lint --config tools/lint/redocly.yaml --format stylish $(OPENAPI)
