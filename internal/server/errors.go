@@ -19,7 +19,8 @@ import (
 // handler returns an error, writeError answers with its problem.
 
 // Problem codes: the stable, machine-readable "code" member of every
-// problem document. openapi.yaml lists the same set.
+// problem document. openapi.yaml lists the same set, each on the responses
+// of its status (TestOpenAPIProblemCodes).
 const (
 	codeInvalidJSON          = "invalid_json"
 	codeValidationFailed     = "validation_failed"
