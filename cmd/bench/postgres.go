@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
@@ -24,8 +22,7 @@ const dirPrefix = "usersvc-bench-"
 
 // postgres is the benchmark's PostgreSQL server.
 type postgres struct {
-	srv     *pglocal.Server
-	scratch *pglocal.Scratch
+	srv *pglocal.Server
 }
 
 // startPostgres starts a throwaway server in a new scratch directory
@@ -37,32 +34,25 @@ type postgres struct {
 // on the same settings. On /dev/shm an fsync costs little, so the write
 // scenarios measure CPU rather than a disk.
 //
-// Without Ephemeral, nothing kills the server when this process dies
-// without running its clean-up (SIGKILL); the next run stops such a server
-// and removes its directory.
+// Should this process die without running its clean-up (SIGKILL), the
+// next run stops the server and removes its directory.
 func startPostgres(ctx context.Context) (*postgres, error) {
-	scratch, err := pglocal.NewScratch(dirPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("start postgres: %w", err)
-	}
 	port, err := freePort()
 	if err != nil {
-		scratch.Remove()
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
 	// TCP rather than the unix socket, for the service and pgbench alike:
 	// a production database is at the other end of a TCP connection.
-	srv, err := pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(scratch.Dir(), "data"), Port: port})
+	srv, err := pglocal.StartScratch(ctx, "", dirPrefix, pglocal.Options{Port: port})
 	if err != nil {
-		scratch.Remove()
 		return nil, err
 	}
-	return &postgres{srv: srv, scratch: scratch}, nil
+	return &postgres{srv: srv}, nil
 }
 
 // stop stops the server and removes its directory.
 func (p *postgres) stop() error {
-	return errors.Join(p.srv.Stop(), p.scratch.Remove())
+	return p.srv.Stop()
 }
 
 // host and port are where pgbench connects.
