@@ -62,6 +62,7 @@ fuzz:
 ## bench: the load benchmark of docs/benchmarks.md, about 20 minutes on a
 ## quiet machine; BENCH_ARGS passes flags, e.g. BENCH_ARGS='-quick' for a
 ## one-minute smoke run (bin/bench -h lists them). Installs wrk when root.
+## PostgreSQL's data goes under .bench/, on the checkout's disk.
 ## The report is markdown on stdout (progress on stderr): make bench > run.md
 bench: bench-deps
 	@./bin/bench $(BENCH_ARGS)

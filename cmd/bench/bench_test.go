@@ -209,6 +209,11 @@ func TestParseOptions(t *testing.T) {
 		t.Errorf("-reps 2 -quick -pgbench-clients 8,2,8 = %+v", o)
 	}
 
+	o, err = parseOptions([]string{"-tmpfs"}, io.Discard)
+	if err != nil || !o.tmpfs {
+		t.Errorf("-tmpfs = %+v, %v", o, err)
+	}
+
 	for _, args := range [][]string{
 		{"-duration", "1500ms"}, // pgbench counts whole seconds
 		{"-reps", "0"},

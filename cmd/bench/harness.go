@@ -34,6 +34,10 @@ const (
 	// dirPrefix names the benchmark's scratch directories, so that a later
 	// run finds those of a run that was killed.
 	dirPrefix = "usersvc-bench-"
+	// diskDir, under the working directory, holds PostgreSQL's data: on the
+	// disk of the checkout, as a production database's data is on a disk,
+	// where every commit waits for its flush.
+	diskDir = ".bench"
 )
 
 // harness is what every mode of bench runs against: wrk, a throwaway
@@ -78,6 +82,15 @@ func startHarness(ctx context.Context, ho harnessOptions, logf func(string, ...a
 	}
 	h.machine = describeMachine(ctx, h.binDir, h.wrk, h.bin)
 
+	parent := "" // pglocal's scratch directory: /dev/shm
+	if !ho.tmpfs {
+		if parent, err = filepath.Abs(diskDir); err == nil {
+			err = os.MkdirAll(parent, 0o755)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("start postgres: %w", err)
+		}
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -85,11 +98,9 @@ func startHarness(ctx context.Context, ho harnessOptions, logf func(string, ...a
 	logf("starting PostgreSQL")
 	// Not pglocal's Ephemeral settings: the service and pgbench are both
 	// measured on PostgreSQL's default durability (fsync, synchronous_commit
-	// and full_page_writes on), as in production; but on /dev/shm an fsync
-	// costs little, so the write scenarios measure CPU rather than a disk.
-	// TCP rather than the unix socket, since a production database is at
-	// the other end of one.
-	if h.pg, err = pglocal.StartScratch(ctx, "", dirPrefix, pglocal.Options{Port: port}); err != nil {
+	// and full_page_writes on), as in production. TCP rather than the unix
+	// socket, since a production database is at the other end of one.
+	if h.pg, err = pglocal.StartScratch(ctx, parent, dirPrefix, pglocal.Options{Port: port}); err != nil {
 		return nil, err
 	}
 	logf("seeding %d users", ho.seed)
@@ -230,7 +241,8 @@ func (h *harness) restore(ctx context.Context, seed int) error {
 }
 
 // pgSettings returns, as name=value, the server settings that decide what
-// a write costs and the memory the table lives in.
+// a write costs and the memory the table lives in, then the disk of the
+// data directory.
 func (h *harness) pgSettings(ctx context.Context) ([]string, error) {
 	conn, err := pgx.Connect(ctx, h.pg.URL(database))
 	if err != nil {
@@ -246,7 +258,27 @@ func (h *harness) pgSettings(ctx context.Context) ([]string, error) {
 		}
 		out = append(out, name+"="+v)
 	}
-	return out, nil
+	return append(out, "data on "+mountOf(h.pg.Dir())), nil
+}
+
+// mountOf returns the device and file system type of the mount that holds
+// path, as /proc/self/mountinfo lists them.
+func mountOf(path string) string {
+	mounts, err := procfs.GetMounts()
+	if err != nil {
+		return fmt.Sprintf("(unknown: %v)", err)
+	}
+	var best *procfs.MountInfo
+	for _, m := range mounts {
+		in := path == m.MountPoint || strings.HasPrefix(path, strings.TrimSuffix(m.MountPoint, "/")+"/")
+		if in && (best == nil || len(m.MountPoint) >= len(best.MountPoint)) {
+			best = m
+		}
+	}
+	if best == nil {
+		return "(unknown mount)"
+	}
+	return fmt.Sprintf("%s (%s, mounted on %s)", best.Source, best.FSType, best.MountPoint)
 }
 
 // service is the running usersvc process.

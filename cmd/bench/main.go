@@ -9,8 +9,9 @@
 //	bench [-quick] [-duration 10s] [-reps 3] [-seed 100000] [flags]
 //	bench soak [-duration 5m] [-connections 16] [flags]
 //
-// One run starts a throwaway PostgreSQL (package pglocal) on /dev/shm,
-// migrates it, seeds the users table through COPY,
+// One run starts a throwaway PostgreSQL (package pglocal) with its data on
+// the disk of the working directory, under .bench/ (-tmpfs puts it on
+// /dev/shm instead), migrates it, seeds the users table through COPY,
 // builds the service as `make build` does, starts it on loopback, and then,
 // for -reps rounds, runs every scenario with wrk and its SQL with pgbench at
 // several client counts. After that it grows the table for the deep-page

@@ -19,6 +19,7 @@ type harnessOptions struct {
 	serviceBin  string   // a prebuilt service binary instead of building one
 	wrk         string   // the wrk binary's name or path
 	env         []string // extra KEY=VALUE settings for the service
+	tmpfs       bool     // PostgreSQL's data on /dev/shm, not on a disk
 	threads     int      // wrk threads
 	connections int      // wrk connections, over all threads
 }
@@ -35,6 +36,7 @@ func (ho *harnessOptions) addFlags(fs *flag.FlagSet, what string) {
 		ho.env = append(ho.env, s)
 		return nil
 	})
+	fs.BoolVar(&ho.tmpfs, "tmpfs", false, "an extra: PostgreSQL's data on /dev/shm, where an fsync costs nothing, instead of the working directory's disk")
 	fs.IntVar(&ho.threads, "threads", 2, "wrk threads")
 	// 16 connections saturate the two cores (docs/benchmarks.md); more add
 	// only queueing, which p99 would measure instead of the service.
