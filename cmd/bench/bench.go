@@ -176,12 +176,15 @@ type results struct {
 	startLoad, endLoad    string // how busy the machine was besides the benchmark
 }
 
-// scenarioResults are one scenario's runs, one per round.
+// scenarioResults are one scenario's runs, one per round, with one value
+// of the swept setting (-sweep) when there is one.
 type scenarioResults struct {
 	scenario
+	variant     string   // KEY=VALUE of the sweep, or ""
+	env         []string // the service's extra environment
 	wrk         []wrkResult
 	mem         []memory                // the service's, after each wrk run
-	ceilingRuns map[int][]pgbenchResult // by client count
+	ceilingRuns map[int][]pgbenchResult // by client count; shared by the variants
 }
 
 // deepResults are the deep-page comparison's runs.
@@ -240,10 +243,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 		return w
 	}
-	for _, s := range scenarios {
-		if slices.Contains(o.scenarios, s.n) {
-			res.scenarios = append(res.scenarios, &scenarioResults{scenario: s, ceilingRuns: map[int][]pgbenchResult{}})
+	svcEnv := o.env
+	serveWith := func(env []string) error {
+		if slices.Equal(env, svcEnv) {
+			return nil
 		}
+		svcEnv = env
+		return h.startService(ctx, env)
+	}
+
+	var byScenario [][]*scenarioResults
+	for _, s := range scenarios {
+		if !slices.Contains(o.scenarios, s.n) {
+			continue
+		}
+		variants := []*scenarioResults{{scenario: s, env: o.env, ceilingRuns: map[int][]pgbenchResult{}}}
+		if o.sweepKey != "" {
+			variants = nil
+			for _, v := range o.sweepValues {
+				variants = append(variants, &scenarioResults{scenario: s, variant: o.sweepKey + "=" + v,
+					env: append(slices.Clone(o.env), o.sweepKey+"="+v), ceilingRuns: map[int][]pgbenchResult{}})
+			}
+			for _, sr := range variants[1:] {
+				sr.ceilingRuns = variants[0].ceilingRuns
+			}
+		}
+		byScenario = append(byScenario, variants)
+		res.scenarios = append(res.scenarios, variants...)
 	}
 
 	if o.warmup > 0 {
@@ -256,25 +282,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	// after wrk: a busy spell on the machine then spreads over the
 	// scenarios, and each ratio compares figures taken close together.
 	for round := 1; round <= o.reps; round++ {
-		for _, sr := range res.scenarios {
-			if err := fresh(sr.scenario); err != nil {
-				return err
+		for _, variants := range byScenario {
+			for _, sr := range variants {
+				if err := serveWith(sr.env); err != nil {
+					return err
+				}
+				if err := fresh(sr.scenario); err != nil {
+					return err
+				}
+				r, _, err := wrkFor(sr.scenario, o.duration).run(ctx)
+				if err != nil {
+					return err
+				}
+				if h.svc.exited() {
+					return fmt.Errorf("the service exited during scenario %d; its log ends:\n%s", sr.n, h.svc.logTail())
+				}
+				mem, err := h.svc.memory()
+				if err != nil {
+					return err
+				}
+				sr.wrk, sr.mem = append(sr.wrk, r), append(sr.mem, mem)
+				logf("round %d/%d, scenario %d %s: %.0f req/s, p50 %s, p99 %s, errors %d, RSS %s",
+					round, o.reps, sr.n, sr.label(), r.reqPerSec(), fmtUS(r.P50US), fmtUS(r.P99US),
+					r.errors(sr.expectStatus), fmtMiB(mem.rss))
 			}
-			r, _, err := wrkFor(sr.scenario, o.duration).run(ctx)
-			if err != nil {
-				return err
-			}
-			if h.svc.exited() {
-				return fmt.Errorf("the service exited during scenario %d; its log ends:\n%s", sr.n, h.svc.logTail())
-			}
-			mem, err := h.svc.memory()
-			if err != nil {
-				return err
-			}
-			sr.wrk, sr.mem = append(sr.wrk, r), append(sr.mem, mem)
-			logf("round %d/%d, scenario %d %s: %.0f req/s, p50 %s, p99 %s, errors %d, RSS %s",
-				round, o.reps, sr.n, sr.name, r.reqPerSec(), fmtUS(r.P50US), fmtUS(r.P99US),
-				r.errors(sr.expectStatus), fmtMiB(mem.rss))
+			sr := variants[0]
 			if sr.pgbench == "" {
 				continue
 			}
@@ -312,8 +344,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 
 	if o.deepRows > 0 {
-		// The deep pages start from the seed users too.
-		if err := fresh(scenarios[0]); err != nil {
+		// The deep pages start from the seed users too, on the service's
+		// settings without the sweep.
+		if err := errors.Join(fresh(scenarios[0]), serveWith(o.env)); err != nil {
 			return err
 		}
 		if res.deep, err = runDeep(ctx, o, h, wrkFor, logf); err != nil {

@@ -209,9 +209,9 @@ func TestParseOptions(t *testing.T) {
 		t.Errorf("-reps 2 -quick -pgbench-clients 8,2,8 = %+v", o)
 	}
 
-	o, err = parseOptions([]string{"-tmpfs"}, io.Discard)
-	if err != nil || !o.tmpfs {
-		t.Errorf("-tmpfs = %+v, %v", o, err)
+	o, err = parseOptions([]string{"-sweep", "DB_MAX_CONNS=4,16", "-tmpfs"}, io.Discard)
+	if err != nil || o.sweepKey != "DB_MAX_CONNS" || !slices.Equal(o.sweepValues, []string{"4", "16"}) || !o.tmpfs {
+		t.Errorf("-sweep DB_MAX_CONNS=4,16 -tmpfs = %+v, %v", o, err)
 	}
 
 	for _, args := range [][]string{
@@ -223,6 +223,8 @@ func TestParseOptions(t *testing.T) {
 		{"-pgbench-clients", "four"},
 		{"-env", "NOEQUALS"},
 		{"-threads", "4", "-connections", "2"},
+		{"-sweep", "DB_MAX_CONNS"},
+		{"-sweep", "DB_MAX_CONNS=4,,8"},
 		{"stray"},
 	} {
 		if _, err := parseOptions(args, io.Discard); err == nil {

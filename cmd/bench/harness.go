@@ -295,7 +295,7 @@ type service struct {
 // 127.0.0.1, and returns once GET /readyz answers 200. The environment
 // holds only what the service is given here, so that settings of the
 // caller's environment (DB_MAX_CONNS, say) do not change the benchmark
-// unseen; extra are added through -env. Its output is appended
+// unseen; extra are added through -env and -sweep. Its output is appended
 // to service.log.
 func (h *harness) startService(ctx context.Context, extra []string) error {
 	if h.svc != nil {

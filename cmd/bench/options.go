@@ -62,6 +62,8 @@ type options struct {
 	deepRows       int           // rows in the table for the deep-page comparison
 	pgbenchClients []int         // pgbench client counts to try; the best one counts
 	scenarios      []int         // which of 1 to 6 to run
+	sweepKey       string        // a service setting to sweep, or ""
+	sweepValues    []string      // its values: each scenario runs once per value
 	harnessOptions               // seed: rows in the table for scenarios 1 to 6
 	args           []string      // the command line, for the report
 }
@@ -84,6 +86,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.deepRows, "deep-rows", 1_000_000, "users in the table for the deep-page comparison; 0 skips it")
 	clients := fs.String("pgbench-clients", "2,4,8,16", "pgbench client counts to try, comma-separated; each scenario's best counts")
 	only := fs.String("scenarios", "1,2,3,4,5,6", "scenarios to run, comma-separated")
+	sweep := fs.String("sweep", "", "`KEY=V1,V2,...`: run each scenario once per value of the service's setting KEY, in each round, e.g. DB_MAX_CONNS=4,8,16")
 	o.harnessOptions.addFlags(fs, "benchmark")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: bench [-quick] [flags]\n\nRuns the load benchmark and prints a markdown report; see docs/benchmarks.md.")
@@ -111,6 +114,13 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.scenarios, err = parseInts(*only, 1, len(scenarios)); err != nil {
 		errs = append(errs, fmt.Errorf("-scenarios: %w", err))
+	}
+	if *sweep != "" {
+		key, values, _ := strings.Cut(*sweep, "=")
+		o.sweepKey, o.sweepValues = key, strings.Split(values, ",")
+		if key == "" || slices.Contains(o.sweepValues, "") {
+			errs = append(errs, fmt.Errorf("-sweep %q: want KEY=V1,V2,...", *sweep))
+		}
 	}
 	if o.duration < time.Second || o.duration%time.Second != 0 {
 		errs = append(errs, fmt.Errorf("-duration %v: want whole seconds, at least 1s", o.duration))

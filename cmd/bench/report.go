@@ -249,8 +249,12 @@ func writeReport(w io.Writer, res *results) error {
 	p("")
 	m.writeTable(p, res.startLoad, res.endLoad, "", true)
 	p("Settings: %d users seeded; each run %v; %d round(s), figures are the median [min–max] over them.", o.seed, o.duration, o.reps)
-	p("wrk: %d threads, %d connections. Service: the default settings (JSON access log at info, to a file) and a bearer token (AUTH_TOKENS), extra environment: %s.",
-		o.threads, o.connections, envText(o.env))
+	sweep := ""
+	if o.sweepKey != "" {
+		sweep = fmt.Sprintf("; each scenario runs once per value of %s in each round, a service started for each run", o.sweepKey)
+	}
+	p("wrk: %d threads, %d connections. Service: the default settings (JSON access log at info, to a file) and a bearer token (AUTH_TOKENS), extra environment: %s%s.",
+		o.threads, o.connections, envText(o.env), sweep)
 	p("pgbench: `-M prepared -n`, clients %s (the best median counts), threads min(clients, cores).", strings.Trim(strings.Join(strings.Fields(fmt.Sprint(o.pgbenchClients)), ","), "[]"))
 	p("PostgreSQL, over TCP on 127.0.0.1 for both: %s.", strings.Join(res.settings, ", "))
 	p("")
@@ -273,7 +277,7 @@ func writeReport(w io.Writer, res *results) error {
 			ratioText = fmt.Sprintf("%.2f", ratio)
 		}
 		v := judge(sr.scenario, ratio, p99, errs)
-		p("| %d | %s | %s | %s | %s | %d | %s | %s | %s | %s | %s |", sr.n, sr.name, fmtSpread(rps),
+		p("| %d | %s | %s | %s | %s | %d | %s | %s | %s | %s | %s |", sr.n, sr.label(), fmtSpread(rps),
 			fmtUS(median(sr.wrk, func(r wrkResult) float64 { return r.P50US })), fmtUS(p99), errs, fmtMiB(rss), tps, ratioText, v.target, v.met)
 	}
 	p("")
@@ -300,8 +304,8 @@ func writeReport(w io.Writer, res *results) error {
 			return fmt.Sprintf("%.0f", median(runs[c], func(r pgbenchResult) float64 { return r.tps }))
 		}))
 	}
-	for _, sr := range res.scenarios {
-		if sr.pgbench != "" {
+	for i, sr := range res.scenarios {
+		if sr.pgbench != "" && (i == 0 || res.scenarios[i-1].n != sr.n) {
 			tpsRow(strconv.Itoa(sr.n), sr.ceilingRuns)
 		}
 	}
@@ -350,9 +354,17 @@ func writeReport(w io.Writer, res *results) error {
 		"for scenario 4, whose INSERT must fail, it is cmd/bench's driver (pgbench 15 aborts a client at such an error), " +
 		"which prepares the statement once per connection as `pgbench -M prepared` does (rows \"1's SQL\" above compare the two clients). " +
 		"wrk, the service and PostgreSQL share the cores, as pgbench (or the driver) and PostgreSQL do. " +
-		"The service runs with its default pool (DB_MAX_CONNS unset) unless -env says otherwise.")
+		"The service runs with its default pool (DB_MAX_CONNS unset) unless -env or -sweep says otherwise.")
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// label is the scenario's name, with the swept setting's value.
+func (sr *scenarioResults) label() string {
+	if sr.variant == "" {
+		return sr.name
+	}
+	return sr.name + ", " + sr.variant
 }
 
 // joinCells returns a table row's cells after the first: f of each x.
@@ -396,8 +408,17 @@ func writeCPUTable(p func(string, ...any), scenarios []*scenarioResults) {
 			}
 			ceil = fmt.Sprintf("%.1f | %.1f | %.1f | %s", cper(func(c cpuSample) time.Duration { return c.client }), cper(cpuSample.rest), ct, without)
 		}
-		p("| %d | %.1f | %.1f | %.1f | %.1f | %.2f cores | %s |", sr.n, svc, per(func(c cpuSample) time.Duration { return c.client }),
+		p("| %s | %.1f | %.1f | %.1f | %.1f | %.2f cores | %s |", sr.number(), svc, per(func(c cpuSample) time.Duration { return c.client }),
 			per(cpuSample.rest), total, busy, ceil)
 	}
 	p("")
+}
+
+// number is the CPU table's first cell: the scenario's number, with the
+// swept setting's value.
+func (sr *scenarioResults) number() string {
+	if sr.variant == "" {
+		return strconv.Itoa(sr.n)
+	}
+	return strconv.Itoa(sr.n) + ", " + sr.variant
 }
