@@ -24,9 +24,10 @@ type harnessOptions struct {
 	connections int      // wrk connections, over all threads
 }
 
-// addFlags registers the flags that set ho, but for seed, whose default
-// and meaning differ by mode; what names the mode's work for the help.
-func (ho *harnessOptions) addFlags(fs *flag.FlagSet, what string) {
+// parse registers the flags that set ho, but for seed, whose default and
+// meaning differ by mode, then parses args with fs. what names the mode's
+// work in the help, which usage heads.
+func (ho *harnessOptions) parse(fs *flag.FlagSet, args []string, stderr io.Writer, what, usage string) error {
 	fs.StringVar(&ho.serviceBin, "service-bin", "bin/usersvc", "the usersvc `binary` to "+what+" (make build builds it)")
 	fs.StringVar(&ho.wrk, "wrk", "wrk", "the wrk `binary`")
 	fs.Func("env", "`KEY=VALUE` for the service's environment, e.g. DB_MAX_CONNS=8 (repeatable)", func(s string) error {
@@ -41,6 +42,18 @@ func (ho *harnessOptions) addFlags(fs *flag.FlagSet, what string) {
 	// 16 connections saturate the two cores (docs/benchmarks.md); more add
 	// only queueing, which p99 would measure instead of the service.
 	fs.IntVar(&ho.connections, "connections", 16, "wrk connections, over all threads")
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return nil
 }
 
 func (ho harnessOptions) validate(minSeed int) []error {
@@ -77,7 +90,6 @@ var quickDefaults = [][2]string{{"duration", "2s"}, {"warmup", "1s"}, {"reps", "
 func parseOptions(args []string, stderr io.Writer) (options, error) {
 	o := options{args: args}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, fmt.Sprintf("smoke run: %v unless given", quickDefaults))
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each wrk and pgbench run, whole seconds (pgbench counts in seconds)")
 	fs.DurationVar(&o.warmup, "warmup", 5*time.Second, "an untimed wrk run of scenario 1 before the rounds; 0 for none")
@@ -87,16 +99,9 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	clients := fs.String("pgbench-clients", "2,4,8,16", "pgbench client counts to try, comma-separated; each scenario's best counts")
 	only := fs.String("scenarios", "1,2,3,4,5,6", "scenarios to run, comma-separated")
 	sweep := fs.String("sweep", "", "`KEY=V1,V2,...`: run each scenario once per value of the service's setting KEY, in each round, e.g. DB_MAX_CONNS=4,8,16")
-	o.harnessOptions.addFlags(fs, "benchmark")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: bench [-quick] [flags]\n\nRuns the load benchmark and prints a markdown report; see docs/benchmarks.md.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := o.harnessOptions.parse(fs, args, stderr, "benchmark",
+		"usage: bench [-quick] [flags]\n\nRuns the load benchmark and prints a markdown report; see docs/benchmarks.md."); err != nil {
 		return o, err
-	}
-	if fs.NArg() > 0 {
-		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if *quick {
 		set := map[string]bool{}
@@ -169,7 +174,6 @@ type soakOptions struct {
 func parseSoakOptions(args []string, stderr io.Writer) (soakOptions, error) {
 	o := soakOptions{args: args, warmup: -1}
 	fs := flag.NewFlagSet("bench soak", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.DurationVar(&o.duration, "duration", 5*time.Minute, "how long the load lasts, whole seconds")
 	fs.DurationVar(&o.interval, "interval", 10*time.Second, "time between samples of the service, whole seconds")
 	fs.Func("warmup", "samples taken before this `duration` are shown but not judged (default a fifth of -duration, at least -interval)", func(s string) error {
@@ -181,16 +185,9 @@ func parseSoakOptions(args []string, stderr io.Writer) (soakOptions, error) {
 		return err
 	})
 	fs.IntVar(&o.seed, "seed", 100_000, "users in the table at the start")
-	o.harnessOptions.addFlags(fs, "soak")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: bench soak [flags]\n\nRuns a mixed load against the service for -duration, samples it every -interval,\nand prints a markdown report; exits 1 on any error or when RSS or goroutines grow. See docs/soak.md.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := o.harnessOptions.parse(fs, args, stderr, "soak", "usage: bench soak [flags]\n\nRuns a mixed load against the service for -duration, "+
+		"samples it every -interval,\nand prints a markdown report; exits 1 on any error or when RSS or goroutines grow. See docs/soak.md."); err != nil {
 		return o, err
-	}
-	if fs.NArg() > 0 {
-		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if o.warmup < 0 && o.interval > 0 {
 		o.warmup = max(o.interval, (o.duration / 5).Truncate(o.interval))
