@@ -122,14 +122,14 @@ func newFormation(t *testing.T, names ...string) *formation {
 	f := &formation{t: t, bin: pgAutoctlPath(t), nodes: map[string]*autoctl{}}
 	binDir := autoFailoverBinDir(t)
 	f.pgCtl = filepath.Join(binDir, "pg_ctl")
-	scratch, err := pglocal.NewScratch("usersvc-test-ha-")
+	scratchDir, err := pglocal.MkdirScratch("usersvc-test-ha-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { scratch.Remove() })
+	t.Cleanup(func() { os.RemoveAll(scratchDir) })
 	// pg_autoctl writes beside each data directory (base backups), so the
 	// directory that holds them belongs to the user PostgreSQL runs as.
-	f.dir = filepath.Join(scratch.Dir(), "formation")
+	f.dir = filepath.Join(scratchDir, "formation")
 	home := filepath.Join(f.dir, "home")
 	for _, dir := range []string{f.dir, home} {
 		if err := os.Mkdir(dir, 0o700); err != nil {
