@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/procfs"
 
 	"usersvc/internal/pglocal"
+	"usersvc/internal/pgtest"
 )
 
 // haRequestTimeout is the services' REQUEST_TIMEOUT.
@@ -156,7 +157,7 @@ func newFormation(t *testing.T, names ...string) *formation {
 	})
 
 	began := time.Now()
-	f.monitor = &autoctl{name: "monitor", pgdata: filepath.Join(f.dir, "monitor"), port: freePort(t)}
+	f.monitor = &autoctl{name: "monitor", pgdata: filepath.Join(f.dir, "monitor"), port: pgtest.FreePort(t)}
 	f.run("create", "monitor", "--pgdata", f.monitor.pgdata, "--pgport", strconv.Itoa(f.monitor.port),
 		"--hostname", "127.0.0.1", "--auth", "trust", "--no-ssl", "--pgctl", f.pgCtl)
 	f.run("config", "set", "--pgdata", f.monitor.pgdata, "postgresql.listen_addresses", "127.0.0.1")
@@ -173,7 +174,7 @@ func newFormation(t *testing.T, names ...string) *formation {
 	monitor.Close(context.Background())
 
 	for i, name := range names {
-		n := &autoctl{name: name, pgdata: filepath.Join(f.dir, name), port: freePort(t)}
+		n := &autoctl{name: name, pgdata: filepath.Join(f.dir, name), port: pgtest.FreePort(t)}
 		f.nodes[name] = n
 		f.run("create", "postgres", "--pgdata", n.pgdata, "--pgport", strconv.Itoa(n.port),
 			"--hostname", "127.0.0.1", "--listen", "127.0.0.1", "--auth", "trust", "--no-ssl",
