@@ -315,11 +315,7 @@ func descendants(t *testing.T, pid int) []int {
 // stop stops the nodes, then the monitor: pg_autoctl stops its
 // PostgreSQL on SIGTERM; what still runs after 20 s is killed.
 func (f *formation) stop() {
-	var all []*autoctl
-	for _, n := range f.nodes {
-		all = append(all, n)
-	}
-	for _, a := range append(all, f.monitor) {
+	for _, a := range append(slices.Collect(maps.Values(f.nodes)), f.monitor) {
 		if a == nil || !a.running() {
 			continue
 		}
