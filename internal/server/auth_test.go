@@ -38,8 +38,7 @@ func newAuthServer(t *testing.T) (*testServer, *logBuffer) {
 		Metrics:        metrics.New("v0.0.0-test"),
 		AuthTokens:     []string{tokenOld, tokenNew},
 	})
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
+	srv := startServer(t, h)
 	return &testServer{t: t, url: srv.URL}, logs
 }
 

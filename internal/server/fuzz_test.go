@@ -19,7 +19,6 @@ import (
 	"maps"
 	"mime"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"path"
 	"slices"
@@ -54,8 +53,7 @@ func newFuzzServer(f *testing.F, names ...string) *fuzzServer {
 	// the request. (While fuzzing, F's output is discarded; run the failing
 	// input with go test -run to see the log.)
 	logger := slog.New(slog.NewTextHandler(f.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv := httptest.NewServer(New(logger, db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 5 * time.Second, SchemaVersion: migrations.Latest()}))
-	f.Cleanup(srv.Close)
+	srv := startServer(f, New(logger, db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 5 * time.Second, SchemaVersion: migrations.Latest()}))
 	s := &fuzzServer{
 		url: srv.URL,
 		client: &http.Client{

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -70,8 +69,7 @@ func newObservedServer(t *testing.T, store userStore, database schemaVersioner, 
 	logs := &logBuffer{}
 	m := metrics.New("v0.0.0-test")
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
-	srv := httptest.NewServer(New(logger, store, database, Options{RequestTimeout: 2 * time.Second, SchemaVersion: migrations.Latest(), Metrics: m}))
-	t.Cleanup(srv.Close)
+	srv := startServer(t, New(logger, store, database, Options{RequestTimeout: 2 * time.Second, SchemaVersion: migrations.Latest(), Metrics: m}))
 	return &testServer{t: t, url: srv.URL}, logs
 }
 
@@ -312,8 +310,7 @@ func TestReadyz(t *testing.T) {
 			if tt.drain {
 				h.Drain()
 			}
-			srv := httptest.NewServer(h)
-			t.Cleanup(srv.Close)
+			srv := startServer(t, h)
 			s := &testServer{t: t, url: srv.URL}
 			r := s.get("/readyz")
 			if r.status != tt.status {

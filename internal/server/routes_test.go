@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -91,8 +90,7 @@ func TestDatabaseUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	srv := httptest.NewServer(New(slog.New(slog.NewTextHandler(t.Output(), nil)), db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 3 * time.Second, SchemaVersion: 1}))
-	t.Cleanup(srv.Close)
+	srv := startServer(t, New(slog.New(slog.NewTextHandler(t.Output(), nil)), db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 3 * time.Second, SchemaVersion: 1}))
 	s := &testServer{t: t, url: srv.URL}
 
 	if r := s.get("/healthz"); r.status != http.StatusOK {
@@ -155,8 +153,7 @@ func TestStoreFailures(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			h := New(slog.New(slog.NewTextHandler(t.Output(), nil)), tt.store, okDatabase{}, Options{RequestTimeout: 200 * time.Millisecond})
-			srv := httptest.NewServer(h)
-			t.Cleanup(srv.Close)
+			srv := startServer(t, h)
 			s := &testServer{t: t, url: srv.URL}
 			start := time.Now()
 			r := s.get("/users/1")

@@ -35,9 +35,16 @@ func newTestServer(t *testing.T) *testServer {
 	t.Helper()
 	pool := pgtest.NewPool(t)
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
-	srv := httptest.NewServer(New(logger, db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 5 * time.Second, SchemaVersion: migrations.Latest()}))
-	t.Cleanup(srv.Close)
+	srv := startServer(t, New(logger, db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 5 * time.Second, SchemaVersion: migrations.Latest()}))
 	return &testServer{t: t, url: srv.URL, pool: pool}
+}
+
+// startServer serves h over loopback HTTP until the test ends.
+func startServer(tb testing.TB, h *Server) *httptest.Server {
+	tb.Helper()
+	srv := httptest.NewServer(h)
+	tb.Cleanup(srv.Close)
+	return srv
 }
 
 // response is what a request got back.
