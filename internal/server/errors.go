@@ -35,6 +35,7 @@ const (
 	codeUnsupportedMediaType = "unsupported_media_type"
 	codePayloadTooLarge      = "payload_too_large"
 	codeURITooLong           = "uri_too_long"
+	codeRequestTimeout       = "request_timeout"
 	codeUnavailable          = "unavailable"
 	codeInternal             = "internal"
 )
@@ -57,6 +58,7 @@ var problemKinds = map[string]struct {
 	codeUnsupportedMediaType: {http.StatusUnsupportedMediaType, "Unsupported media type"},
 	codePayloadTooLarge:      {http.StatusRequestEntityTooLarge, "Payload too large"},
 	codeURITooLong:           {http.StatusRequestURITooLong, "URI too long"},
+	codeRequestTimeout:       {http.StatusRequestTimeout, "Request timeout"},
 	codeUnavailable:          {http.StatusServiceUnavailable, "Service unavailable"},
 	codeInternal:             {http.StatusInternalServerError, "Internal error"},
 }
@@ -179,14 +181,16 @@ func problemFor(r *http.Request, err error) problem {
 // logged here, once, with their cause and the request's id (added by the
 // logger); the client sees only the problem.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
-	if r.Context().Err() == context.Canceled {
+	p := problemFor(r, err)
+	if r.Context().Err() == context.Canceled && p.Code != codeRequestTimeout {
 		// The client hung up (a deadline would be DeadlineExceeded): what
 		// failed is the request, not the database, and no one reads the
-		// answer. The access log and the metrics show nginx's 499.
+		// answer. The access log and the metrics show nginx's 499. (A body
+		// that missed BODY_TIMEOUT cancels the request too, as net/http
+		// cancels it on any failed read; that client may still read its 408.)
 		w.WriteHeader(statusClientClosedRequest)
 		return
 	}
-	p := problemFor(r, err)
 	if p.Status >= http.StatusInternalServerError {
 		attrs := []slog.Attr{
 			slog.String("method", r.Method),
@@ -203,6 +207,15 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 			level = slog.LevelWarn
 		}
 		logger.LogAttrs(r.Context(), level, "request failed", attrs...)
+	}
+	if p.Code == codeRequestTimeout {
+		// Not our failure, but one the access log's 408 alone would not
+		// explain: err says how much of the body came.
+		logger.LogAttrs(r.Context(), slog.LevelInfo, "slow client",
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.Path),
+			slog.Int("status", p.Status),
+			slog.Any("err", err))
 	}
 	if p.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")

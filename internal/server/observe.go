@@ -57,9 +57,11 @@ func validRequestID(id string) bool {
 
 // observe serves every request through next with an id (the client's one
 // valid X-Request-ID, else a new one) that is echoed in the response header and
-// added to every log line of the request; a context bounded by timeout;
-// one access log line at its end; and its count and duration in m.
-func observe(next http.Handler, logger *slog.Logger, m *metrics.Metrics, timeout time.Duration) http.Handler {
+// added to every log line of the request; a body that must arrive within
+// bodyTimeout of the request's arrival here, the end of its headers (see
+// timedBody; 0 for no bound); one access log line at its end; and its count
+// and duration in m.
+func observe(next http.Handler, logger *slog.Logger, m *metrics.Metrics, bodyTimeout time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		var id string
@@ -74,13 +76,10 @@ func observe(next http.Handler, logger *slog.Logger, m *metrics.Metrics, timeout
 		h["X-Content-Type-Options"] = nosniff
 		h["Cache-Control"] = noStore
 
-		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
-		if timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-			defer cancel()
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
+		if bodyTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
+			r.Body = newTimedBody(w, r, start.Add(bodyTimeout), bodyTimeout)
 		}
-		r = r.WithContext(ctx)
 		rec := &recorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
 

@@ -181,10 +181,14 @@ func TestOpenAPIDocument(t *testing.T) {
 				}
 				seen[op.OperationID] = name
 
+				// 408: any body may come too slowly.
 				want := []string{"405", "500"}
 				api := strings.HasPrefix(path, "/users")
 				if api {
 					want = append(want, "401", "503")
+				}
+				if op.RequestBody != nil {
+					want = append(want, "408")
 				}
 				for _, code := range want {
 					if op.Responses.Value(code) == nil {
@@ -397,4 +401,33 @@ func usesSchema(ref *openapi3.SchemaRef, want string) bool {
 		}
 	}
 	return false
+}
+
+// TestProblemCodesDocumented checks that openapi.yaml's ProblemCode and the
+// README's Errors section list exactly the codes of the problem table.
+func TestProblemCodesDocumented(t *testing.T) {
+	t.Parallel()
+	spec, err := loadOpenAPI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var documented []string
+	for _, v := range spec.doc.Components.Schemas["ProblemCode"].Value.Enum {
+		documented = append(documented, fmt.Sprint(v))
+	}
+	codes := slices.Sorted(maps.Keys(problemKinds))
+	if slices.Sort(documented); !slices.Equal(documented, codes) {
+		t.Errorf("openapi.yaml's ProblemCode = %q, want the problem table's %q", documented, codes)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errorsSection, _ := strings.Cut(string(readme), "\n### Errors\n")
+	errorsSection, _, _ = strings.Cut(errorsSection, "\n## ")
+	for _, code := range codes {
+		if !strings.Contains(errorsSection, "`"+code+"`") {
+			t.Errorf("README's Errors section does not name code `%s`", code)
+		}
+	}
 }

@@ -14,8 +14,13 @@ import (
 
 // Options are the server's settings and its optional parts.
 type Options struct {
-	// RequestTimeout bounds the database work of every request.
+	// RequestTimeout bounds the database work of every request, from its
+	// start, after the request's body has been read. 0: no bound.
 	RequestTimeout time.Duration
+	// BodyTimeout bounds the time a request's body may take to arrive,
+	// from the end of its headers; a body later than that gets 408
+	// request_timeout. 0: no bound.
+	BodyTimeout time.Duration
 	// SchemaVersion is the migration version this build's queries need:
 	// /readyz answers 503 while the database is behind it.
 	SchemaVersion int64
@@ -39,21 +44,25 @@ type Server struct {
 // New returns the service's HTTP handler: every route of routes.go, with the
 // mux's own 404 and 405 answers turned into problem documents (after the
 // token check for paths under /users, as for the routes there), a request
-// target longer than maxURIBytes refused before routing, every
-// request's context bounded by RequestTimeout, and every request given an
-// id, a line in the access log and a place in the metrics. Production passes
-// db.New(pool) as the store and migrations.VersionReader{Q: pool} as the
-// database.
+// target longer than maxURIBytes refused before routing, every request's
+// body bounded by BodyTimeout and its database work by RequestTimeout, and
+// every request given an id, a line in the access log and a place in the
+// metrics. Production passes db.New(pool) as the store and
+// migrations.VersionReader{Q: pool} as the database.
 func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Options) *Server {
 	logger = slog.New(requestIDHandler{logger.Handler()})
 	s := &Server{}
+	if opts.RequestTimeout > 0 {
+		store = timedStore{store: store, timeout: opts.RequestTimeout}
+		database = timedVersioner{database: database, timeout: opts.RequestTimeout}
+	}
 	mux := http.NewServeMux()
 	served := opts.Metrics
 	if opts.MetricsElsewhere {
 		served = nil
 	}
 	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served)
-	s.handler = observe(limitURI(problemMux{mux: mux, logger: logger, auth: newAuthenticator(opts.AuthTokens)}, logger), logger, opts.Metrics, opts.RequestTimeout)
+	s.handler = observe(limitURI(problemMux{mux: mux, logger: logger, auth: newAuthenticator(opts.AuthTokens)}, logger), logger, opts.Metrics, opts.BodyTimeout)
 	return s
 }
 
