@@ -102,6 +102,34 @@ func postHead(n int) string {
 	return fmt.Sprintf("POST /users HTTP/1.1\r\nHost: usersvc\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", n)
 }
 
+// TestRequestSmuggling sends, through the whole program, the request that
+// smuggled another past a proxy that frames by Content-Length: the first
+// is refused, the connection closed, and the second never runs.
+func TestRequestSmuggling(t *testing.T) {
+	databaseURL := pgtest.NewURL(t)
+	s := startServe(t, map[string]string{"DATABASE_URL": databaseURL})
+	addr := strings.TrimPrefix(s.base, "http://")
+
+	smuggled := postHead(len(nameBody("smuggled"))) + nameBody("smuggled")
+	hidden := "0\r\n\r\n" + smuggled
+	for _, te := range []string{"Transfer-Encoding: chunked", "Transfer-Encoding:\r\n chunked", "Transfer-Encoding: gzip, chunked"} {
+		head := strings.Replace(postHead(len(hidden)), "\r\n\r\n", "\r\n"+te+"\r\n\r\n", 1)
+		a := sendRaw(t, addr, head+hidden)
+		if a.status != http.StatusLengthRequired || a.problemCode(t) != "length_required" || a.header.Get("X-Request-Id") == "" {
+			t.Errorf("%q with Content-Length: %d %s, want 411 length_required with a request id", te, a.status, a.body)
+		}
+		if !a.close || !a.closed {
+			t.Errorf("%q with Content-Length: Connection: close %v, closed %v; want the connection closed after the answer", te, a.close, a.closed)
+		}
+	}
+	if _, ok := usersByName(t, databaseURL)["smuggled"]; ok {
+		t.Fatal("the smuggled request ran: a user is named smuggled")
+	}
+	if status, _ := s.request(t, "POST", "/users", nameBody("not smuggled")); status != http.StatusCreated {
+		t.Errorf("POST /users after the refusals: %d, want 201", status)
+	}
+}
+
 // TestSlowClient sends bodies slowly over real connections, with
 // BODY_TIMEOUT 600ms and REQUEST_TIMEOUT 200ms: the database's time starts
 // once the body is in, and a body later than BODY_TIMEOUT is the client's

@@ -373,6 +373,11 @@ func checkServerLimits(t *testing.T, base string) {
 		if res.StatusCode != tt.want {
 			t.Errorf("GET /healthz with a %d-byte header: status = %d, want %d", tt.padding, res.StatusCode, tt.want)
 		}
+		// net/http's own refusal, turned into a problem like any other.
+		if tt.want != http.StatusOK && (res.Header.Get("Content-Type") != "application/problem+json" || res.Header.Get("X-Request-Id") == "") {
+			t.Errorf("GET /healthz with a %d-byte header: %d with Content-Type %q, X-Request-Id %q; want a problem document with a request id",
+				tt.padding, res.StatusCode, res.Header.Get("Content-Type"), res.Header.Get("X-Request-Id"))
+		}
 	}
 }
 
@@ -404,6 +409,9 @@ func TestHTTPServerLimits(t *testing.T) {
 	}
 	if srv.MaxHeaderBytes != 64<<10 {
 		t.Errorf("MaxHeaderBytes = %d, want 64 KiB", srv.MaxHeaderBytes)
+	}
+	if !srv.DisableGeneralOptionsHandler {
+		t.Error("DisableGeneralOptionsHandler is off: net/http answers OPTIONS * itself")
 	}
 }
 

@@ -113,7 +113,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(handler.Listener(ln)) }()
 
 	// Beside the server, which answers /readyz with 503 until the database
 	// is reachable and migrated.
@@ -252,8 +252,11 @@ func newHTTPServer(ctx context.Context, cfg config.Config, handler http.Handler,
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		// "OPTIONS *" goes to the handler, which answers it as any request
+		// that matches no route, rather than net/http's bare 200.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		BaseContext:                  func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
@@ -36,6 +37,10 @@ const (
 	codePayloadTooLarge      = "payload_too_large"
 	codeURITooLong           = "uri_too_long"
 	codeRequestTimeout       = "request_timeout"
+	codeLengthRequired       = "length_required"
+	codeInvalidRequest       = "invalid_request"
+	codeHeadersTooLarge      = "headers_too_large"
+	codeExpectationFailed    = "expectation_failed"
 	codeUnavailable          = "unavailable"
 	codeInternal             = "internal"
 )
@@ -59,6 +64,10 @@ var problemKinds = map[string]struct {
 	codePayloadTooLarge:      {http.StatusRequestEntityTooLarge, "Payload too large"},
 	codeURITooLong:           {http.StatusRequestURITooLong, "URI too long"},
 	codeRequestTimeout:       {http.StatusRequestTimeout, "Request timeout"},
+	codeLengthRequired:       {http.StatusLengthRequired, "Length required"},
+	codeInvalidRequest:       {http.StatusBadRequest, "Invalid request"},
+	codeHeadersTooLarge:      {http.StatusRequestHeaderFieldsTooLarge, "Request headers too large"},
+	codeExpectationFailed:    {http.StatusExpectationFailed, "Expectation failed"},
 	codeUnavailable:          {http.StatusServiceUnavailable, "Service unavailable"},
 	codeInternal:             {http.StatusInternalServerError, "Internal error"},
 }
@@ -167,8 +176,9 @@ func problemFor(r *http.Request, err error) problem {
 	default:
 		p.Code, p.Detail = codeInternal, "the server failed to handle the request"
 	}
-	if p.Code == codeURITooLong {
-		// The path may be most of what was too long: not worth echoing.
+	if p.Code == codeURITooLong || !strings.HasPrefix(p.Instance, "/") {
+		// The path may be most of what was too long: not worth echoing;
+		// and "*" (OPTIONS *) is no path at all.
 		p.Instance = ""
 	}
 	kind := problemKinds[p.Code]

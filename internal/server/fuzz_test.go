@@ -212,32 +212,13 @@ var leakMarkers = []string{
 }
 
 // checkFuzzResponse checks what every response promises, whatever the
-// request: no 5xx but 503 unavailable; the headers every response has; a
-// problem document whose status is the HTTP status and whose code is one
-// of openapi.yaml's for every error, matching openapi.yaml wherever it
-// describes the path; a 307 only to a cleaned path; and no leak marker in
-// the body that the client did not send itself.
+// request (see checkAnswer), and what it promises for req: a 307 only to a
+// cleaned path; a match with openapi.yaml wherever it describes the path;
+// and a problem whose instance is the request's path.
 func checkFuzzResponse(t *testing.T, req *http.Request, r response, client clientText) {
 	t.Helper()
 	what := fmt.Sprintf("%s %.300q", req.Method, req.URL.RequestURI())
-	if r.status >= 500 && r.status != http.StatusServiceUnavailable {
-		t.Fatalf("%s: status %d; body %.2000s", what, r.status, r.body)
-	}
-	if r.header.Get("X-Request-Id") == "" {
-		t.Errorf("%s: status %d without X-Request-ID: not the service's answer", what, r.status)
-	}
-	for name, want := range map[string]string{"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"} {
-		if got := r.header.Get(name); got != want {
-			t.Errorf("%s: %s = %q, want %q", what, name, got, want)
-		}
-	}
-	// The request id is random base32: it may spell anything.
-	lower := strings.ToLower(strings.ReplaceAll(string(r.body), r.header.Get("X-Request-Id"), ""))
-	for _, m := range leakMarkers {
-		if strings.Contains(lower, m) && !client.contains(m) {
-			t.Errorf("%s: the response has %q, which the client did not send: %.2000s", what, m, r.body)
-		}
-	}
+	p, isProblem := checkAnswer(t, what, r, client, req.Method == http.MethodHead)
 
 	if r.status >= 300 && r.status < 400 {
 		// ServeMux's answer to a path with ".", ".." or empty segments.
@@ -261,14 +242,46 @@ func checkFuzzResponse(t *testing.T, req *http.Request, r response, client clien
 	if _, _, err := spec.router.FindRoute(req); !errors.Is(err, routers.ErrPathNotFound) {
 		checkOpenAPI(t, req, r.status, r.header, r.body)
 	}
+	if isProblem && p.Code != codeURITooLong && p.Instance != req.URL.EscapedPath() {
+		t.Errorf("%s: problem instance %q, want the path %q", what, p.Instance, req.URL.EscapedPath())
+	}
+}
+
+// checkAnswer checks what every answer promises, whatever the request,
+// even one that is no HTTP: no 5xx but 503 unavailable; the headers every
+// response has; no leak marker in the body that the client did not send
+// itself; and for every error a problem document (but to a HEAD) whose
+// status is the HTTP status, whose code is one of openapi.yaml's, and
+// which is valid against its Problem schema. Returns the problem, and
+// whether there is one.
+func checkAnswer(t *testing.T, what string, r response, client clientText, head bool) (problem, bool) {
+	t.Helper()
+	if r.status >= 500 && r.status != http.StatusServiceUnavailable {
+		t.Fatalf("%s: status %d; body %.2000s", what, r.status, r.body)
+	}
+	if r.header.Get("X-Request-Id") == "" {
+		t.Errorf("%s: status %d without X-Request-ID: not the service's answer", what, r.status)
+	}
+	for name, want := range map[string]string{"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"} {
+		if got := r.header.Get(name); got != want {
+			t.Errorf("%s: %s = %q, want %q", what, name, got, want)
+		}
+	}
+	// The request id is random base32: it may spell anything.
+	lower := strings.ToLower(strings.ReplaceAll(string(r.body), r.header.Get("X-Request-Id"), ""))
+	for _, m := range leakMarkers {
+		if strings.Contains(lower, m) && !client.contains(m) {
+			t.Errorf("%s: the response has %q, which the client did not send: %.2000s", what, m, r.body)
+		}
+	}
 	if r.status < 400 {
-		return
+		return problem{}, false
 	}
 	if ct := r.header.Get("Content-Type"); ct != problemContentType {
 		t.Errorf("%s: status %d with Content-Type %q, want %s", what, r.status, ct, problemContentType)
 	}
-	if req.Method == http.MethodHead {
-		return
+	if head {
+		return problem{}, false
 	}
 	var p problem
 	if err := json.Unmarshal(r.body, &p, json.RejectUnknownMembers(true)); err != nil {
@@ -288,9 +301,9 @@ func checkFuzzResponse(t *testing.T, req *http.Request, r response, client clien
 		t.Errorf("%s: problem request_id %q, header %q", what, p.RequestID, r.header.Get("X-Request-Id"))
 	case (p.Code == codeValidationFailed) != (len(p.Errors) > 0):
 		t.Errorf("%s: code %s with %d field errors", what, p.Code, len(p.Errors))
-	case p.Code != codeURITooLong && p.Instance != req.URL.EscapedPath():
-		t.Errorf("%s: problem instance %q, want the path %q", what, p.Instance, req.URL.EscapedPath())
 	}
+	checkProblemSchema(t, what, r.body)
+	return p, true
 }
 
 // sameUser reports whether a and b are the same user in the same state.

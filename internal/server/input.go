@@ -31,21 +31,28 @@ const (
 	maxQueryParams = 16
 )
 
-var errURITooLong = &requestError{code: codeURITooLong, detail: fmt.Sprintf("the request target (path and query) is longer than %d bytes", maxURIBytes)}
+var (
+	errURITooLong  = &requestError{code: codeURITooLong, detail: fmt.Sprintf("the request target (path and query) is longer than %d bytes", maxURIBytes)}
+	errNoResources = &requestError{code: codeNotFound, detail: "the request target * names no resource: this server has only the routes of its OpenAPI document"}
+)
 
 // limitURI answers 414 uri_too_long to a request whose target is longer
-// than maxURIBytes, before it is routed or its query parsed.
+// than maxURIBytes, and 404 not_found to the target "*" (OPTIONS *, which
+// the mux would redirect to /*), before it is routed or its query parsed.
 func limitURI(next http.Handler, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := len(r.RequestURI) // as sent; empty only for requests made in-process
 		if n == 0 {
 			n = len(r.URL.RequestURI())
 		}
-		if n > maxURIBytes {
+		switch {
+		case n > maxURIBytes:
 			writeError(w, r, logger, errURITooLong)
-			return
+		case r.RequestURI == "*":
+			writeError(w, r, logger, errNoResources)
+		default:
+			next.ServeHTTP(w, r)
 		}
-		next.ServeHTTP(w, r)
 	})
 }
 

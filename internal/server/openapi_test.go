@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/json/v2"
 	"errors"
 	"fmt"
 	"io"
@@ -181,8 +182,9 @@ func TestOpenAPIDocument(t *testing.T) {
 				}
 				seen[op.OperationID] = name
 
-				// 408: any body may come too slowly.
-				want := []string{"405", "500"}
+				// 411: any request may come with a Transfer-Encoding; 408:
+				// any body may come too slowly.
+				want := []string{"405", "411", "500"}
 				api := strings.HasPrefix(path, "/users")
 				if api {
 					want = append(want, "401", "503")
@@ -401,6 +403,24 @@ func usesSchema(ref *openapi3.SchemaRef, want string) bool {
 		}
 	}
 	return false
+}
+
+// checkProblemSchema validates body against openapi.yaml's Problem schema:
+// for a problem answered before any operation could be chosen, which
+// checkOpenAPI cannot place.
+func checkProblemSchema(t testing.TB, what string, body []byte) {
+	t.Helper()
+	spec, err := loadOpenAPI()
+	if err != nil {
+		t.Fatalf("load openapi.yaml: %v", err)
+	}
+	var v any
+	if err := json.Unmarshal(body, &v); err != nil {
+		t.Fatalf("%s: problem %.300q is not JSON: %v", what, body, err)
+	}
+	if err := spec.doc.Components.Schemas["Problem"].Value.VisitJSON(v, openapi3.MultiErrors()); err != nil {
+		t.Errorf("%s: problem does not match openapi.yaml's Problem: %v: %s", what, err, body)
+	}
 }
 
 // TestProblemCodesDocumented checks that openapi.yaml's ProblemCode and the

@@ -39,19 +39,22 @@ type Options struct {
 type Server struct {
 	handler  http.Handler
 	draining atomic.Bool
+	logger   *slog.Logger
+	metrics  *metrics.Metrics
 }
 
 // New returns the service's HTTP handler: every route of routes.go, with the
 // mux's own 404 and 405 answers turned into problem documents (after the
 // token check for paths under /users, as for the routes there), a request
-// target longer than maxURIBytes refused before routing, every request's
-// body bounded by BodyTimeout and its database work by RequestTimeout, and
-// every request given an id, a line in the access log and a place in the
-// metrics. Production passes db.New(pool) as the store and
-// migrations.VersionReader{Q: pool} as the database.
+// framed by Transfer-Encoding or with a target longer than maxURIBytes
+// refused before routing, every request's body bounded by BodyTimeout and
+// its database work by RequestTimeout, and every request given an id, a
+// line in the access log and a place in the metrics. Production passes
+// db.New(pool) as the store and migrations.VersionReader{Q: pool} as the
+// database, and serves it on s.Listener(ln).
 func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Options) *Server {
 	logger = slog.New(requestIDHandler{logger.Handler()})
-	s := &Server{}
+	s := &Server{logger: logger, metrics: opts.Metrics}
 	if opts.RequestTimeout > 0 {
 		store = timedStore{store: store, timeout: opts.RequestTimeout}
 		database = timedVersioner{database: database, timeout: opts.RequestTimeout}
@@ -62,7 +65,7 @@ func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Op
 		served = nil
 	}
 	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served)
-	s.handler = observe(limitURI(problemMux{mux: mux, logger: logger, auth: newAuthenticator(opts.AuthTokens)}, logger), logger, opts.Metrics, opts.BodyTimeout)
+	s.handler = observe(checkFraming(limitURI(problemMux{mux: mux, logger: logger, auth: newAuthenticator(opts.AuthTokens)}, logger), logger), logger, opts.Metrics, opts.BodyTimeout)
 	return s
 }
 

@@ -39,10 +39,18 @@ func newTestServer(t *testing.T) *testServer {
 	return &testServer{t: t, url: srv.URL, pool: pool}
 }
 
-// startServer serves h over loopback HTTP until the test ends.
-func startServer(tb testing.TB, h *Server) *httptest.Server {
+// startServer serves h over loopback HTTP until the test ends, as usersvc
+// serve does: on h.Listener, with net/http's "OPTIONS *" answer left to h.
+// Each of limits may set the server's timeouts before it starts.
+func startServer(tb testing.TB, h *Server, limits ...func(*http.Server)) *httptest.Server {
 	tb.Helper()
-	srv := httptest.NewServer(h)
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = h.Listener(srv.Listener)
+	srv.Config.DisableGeneralOptionsHandler = true
+	for _, set := range limits {
+		set(srv.Config)
+	}
+	srv.Start()
 	tb.Cleanup(srv.Close)
 	return srv
 }
