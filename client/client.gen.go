@@ -41,11 +41,16 @@ func (e FieldErrorIn) Valid() bool {
 // Defines values for ProblemCode.
 const (
 	ProblemCodeDuplicateName        ProblemCode = "duplicate_name"
+	ProblemCodeExpectationFailed    ProblemCode = "expectation_failed"
+	ProblemCodeHeadersTooLarge      ProblemCode = "headers_too_large"
 	ProblemCodeInternal             ProblemCode = "internal"
 	ProblemCodeInvalidJSON          ProblemCode = "invalid_json"
+	ProblemCodeInvalidRequest       ProblemCode = "invalid_request"
+	ProblemCodeLengthRequired       ProblemCode = "length_required"
 	ProblemCodeMethodNotAllowed     ProblemCode = "method_not_allowed"
 	ProblemCodeNotFound             ProblemCode = "not_found"
 	ProblemCodePayloadTooLarge      ProblemCode = "payload_too_large"
+	ProblemCodeRequestTimeout       ProblemCode = "request_timeout"
 	ProblemCodeURITooLong           ProblemCode = "uri_too_long"
 	ProblemCodeUnauthorized         ProblemCode = "unauthorized"
 	ProblemCodeUnavailable          ProblemCode = "unavailable"
@@ -58,15 +63,25 @@ func (e ProblemCode) Valid() bool {
 	switch e {
 	case ProblemCodeDuplicateName:
 		return true
+	case ProblemCodeExpectationFailed:
+		return true
+	case ProblemCodeHeadersTooLarge:
+		return true
 	case ProblemCodeInternal:
 		return true
 	case ProblemCodeInvalidJSON:
+		return true
+	case ProblemCodeInvalidRequest:
+		return true
+	case ProblemCodeLengthRequired:
 		return true
 	case ProblemCodeMethodNotAllowed:
 		return true
 	case ProblemCodeNotFound:
 		return true
 	case ProblemCodePayloadTooLarge:
+		return true
+	case ProblemCodeRequestTimeout:
 		return true
 	case ProblemCodeURITooLong:
 		return true
@@ -300,6 +315,30 @@ type InternalError struct {
 	Type  ProblemType `json:"type"`
 }
 
+// LengthRequired defines model for LengthRequired.
+type LengthRequired struct {
+	Code ProblemCode `json:"code"`
+
+	// Detail An explanation of this occurrence, for a human.
+	Detail string `json:"detail"`
+
+	// Errors What is wrong with each invalid input; present exactly when `code` is `validation_failed`.
+	Errors *[]FieldError `json:"errors,omitempty"`
+
+	// Instance The request path.
+	Instance *string `json:"instance,omitempty"`
+
+	// RequestID The request's id, also in the `X-Request-ID` response header and
+	// in every log line of the request: quote it when reporting a
+	// problem.
+	RequestID *string       `json:"request_id,omitempty"`
+	Status    ProblemStatus `json:"status"`
+
+	// Title A short summary of the problem type; the same for every occurrence.
+	Title string      `json:"title"`
+	Type  ProblemType `json:"type"`
+}
+
 // MethodNotAllowed defines model for MethodNotAllowed.
 type MethodNotAllowed struct {
 	Code ProblemCode `json:"code"`
@@ -350,6 +389,30 @@ type NotFound struct {
 
 // PayloadTooLarge defines model for PayloadTooLarge.
 type PayloadTooLarge struct {
+	Code ProblemCode `json:"code"`
+
+	// Detail An explanation of this occurrence, for a human.
+	Detail string `json:"detail"`
+
+	// Errors What is wrong with each invalid input; present exactly when `code` is `validation_failed`.
+	Errors *[]FieldError `json:"errors,omitempty"`
+
+	// Instance The request path.
+	Instance *string `json:"instance,omitempty"`
+
+	// RequestID The request's id, also in the `X-Request-ID` response header and
+	// in every log line of the request: quote it when reporting a
+	// problem.
+	RequestID *string       `json:"request_id,omitempty"`
+	Status    ProblemStatus `json:"status"`
+
+	// Title A short summary of the problem type; the same for every occurrence.
+	Title string      `json:"title"`
+	Type  ProblemType `json:"type"`
+}
+
+// RequestTimeout defines model for RequestTimeout.
+type RequestTimeout struct {
 	Code ProblemCode `json:"code"`
 
 	// Detail An explanation of this occurrence, for a human.
@@ -1674,6 +1737,8 @@ type GetRootResponse struct {
 	HTTPResponse *http.Response
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1687,6 +1752,11 @@ type GetRootResponse struct {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetRootResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetRootResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -1743,6 +1813,8 @@ type GetDocsResponse struct {
 	HTTPResponse *http.Response
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1756,6 +1828,11 @@ type GetDocsResponse struct {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetDocsResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetDocsResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -1809,6 +1886,8 @@ type GetHealthResponse struct {
 	JSON200 *StatusOK
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1825,6 +1904,11 @@ func (r GetHealthResponse) GetJSON200() *StatusOK {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetHealthResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetHealthResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -1876,6 +1960,8 @@ type GetMetricsResponse struct {
 	HTTPResponse *http.Response
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1887,6 +1973,11 @@ type GetMetricsResponse struct {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetMetricsResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetMetricsResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -1945,6 +2036,8 @@ type GetReadinessResponse struct {
 	JSON200 *StatusOK
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1965,6 +2058,11 @@ func (r GetReadinessResponse) GetJSON200() *StatusOK {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetReadinessResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetReadinessResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -2042,6 +2140,8 @@ type ListUsersResponse struct {
 	ApplicationProblemJSON401 *Unauthorized
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -2076,6 +2176,11 @@ func (r ListUsersResponse) GetApplicationProblemJSON401() *Unauthorized {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r ListUsersResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r ListUsersResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -2153,6 +2258,10 @@ type CreateUserResponse struct {
 	ApplicationProblemJSON401 *Unauthorized
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationProblemJSON408 *RequestTimeout
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationProblemJSON413 *PayloadTooLarge
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
@@ -2191,6 +2300,16 @@ func (r CreateUserResponse) GetApplicationProblemJSON401() *Unauthorized {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r CreateUserResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r CreateUserResponse) GetApplicationProblemJSON408() *RequestTimeout {
+	return r.ApplicationProblemJSON408
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r CreateUserResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
@@ -2273,6 +2392,8 @@ type DeleteUserResponse struct {
 	ApplicationProblemJSON404 *NotFound
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -2305,6 +2426,11 @@ func (r DeleteUserResponse) GetApplicationProblemJSON404() *NotFound {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r DeleteUserResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r DeleteUserResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -2379,6 +2505,8 @@ type GetUserResponse struct {
 	ApplicationProblemJSON404 *NotFound
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -2416,6 +2544,11 @@ func (r GetUserResponse) GetApplicationProblemJSON404() *NotFound {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetUserResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetUserResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -2552,6 +2685,10 @@ type UpdateUserResponse struct {
 	ApplicationProblemJSON404 *NotFound
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationProblemJSON408 *RequestTimeout
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationProblemJSON413 *PayloadTooLarge
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
@@ -2593,6 +2730,16 @@ func (r UpdateUserResponse) GetApplicationProblemJSON404() *NotFound {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r UpdateUserResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r UpdateUserResponse) GetApplicationProblemJSON408() *RequestTimeout {
+	return r.ApplicationProblemJSON408
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r UpdateUserResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
@@ -2904,6 +3051,13 @@ func ParseGetRootResponse(rsp *http.Response) (*GetRootResponse, error) {
 		}
 		response.ApplicationProblemJSON405 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -2966,6 +3120,13 @@ func ParseGetDocsResponse(rsp *http.Response) (*GetDocsResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -3037,6 +3198,13 @@ func ParseGetHealthResponse(rsp *http.Response) (*GetHealthResponse, error) {
 		}
 		response.ApplicationProblemJSON405 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3089,6 +3257,13 @@ func ParseGetMetricsResponse(rsp *http.Response) (*GetMetricsResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -3149,6 +3324,13 @@ func ParseGetReadinessResponse(rsp *http.Response) (*GetReadinessResponse, error
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -3240,6 +3422,13 @@ func ParseListUsersResponse(rsp *http.Response) (*ListUsersResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -3351,6 +3540,20 @@ func ParseCreateUserResponse(rsp *http.Response) (*CreateUserResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest RequestTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest PayloadTooLarge
@@ -3480,6 +3683,13 @@ func ParseDeleteUserResponse(rsp *http.Response) (*DeleteUserResponse, error) {
 		}
 		response.ApplicationProblemJSON405 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3587,6 +3797,13 @@ func ParseGetUserResponse(rsp *http.Response) (*GetUserResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -3754,6 +3971,20 @@ func ParseUpdateUserResponse(rsp *http.Response) (*UpdateUserResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest RequestTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest PayloadTooLarge

@@ -387,27 +387,45 @@ func checkServerLimits(t *testing.T, base string) {
 		if res.StatusCode != tt.want {
 			t.Errorf("GET /healthz with a %d-byte header: status = %d, want %d", tt.padding, res.StatusCode, tt.want)
 		}
+		// net/http's own refusal, turned into a problem like any other.
+		if tt.want != http.StatusOK && (res.Header.Get("Content-Type") != "application/problem+json" || res.Header.Get("X-Request-Id") == "") {
+			t.Errorf("GET /healthz with a %d-byte header: %d with Content-Type %q, X-Request-Id %q; want a problem document with a request id",
+				tt.padding, res.StatusCode, res.Header.Get("Content-Type"), res.Header.Get("X-Request-Id"))
+		}
 	}
 }
 
 func TestHTTPServerLimits(t *testing.T) {
-	cfg := config.Config{HTTPAddr: ":0", RequestTimeout: 2 * time.Second}
+	cfg := config.Config{HTTPAddr: ":0", RequestTimeout: 2 * time.Second, BodyTimeout: 10 * time.Second}
 	srv := newHTTPServer(context.Background(), cfg, http.NotFoundHandler(), slog.New(slog.DiscardHandler))
 	for _, tt := range []struct {
 		name      string
 		got, want time.Duration
 	}{
 		{"ReadHeaderTimeout", srv.ReadHeaderTimeout, 5 * time.Second},
-		{"ReadTimeout", srv.ReadTimeout, 15 * time.Second},
-		{"WriteTimeout", srv.WriteTimeout, 7 * time.Second}, // REQUEST_TIMEOUT + 5s
-		{"IdleTimeout", srv.IdleTimeout, 60 * time.Second},
+		{"ReadTimeout", srv.ReadTimeout, 15 * time.Second},   // ReadHeaderTimeout + BODY_TIMEOUT
+		{"WriteTimeout", srv.WriteTimeout, 17 * time.Second}, // BODY_TIMEOUT + REQUEST_TIMEOUT + 5s
+		{"IdleTimeout", srv.IdleTimeout, 75 * time.Second},
 	} {
 		if tt.got != tt.want {
 			t.Errorf("%s = %v, want %v (as the README says)", tt.name, tt.got, tt.want)
 		}
 	}
+	// No timeout may cut off an answer still allowed: one whose body came
+	// at BODY_TIMEOUT and whose database work took REQUEST_TIMEOUT, with
+	// time to write it. WriteTimeout counts from the end of the headers,
+	// ReadTimeout from their start.
+	if last := cfg.BodyTimeout + cfg.RequestTimeout + writeMargin; srv.WriteTimeout < last {
+		t.Errorf("WriteTimeout %v: an answer ready %v after the headers would be cut off", srv.WriteTimeout, cfg.BodyTimeout+cfg.RequestTimeout)
+	}
+	if srv.ReadTimeout < srv.ReadHeaderTimeout+cfg.BodyTimeout {
+		t.Errorf("ReadTimeout %v: a body that comes within BODY_TIMEOUT of slow headers would be cut off", srv.ReadTimeout)
+	}
 	if srv.MaxHeaderBytes != 64<<10 {
 		t.Errorf("MaxHeaderBytes = %d, want 64 KiB", srv.MaxHeaderBytes)
+	}
+	if !srv.DisableGeneralOptionsHandler {
+		t.Error("DisableGeneralOptionsHandler is off: net/http answers OPTIONS * itself")
 	}
 }
 

@@ -40,6 +40,9 @@ type Config struct {
 	DBConnectTimeout time.Duration `envconfig:"DB_CONNECT_TIMEOUT" default:"10s"`
 	// RequestTimeout bounds every database call a request makes.
 	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"5s"`
+	// BodyTimeout bounds the time a request's body may take to arrive
+	// after its headers.
+	BodyTimeout time.Duration `envconfig:"BODY_TIMEOUT" default:"10s"`
 	// ShutdownTimeout bounds the graceful shutdown after SIGINT or SIGTERM,
 	// ShutdownDelay included.
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
@@ -121,6 +124,9 @@ func (c Config) validate() error {
 	}
 	if c.RequestTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("REQUEST_TIMEOUT: %s is not positive", c.RequestTimeout))
+	}
+	if c.BodyTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("BODY_TIMEOUT: %s is not positive", c.BodyTimeout))
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("SHUTDOWN_TIMEOUT: %s is not positive", c.ShutdownTimeout))

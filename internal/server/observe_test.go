@@ -8,7 +8,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -338,8 +337,7 @@ func TestReadyz(t *testing.T) {
 			if tt.drain {
 				h.Drain()
 			}
-			srv := httptest.NewServer(h)
-			t.Cleanup(srv.Close)
+			srv := startServer(t, h)
 			s := &testServer{t: t, url: srv.URL}
 			r := s.get("/readyz")
 			if r.status != tt.status {

@@ -48,9 +48,7 @@ func serveAPI(tb testing.TB, logger *slog.Logger, store userStore, database data
 	if opts.RequestTimeout == 0 {
 		opts.RequestTimeout = 5 * time.Second
 	}
-	srv := httptest.NewServer(New(logger, store, database, opts))
-	tb.Cleanup(srv.Close)
-	return srv.URL
+	return startServer(tb, New(logger, store, database, opts)).URL
 }
 
 // serveAPIOn is serveAPI on the database of pool, whose schema this build's
@@ -61,6 +59,22 @@ func serveAPIOn(tb testing.TB, logger *slog.Logger, pool *pgxpool.Pool, opts Opt
 		opts.SchemaVersion = migrations.Latest()
 	}
 	return serveAPI(tb, logger, db.New(pool), migrations.VersionReader{Q: pool}, opts)
+}
+
+// startServer serves h over loopback HTTP until the test ends, as usersvc
+// serve does: on h.Listener, with net/http's "OPTIONS *" answer left to h.
+// Each of limits may set the server's timeouts before it starts.
+func startServer(tb testing.TB, h *Server, limits ...func(*http.Server)) *httptest.Server {
+	tb.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = h.Listener(srv.Listener)
+	srv.Config.DisableGeneralOptionsHandler = true
+	for _, set := range limits {
+		set(srv.Config)
+	}
+	srv.Start()
+	tb.Cleanup(srv.Close)
+	return srv
 }
 
 // response is what a request got back.
