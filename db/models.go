@@ -6,7 +6,20 @@ package db
 
 import (
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
+
+type IdempotencyKey struct {
+	Scope         []byte
+	Key           string
+	Request       []byte
+	Status        int16
+	UserID        pgtype.Int8
+	UserCreatedAt pgtype.Timestamptz
+	UserUpdatedAt pgtype.Timestamptz
+	CreatedAt     time.Time
+}
 
 type User struct {
 	ID        int64

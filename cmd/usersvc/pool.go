@@ -17,7 +17,8 @@ import (
 
 // preparedQueries are the statements every new connection prepares: all
 // of the queries in package db.
-var preparedQueries = []string{db.CreateUser, db.GetUser, db.ListUsers, db.ListUsersByName, db.RenameUser, db.DeleteUser}
+var preparedQueries = []string{db.CreateUser, db.GetUser, db.ListUsers, db.ListUsersByName, db.RenameUser, db.DeleteUser,
+	db.CreateUserIdempotently, db.RenameUserIf, db.DeleteUserIf, db.PurgeIdempotencyKeys}
 
 // defaultMaxConns is the pool size for DB_MAX_CONNS=0: two connections per
 // core the service may use, at least 4. A request holds a connection only
