@@ -48,21 +48,9 @@ type authError struct {
 // token at all, with error="invalid_token" when it sent a wrong, empty or
 // doubled one.
 func (a authenticator) check(r *http.Request) *authError {
-	values := r.Header["Authorization"]
-	switch {
-	case len(values) == 0:
-		return &authError{challengeMissing, "this route needs a bearer token: send Authorization: Bearer <token>"}
-	case len(values) > 1:
-		return &authError{challengeInvalid, "send one Authorization header, not several"}
-	}
-	scheme, token, _ := strings.Cut(values[0], " ")
-	if !strings.EqualFold(scheme, "Bearer") {
-		// RFC 6750 3.1: another scheme gets the plain challenge.
-		return &authError{challengeMissing, "this route needs a bearer token: send Authorization: Bearer <token>; no other scheme is accepted"}
-	}
-	token = strings.TrimLeft(token, " ")
-	if token == "" {
-		return &authError{challengeInvalid, "the Authorization header has no token after Bearer"}
+	token, err := bearerToken(r)
+	if err != nil {
+		return err
 	}
 	got := sha256.Sum256([]byte(token))
 	match := 0
@@ -73,6 +61,29 @@ func (a authenticator) check(r *http.Request) *authError {
 		return &authError{challengeInvalid, "the bearer token is not valid"}
 	}
 	return nil
+}
+
+// bearerToken returns the token of r's one Authorization header of scheme
+// Bearer (in any case), or an *authError that says what is wrong, with the
+// challenge check answers it with.
+func bearerToken(r *http.Request) (string, *authError) {
+	values := r.Header["Authorization"]
+	switch {
+	case len(values) == 0:
+		return "", &authError{challengeMissing, "this route needs a bearer token: send Authorization: Bearer <token>"}
+	case len(values) > 1:
+		return "", &authError{challengeInvalid, "send one Authorization header, not several"}
+	}
+	scheme, token, _ := strings.Cut(values[0], " ")
+	if !strings.EqualFold(scheme, "Bearer") {
+		// RFC 6750 3.1: another scheme gets the plain challenge.
+		return "", &authError{challengeMissing, "this route needs a bearer token: send Authorization: Bearer <token>; no other scheme is accepted"}
+	}
+	token = strings.TrimLeft(token, " ")
+	if token == "" {
+		return "", &authError{challengeInvalid, "the Authorization header has no token after Bearer"}
+	}
+	return token, nil
 }
 
 // unauthorized answers r with 401 for err.

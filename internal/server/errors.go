@@ -35,6 +35,9 @@ const (
 	codeUnsupportedMediaType = "unsupported_media_type"
 	codePayloadTooLarge      = "payload_too_large"
 	codeURITooLong           = "uri_too_long"
+	codePreconditionFailed   = "precondition_failed"
+	codeIdempotencyKeyInUse  = "idempotency_key_in_use"
+	codeIdempotencyKeyReused = "idempotency_key_reused"
 	codeUnavailable          = "unavailable"
 	codeInternal             = "internal"
 )
@@ -57,6 +60,9 @@ var problemKinds = map[string]struct {
 	codeUnsupportedMediaType: {http.StatusUnsupportedMediaType, "Unsupported media type"},
 	codePayloadTooLarge:      {http.StatusRequestEntityTooLarge, "Payload too large"},
 	codeURITooLong:           {http.StatusRequestURITooLong, "URI too long"},
+	codePreconditionFailed:   {http.StatusPreconditionFailed, "Precondition failed"},
+	codeIdempotencyKeyInUse:  {http.StatusConflict, "Idempotency key in use"},
+	codeIdempotencyKeyReused: {http.StatusUnprocessableEntity, "Idempotency key reused"},
 	codeUnavailable:          {http.StatusServiceUnavailable, "Service unavailable"},
 	codeInternal:             {http.StatusInternalServerError, "Internal error"},
 }

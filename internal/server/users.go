@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -20,6 +21,9 @@ type userStore interface {
 	ListUsersByName(ctx context.Context, arg db.ListUsersByNameParams) ([]db.User, error)
 	RenameUser(ctx context.Context, arg db.RenameUserParams) (db.User, error)
 	DeleteUser(ctx context.Context, id int64) (int64, error)
+	CreateUserIdempotently(ctx context.Context, arg db.CreateUserIdempotentlyParams) (db.CreateUserIdempotentlyRow, error)
+	RenameUserIf(ctx context.Context, arg db.RenameUserIfParams) (db.RenameUserIfRow, error)
+	DeleteUserIf(ctx context.Context, arg db.DeleteUserIfParams) (bool, error)
 }
 
 var _ userStore = (*db.Queries)(nil)
@@ -66,24 +70,65 @@ func decodeName(w http.ResponseWriter, r *http.Request) (string, error) {
 	return req.validName()
 }
 
-// handleUserCreate serves POST /users: 201 with the user and its Location;
-// 400 for invalid JSON, an invalid name or a name already taken (decided by
-// the unique constraint); 413; 415; 503 when the database is unavailable.
+// handleUserCreate serves POST /users: 201 with the user, its Location and
+// ETag; 400 for invalid JSON, an invalid name or Idempotency-Key, or a name
+// already taken (decided by the unique constraint); 413; 415; 503 when the
+// database is unavailable. With an Idempotency-Key, a 201 or a taken name's
+// 400 is recorded with the user, and a later request with the key gets it
+// again with Idempotent-Replayed: true, or 422 when it is another request;
+// 409 while the key's first request is still in flight.
 func handleUserCreate(logger *slog.Logger, store userStore) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, keyed, err := idempotencyKey(r)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
 		name, err := decodeName(w, r)
 		if err != nil {
 			writeError(w, r, logger, err)
 			return
 		}
-		u, err := store.CreateUser(r.Context(), name)
-		if err != nil {
-			writeError(w, r, logger, fmt.Errorf("create user: %w", storeErr(err)))
+		if !keyed {
+			u, err := store.CreateUser(r.Context(), name)
+			if err != nil {
+				writeError(w, r, logger, fmt.Errorf("create user: %w", storeErr(err)))
+				return
+			}
+			writeCreated(w, r, logger, u)
 			return
 		}
-		w.Header().Set("Location", "/users/"+strconv.FormatInt(u.ID, 10))
-		encode(w, r, logger, http.StatusCreated, jsonContentType, toUser(u))
+		out, err := createIdempotently(r.Context(), store, newKeyedCreate(r, key, name))
+		switch {
+		case errors.Is(err, errKeyInUse):
+			w.Header().Set("Retry-After", "1")
+			writeError(w, r, logger, err)
+			return
+		case errors.Is(err, errKeyReused):
+			writeError(w, r, logger, err)
+			return
+		case err != nil:
+			writeError(w, r, logger, fmt.Errorf("create user with an idempotency key: %w", storeErr(err)))
+			return
+		}
+		if out.replayed {
+			w.Header().Set(replayedHeader, "true")
+		}
+		if !out.created {
+			writeError(w, r, logger, errNameTaken)
+			return
+		}
+		writeCreated(w, r, logger, out.user)
 	})
+}
+
+// writeCreated answers a create of u: 201 with the user, its Location and
+// its ETag.
+func writeCreated(w http.ResponseWriter, r *http.Request, logger *slog.Logger, u db.User) {
+	h := w.Header()
+	h.Set("Location", "/users/"+strconv.FormatInt(u.ID, 10))
+	h.Set(etagHeader, etag(u))
+	encode(w, r, logger, http.StatusCreated, jsonContentType, toUser(u))
 }
 
 // handleUserList serves GET /users: 200 with a page of users in id order
@@ -118,11 +163,18 @@ func handleUserList(logger *slog.Logger, store userStore) http.Handler {
 	})
 }
 
-// handleUserGet serves GET and HEAD /users/{id}: 200 with the user; 400 for
-// a malformed id; 404.
+// handleUserGet serves GET and HEAD /users/{id}: 200 with the user and its
+// ETag; 304 with the ETag when If-None-Match names it (or is *); 400 for a
+// malformed id or precondition header; 404; 412 when If-Match does not
+// name the user's ETag.
 func handleUserGet(logger *slog.Logger, store userStore) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := pathID(r)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		pre, err := parsePreconditions(r, id)
 		if err != nil {
 			writeError(w, r, logger, err)
 			return
@@ -132,16 +184,32 @@ func handleUserGet(logger *slog.Logger, store userStore) http.Handler {
 			writeError(w, r, logger, fmt.Errorf("get user %d: %w", id, storeErr(err)))
 			return
 		}
-		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
+		switch pre.readStatus(u) {
+		case http.StatusPreconditionFailed:
+			writeError(w, r, logger, errPreconditionFailed)
+		case http.StatusNotModified:
+			w.Header().Set(etagHeader, etag(u))
+			w.WriteHeader(http.StatusNotModified)
+		default:
+			w.Header().Set(etagHeader, etag(u))
+			encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
+		}
 	})
 }
 
 // handleUserRename serves PUT /users/{id}: 200 with the renamed user (its
-// own name again is fine); 400 for a malformed id, invalid JSON, an invalid
-// name or another user's name; 404; 413; 415.
+// own name again is fine) and its new ETag; 400 for a malformed id,
+// precondition header, invalid JSON, an invalid name or another user's
+// name; 404; 412 when If-Match or If-None-Match fails, and nothing
+// changes; 413; 415.
 func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := pathID(r)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		pre, err := parsePreconditions(r, id)
 		if err != nil {
 			writeError(w, r, logger, err)
 			return
@@ -151,22 +219,56 @@ func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
 			writeError(w, r, logger, err)
 			return
 		}
-		u, err := store.RenameUser(r.Context(), db.RenameUserParams{ID: id, Name: name})
+		var u db.User
+		if !pre.sent() {
+			u, err = store.RenameUser(r.Context(), db.RenameUserParams{ID: id, Name: name})
+		} else {
+			arg := db.RenameUserIfParams{ID: id, Name: name}
+			arg.MatchAny, arg.Match, arg.NoneMatch = pre.writeArgs()
+			var row db.RenameUserIfRow
+			row, err = store.RenameUserIf(r.Context(), arg)
+			if err == nil && !row.Renamed {
+				writeError(w, r, logger, errPreconditionFailed)
+				return
+			}
+			u = db.User{ID: row.ID.Int64, Name: row.Name.String, CreatedAt: row.CreatedAt.Time, UpdatedAt: row.UpdatedAt.Time}
+		}
 		if err != nil {
 			writeError(w, r, logger, fmt.Errorf("rename user %d: %w", id, storeErr(err)))
 			return
 		}
+		w.Header().Set(etagHeader, etag(u))
 		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
 	})
 }
 
-// handleUserDelete serves DELETE /users/{id}: 204; 400 for a malformed id;
-// 404 when no such user exists (any more).
+// handleUserDelete serves DELETE /users/{id}: 204; 400 for a malformed id
+// or precondition header; 404 when no such user exists (any more); 412
+// when If-Match or If-None-Match fails, and nothing changes.
 func handleUserDelete(logger *slog.Logger, store userStore) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := pathID(r)
 		if err != nil {
 			writeError(w, r, logger, err)
+			return
+		}
+		pre, err := parsePreconditions(r, id)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		if pre.sent() {
+			arg := db.DeleteUserIfParams{ID: id}
+			arg.MatchAny, arg.Match, arg.NoneMatch = pre.writeArgs()
+			deleted, err := store.DeleteUserIf(r.Context(), arg)
+			switch {
+			case err != nil:
+				writeError(w, r, logger, fmt.Errorf("delete user %d: %w", id, storeErr(err)))
+			case !deleted:
+				writeError(w, r, logger, errPreconditionFailed)
+			default:
+				w.WriteHeader(http.StatusNoContent)
+			}
 			return
 		}
 		n, err := store.DeleteUser(r.Context(), id)

@@ -1,0 +1,296 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"usersvc/db"
+)
+
+// Idempotent creates (draft-ietf-httpapi-idempotency-key-header): a POST
+// /users with an Idempotency-Key is executed once; its outcome, a 201 with
+// the user or a 400 duplicate_name, is recorded by the statement that
+// creates the user, and a later request with the key gets it again.
+
+// Headers of idempotent creates, in the canonical form header maps use.
+const (
+	idempotencyKeyHeader = "Idempotency-Key"
+	replayedHeader       = "Idempotent-Replayed"
+)
+
+// maxIdempotencyKeyLen bounds a key, in characters of printable ASCII.
+const maxIdempotencyKeyLen = 255
+
+// inFlightGrace is how long a keyed create waits for a statement that holds
+// its key before answering 409 idempotency_key_in_use. A client whose
+// attempt got 503 retries at once, and that attempt's session may hold the
+// key a moment longer: a cancelled statement releases its locks just after
+// it reports its error, a terminated session as its process exits. Within
+// the grace the retry waits for that, so that it gets its own attempt's
+// outcome, not a 409 for a request that is over.
+const inFlightGrace = 200 * time.Millisecond
+
+var (
+	errKeyReused = &requestError{code: codeIdempotencyKeyReused,
+		detail: "this Idempotency-Key was used for another request (another name); send a new key with a new request"}
+	errKeyInUse = &requestError{code: codeIdempotencyKeyInUse,
+		detail: "a request with this Idempotency-Key is still in progress; retry after Retry-After seconds for its outcome"}
+)
+
+// idempotencyKey returns the key of r's Idempotency-Key header and whether
+// it sent one: the draft's form, a structured-field string ("…", with \"
+// and \\ escapes), or the common bare form. Returns a validation_failed
+// *requestError for a header sent twice, or a key that is not 1 to 255
+// characters of printable ASCII.
+func idempotencyKey(r *http.Request) (string, bool, error) {
+	values, sent := r.Header[idempotencyKeyHeader]
+	if !sent {
+		return "", false, nil
+	}
+	bad := func(detail string) (string, bool, error) {
+		return "", true, invalidFields(fieldError{In: "header", Field: idempotencyKeyHeader, Detail: detail})
+	}
+	if len(values) > 1 {
+		return bad("send one Idempotency-Key header, not several")
+	}
+	key := values[0]
+	if strings.HasPrefix(key, `"`) {
+		var ok bool
+		if key, ok = unquoteKey(key); !ok {
+			return bad(`must be 1 to 255 characters of printable ASCII, bare or as a quoted string ("…", with \" and \\ escaped)`)
+		}
+	}
+	if key == "" || len(key) > maxIdempotencyKeyLen || strings.ContainsFunc(key, func(c rune) bool { return c < 0x20 || c > 0x7e }) {
+		return bad(`must be 1 to 255 characters of printable ASCII, bare or as a quoted string ("…", with \" and \\ escaped)`)
+	}
+	return key, true, nil
+}
+
+// unquoteKey returns the content of an RFC 8941 string, "…" with \" and \\
+// the only escapes, or false when s is not one.
+func unquoteKey(s string) (string, bool) {
+	if len(s) < 2 || s[len(s)-1] != '"' {
+		return "", false
+	}
+	s = s[1 : len(s)-1]
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\':
+			i++
+			if i == len(s) || (s[i] != '"' && s[i] != '\\') {
+				return "", false
+			}
+			b.WriteByte(s[i])
+		case c == '"':
+			return "", false
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String(), true
+}
+
+// keyScope returns whose keys r's are: a digest of its bearer token, so
+// that one client's key never replays to a client with another token; empty
+// for a request without one. The digest is not the one auth compares: the
+// table holds nothing that a token check uses.
+func keyScope(r *http.Request) []byte {
+	token, err := bearerToken(r)
+	if err != nil {
+		return []byte{}
+	}
+	scope := sha256.Sum256([]byte("usersvc idempotency scope\x00" + token))
+	return scope[:]
+}
+
+// keyedCreate is a POST /users with an Idempotency-Key.
+type keyedCreate struct {
+	scope []byte
+	key   string
+	name  string // normalized
+	// request is a digest of the method, path and name: what a later
+	// request with the key must repeat to be replayed.
+	request []byte
+}
+
+func newKeyedCreate(r *http.Request, key, name string) keyedCreate {
+	request := sha256.Sum256([]byte(r.Method + " " + r.URL.Path + "\n" + name))
+	return keyedCreate{scope: keyScope(r), key: key, name: name, request: request[:]}
+}
+
+// lockID returns the advisory lock that claims c's key while its statement
+// runs: 64 bits of a digest of scope and key. Two keys that share one only
+// make each other wait, or answer 409, and only while both are in flight.
+func (c keyedCreate) lockID() int64 {
+	d := sha256.Sum256(append(append(append([]byte{}, c.scope...), 0), c.key...))
+	return int64(binary.BigEndian.Uint64(d[:8]))
+}
+
+// createOutcome is what a keyed create answers.
+type createOutcome struct {
+	user     db.User // when created
+	created  bool    // 201; else 400 duplicate_name
+	replayed bool    // recorded by an earlier request with the key
+}
+
+// createIdempotently executes c, or finds the outcome of an earlier request
+// with its key. Returns errKeyReused when the key came with another
+// request, errKeyInUse when a statement with the key still runs after
+// inFlightGrace, or the store's error.
+func createIdempotently(ctx context.Context, store userStore, c keyedCreate) (createOutcome, error) {
+	arg := db.CreateUserIdempotentlyParams{LockID: c.lockID(), Scope: c.scope, Key: c.key, Name: c.name, Request: c.request}
+	wait, waited := 5*time.Millisecond, time.Duration(0)
+	for reruns := 0; ; {
+		row, err := store.CreateUserIdempotently(ctx, arg)
+		if err != nil {
+			// Another statement with the key committed while this one ran:
+			// its record is there now. (Twice in a row would take three
+			// requests with one key within milliseconds.)
+			if keyRecordedMeanwhile(err) && reruns < 2 {
+				reruns++
+				continue
+			}
+			return createOutcome{}, err
+		}
+		switch {
+		case row.PriorStatus.Valid:
+			if string(row.PriorRequest) != string(c.request) {
+				return createOutcome{}, errKeyReused
+			}
+			out := createOutcome{created: row.PriorStatus.Int16 == http.StatusCreated, replayed: true}
+			if out.created {
+				out.user = db.User{ID: row.PriorUserID.Int64, Name: c.name,
+					CreatedAt: row.PriorUserCreatedAt.Time, UpdatedAt: row.PriorUserUpdatedAt.Time}
+			}
+			return out, nil
+		case !row.Claimed:
+			if waited+wait > inFlightGrace {
+				return createOutcome{}, errKeyInUse
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return createOutcome{}, ctx.Err()
+			case <-t.C:
+			}
+			waited += wait
+			wait *= 2
+		case !row.RecordedStatus.Valid:
+			return createOutcome{}, errors.New("the key was claimed, but no outcome recorded")
+		case row.ID.Valid:
+			return createOutcome{created: true, user: db.User{ID: row.ID.Int64, Name: row.Name.String,
+				CreatedAt: row.CreatedAt.Time, UpdatedAt: row.UpdatedAt.Time}}, nil
+		default:
+			return createOutcome{}, nil // the name is taken: 400, recorded
+		}
+	}
+}
+
+// keyRecordedMeanwhile reports whether err is CreateUserIdempotently's
+// unique violation on the key's record.
+func keyRecordedMeanwhile(err error) bool {
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	return ok && pgErr.Code == pgerrcode.UniqueViolation && pgErr.ConstraintName == "idempotency_keys_pkey"
+}
+
+// keyPurgeStore is what KeyPurger needs of the database.
+type keyPurgeStore interface {
+	PurgeIdempotencyKeys(ctx context.Context, arg db.PurgeIdempotencyKeysParams) (int64, error)
+}
+
+var _ keyPurgeStore = (*db.Queries)(nil)
+
+// purgeBatch bounds the keys one statement of the purge deletes: a few
+// milliseconds of work that locks no row a request waits for.
+const purgeBatch = 1000
+
+// maxPurgeInterval bounds the time between purges: keys are forgotten
+// within it after IDEMPOTENCY_TTL.
+const maxPurgeInterval = time.Minute
+
+// KeyPurger deletes the idempotency keys older than their TTL: the service
+// purges its own table, with no cron job. It deletes purgeBatch keys per
+// statement, oldest first, and pauses after each as long as it took, so
+// that a backlog (after an outage, or a TTL shortened) takes at most half
+// of one database connection, never a long statement. Several instances
+// may purge one table: each skips the keys another has locked.
+type KeyPurger struct {
+	store   keyPurgeStore
+	logger  *slog.Logger
+	ttl     time.Duration
+	timeout time.Duration // each statement's
+	batch   int32
+}
+
+// NewKeyPurger returns a purger of the keys older than ttl, each statement
+// bounded by timeout.
+func NewKeyPurger(logger *slog.Logger, store keyPurgeStore, ttl, timeout time.Duration) *KeyPurger {
+	return &KeyPurger{store: store, logger: logger, ttl: ttl, timeout: timeout, batch: purgeBatch}
+}
+
+// Run purges every min(ttl, maxPurgeInterval) until ctx is done. A purge
+// that fails (the database is down, not migrated yet) is logged and tried
+// again at the next tick.
+func (p *KeyPurger) Run(ctx context.Context) {
+	tick := time.NewTicker(min(p.ttl, maxPurgeInterval))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		n, err := p.Purge(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			p.logger.WarnContext(ctx, "purge idempotency keys", slog.Int64("keys", n), slog.Any("err", err))
+		case n > 0:
+			p.logger.InfoContext(ctx, "idempotency keys purged", slog.Int64("keys", n), slog.String("ttl", p.ttl.String()))
+		}
+	}
+}
+
+// Purge deletes every key older than the TTL, batch by batch, and returns
+// how many it deleted. It stops at the first error, or when ctx is done.
+func (p *KeyPurger) Purge(ctx context.Context) (int64, error) {
+	var total int64
+	for {
+		start := time.Now()
+		n, err := p.purgeBatch(ctx)
+		total += n
+		if err != nil || n < int64(p.batch) {
+			return total, err
+		}
+		t := time.NewTimer(time.Since(start))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return total, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (p *KeyPurger) purgeBatch(ctx context.Context) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	n, err := p.store.PurgeIdempotencyKeys(ctx, db.PurgeIdempotencyKeysParams{TtlUs: p.ttl.Microseconds(), MaxRows: p.batch})
+	if err != nil {
+		return 0, fmt.Errorf("purge idempotency keys older than %s: %w", p.ttl, err)
+	}
+	return n, nil
+}
