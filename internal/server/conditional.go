@@ -100,7 +100,7 @@ func parsePreconditions(r *http.Request, id int64) (preconditions, error) {
 // spaces around commas are allowed). Returns false for anything else.
 func parseCondition(values []string, id int64, strong bool) (condition, bool) {
 	c := condition{sent: true}
-	if len(values) == 1 && strings.TrimSpace(values[0]) == "*" {
+	if len(values) == 1 && strings.Trim(values[0], " \t") == "*" {
 		c.any = true
 		return c, true
 	}
