@@ -11,7 +11,7 @@ TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 
-.PHONY: run build test test-pgbouncer install-pgbouncer fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer test-image install-podman fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean image docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -44,6 +44,26 @@ install-pgbouncer:
 	fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
+
+## test-image: builds the image with make image and podman from the
+## unchanged Dockerfile, then checks its config and files and runs it
+## against a throwaway PostgreSQL (cmd/usersvc/image_test.go, build tag
+## image). Where Go's base image cannot be pulled, it builds from a local
+## stand-in made of this Go release and busybox-static. Installs podman, runc
+## and busybox-static first when missing (apt-get as root, else says how)
+test-image:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v busybox >/dev/null || $(MAKE) --no-print-directory install-podman
+	go test -race -count=1 -timeout 30m -tags image -run '^TestImage$$' -v ./cmd/usersvc
+
+# Without the recommended packages, which serve rootless podman
+# (slirp4netns, uidmap, fuse-overlayfs) and systemd user sessions. runc is
+# named so that apt does not choose crun, which fails on these machines.
+install-podman:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make test-image needs podman, runc and busybox-static: sudo apt-get install --no-install-recommends podman runc busybox-static" >&2; exit 1; \
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman runc busybox-static
 
 ## fuzz: each fuzz target of internal/server (FuzzCreateUser, ...) for
 ## FUZZTIME (default 1m), one after the other, through the real handler
@@ -94,18 +114,24 @@ fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-# The pgbouncer build tag's test too, so that it compiles without pgbouncer.
+# The pgbouncer and image build tags' tests too, together, so that they
+# compile without pgbouncer or podman and beside each other.
 vet:
 	go vet ./...
-	go vet -tags pgbouncer ./cmd/usersvc
+	go vet -tags pgbouncer,image ./cmd/usersvc
 
-## generate: regenerate db/ from queries/ and migrations/ (commit both)
+## generate: regenerate db/ from queries/ and migrations/, and serve's list
+## of the statements to prepare from db/ (commit them all)
+PREPARED := cmd/usersvc/prepared.gen.go
 generate:
 	$(TOOL) sqlc generate
+	cd tools && go run ./preparedqueries -db ../db -out ../$(PREPARED)
 
-## sqlc-diff: fail when db/ is not what sqlc generates
+## sqlc-diff: fail when db/ is not what sqlc generates, or the list of
+## prepared statements not what db/ gives
 sqlc-diff:
 	$(TOOL) sqlc diff
+	@cd tools && go run ./preparedqueries -db ../db | diff -u ../$(PREPARED) - || { echo "$(PREPARED) is stale: run make generate"; exit 1; }
 
 tidy:
 	go mod tidy
@@ -140,10 +166,23 @@ install-yamllint:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q yamllint
 
-## docker: the container image usersvc:$(VERSION); SOURCE, when set, becomes
-## its org.opencontainers.image.source label (the repository's URL)
-docker:
-	docker build --build-arg VERSION=$(VERSION) $(if $(SOURCE),--build-arg SOURCE=$(SOURCE)) -t usersvc:$(VERSION) .
+## image: the container image $(IMAGE) (usersvc:$(VERSION)), with podman
+## when it is installed, else docker (ENGINE=docker chooses). SOURCE, when
+## set, becomes its org.opencontainers.image.source label (the repository's
+## URL); IMAGE_FLAGS passes more flags to the build
+IMAGE  ?= usersvc:$(VERSION)
+ENGINE ?= $(if $(shell command -v podman),podman,docker)
+# podman writes OCI images unless told otherwise, and the OCI format has no
+# HEALTHCHECK: --format docker keeps it. --network host runs the RUN steps
+# (go mod download reaches the module proxy) on the host's network rather
+# than on a bridge that podman sets up with CNI and iptables, which not
+# every machine allows.
+image:
+	$(ENGINE) build $(if $(filter podman,$(firstword $(ENGINE))),--format docker --network host) \
+		--build-arg VERSION=$(VERSION) $(if $(SOURCE),--build-arg SOURCE=$(SOURCE)) $(IMAGE_FLAGS) -t $(IMAGE) .
+
+# The target's old name, which the Dockerfile's header names.
+docker: image
 
 ## compose-up: PostgreSQL, the migrations, then the API on localhost:8080,
 ## in containers (compose.yaml); Ctrl-C stops them

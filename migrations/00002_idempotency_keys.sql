@@ -17,11 +17,7 @@ CREATE TABLE idempotency_keys (
     user_updated_at timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT idempotency_keys_pkey PRIMARY KEY (scope, key),
-    CONSTRAINT idempotency_keys_key_length CHECK (octet_length(key) BETWEEN 1 AND 255),
-    CONSTRAINT idempotency_keys_outcome CHECK (
-        status = 201 AND user_id IS NOT NULL AND user_created_at IS NOT NULL AND user_updated_at IS NOT NULL
-        OR status = 400 AND user_id IS NULL AND user_created_at IS NULL AND user_updated_at IS NULL
-    )
+    CONSTRAINT idempotency_keys_key_length CHECK (octet_length(key) BETWEEN 1 AND 255)
 );
 
 -- The purge deletes the oldest keys first, in batches.

@@ -101,7 +101,7 @@ func TestServeWithTokensFile(t *testing.T) {
 
 // TestServeMetricsAddr runs serve with METRICS_ADDR and tokens: /metrics
 // moves to its own listener, where it needs no token, and is gone from the
-// API's.
+// API's, where it is a path like any unknown one: protected.
 func TestServeMetricsAddr(t *testing.T) {
 	metricsAddr := freeAddr(t)
 	s := startServe(t, map[string]string{
@@ -109,8 +109,8 @@ func TestServeMetricsAddr(t *testing.T) {
 		"METRICS_ADDR": metricsAddr,
 		"AUTH_TOKENS":  "metrics-test-0123456789abcdef",
 	})
-	if status, _ := s.request(t, "GET", "/metrics", ""); status != http.StatusNotFound {
-		t.Errorf("GET /metrics on HTTP_ADDR with METRICS_ADDR set: status = %d, want 404", status)
+	if status, _ := s.request(t, "GET", "/metrics", ""); status != http.StatusUnauthorized {
+		t.Errorf("GET /metrics without a token on HTTP_ADDR with METRICS_ADDR set: status = %d, want 401", status)
 	}
 	if status, _ := s.request(t, "GET", "/users", ""); status != http.StatusUnauthorized {
 		t.Errorf("GET /users without a token: status = %d, want 401", status)
@@ -123,7 +123,7 @@ func TestServeMetricsAddr(t *testing.T) {
 	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
 	for _, want := range []string{
-		`usersvc_http_requests_total{code="404",method="GET",route="unmatched"} 1`,
+		`usersvc_http_requests_total{code="401",method="GET",route="unmatched"} 1`,
 		`usersvc_http_requests_total{code="401",method="GET",route="/users"} 1`,
 	} {
 		if !strings.Contains(string(body), want+"\n") {

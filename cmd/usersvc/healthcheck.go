@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -47,6 +48,9 @@ func healthcheck(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	// The server is local: never ask a proxy from the environment.
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	res, err := client.Do(req)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("healthcheck: GET %s: no answer within %s", url, *timeout)
+	}
 	if err != nil {
 		return fmt.Errorf("healthcheck: %w", err)
 	}

@@ -177,6 +177,37 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// silentAddr returns the address of a listener that accepts every
+// connection and never answers, as a lost network or a hung server looks,
+// until the test ends.
+func silentAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn // the goroutine's until done is closed
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c) // held open, never answered
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
 // waitFor polls url until it answers 200, or fails the test after timeout.
 func waitFor(t *testing.T, url string, timeout time.Duration, runErr <-chan error) {
 	t.Helper()
@@ -497,6 +528,59 @@ func TestRunErrors(t *testing.T) {
 			}
 			if !strings.HasPrefix(reported.String(), "usersvc: ") {
 				t.Errorf("run %q: reported %q, want it behind usersvc: ", tt.args, reported.String())
+			}
+			if strings.Contains(err.Error(), "hunter2") || strings.Contains(stderr.String(), "hunter2") {
+				t.Errorf("run %q: the password leaks: %v %s", tt.args, err, stderr.String())
+			}
+		})
+	}
+}
+
+// TestCommandsGiveUpOnSilentDatabase runs every migrate command against a
+// database that accepts connections and never answers, and healthcheck
+// against such a server: each exits 1 within its bound, naming what it
+// waited for and never the password.
+func TestCommandsGiveUpOnSilentDatabase(t *testing.T) {
+	addr := silentAddr(t)
+	const bound = time.Second
+	for _, tt := range []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string
+	}{
+		{"migrate up", []string{"migrate", "up"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@" + addr + "/users", "DB_CONNECT_TIMEOUT": "1s"},
+			"migrate up: the database at " + addr + "/users did not answer within 1s"},
+		{"migrate down", []string{"migrate", "down"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@" + addr + "/users", "DB_CONNECT_TIMEOUT": "1s"},
+			"migrate down: the database at " + addr + "/users did not answer within 1s"},
+		{"migrate redo", []string{"migrate", "redo"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@" + addr + "/users", "DB_CONNECT_TIMEOUT": "1s"},
+			"migrate redo: the database at " + addr + "/users did not answer within 1s"},
+		{"migrate status", []string{"migrate", "status"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@" + addr + "/users", "DB_CONNECT_TIMEOUT": "1s"},
+			"migrate status: the database at " + addr + "/users did not answer within 1s"},
+		{"migrate version", []string{"migrate", "version"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@" + addr + "/users", "DB_CONNECT_TIMEOUT": "1s"},
+			"migrate version: the database at " + addr + "/users did not answer within 1s"},
+		{"connect_timeout in the URL wins", []string{"migrate", "up"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@" + addr + "/users?connect_timeout=1", "DB_CONNECT_TIMEOUT": "1m"},
+			"migrate up: the database at " + addr + "/users did not answer within 1s"},
+		{"healthcheck", []string{"healthcheck", "-timeout", "1s"}, map[string]string{"HTTP_ADDR": addr},
+			"healthcheck: GET http://" + addr + "/healthz: no answer within 1s"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			setenv(t, tt.env)
+			// Without a bound of its own the command waits for this.
+			ctx, cancel := context.WithTimeout(context.Background(), bound+5*time.Second)
+			defer cancel()
+			var stdout, stderr bytes.Buffer
+			start := time.Now()
+			err := run(ctx, tt.args, &stdout, &stderr)
+			took := time.Since(start)
+			if took < bound/2 || took > bound+2*time.Second {
+				t.Errorf("run %q returned after %v, want about %v", tt.args, took, bound)
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("run %q = %v, want an error containing %q", tt.args, err, tt.wantErr)
+			}
+			if got := exitCode(err, io.Discard); got != 1 {
+				t.Errorf("run %q: exit status %d, want 1", tt.args, got)
 			}
 			if strings.Contains(err.Error(), "hunter2") || strings.Contains(stderr.String(), "hunter2") {
 				t.Errorf("run %q: the password leaks: %v %s", tt.args, err, stderr.String())

@@ -10,7 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 
@@ -57,18 +56,25 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := cfg.RequireDatabase(); err != nil {
 		return err
 	}
-	p, err := openProvider(cfg.DatabaseURL)
+	p, err := openProvider(cfg)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
+	if err := runMigrate(ctx, fs.Arg(0), p, stdout); err != nil {
+		return fmt.Errorf("migrate %s: %w", fs.Arg(0), connectErr(cfg, err))
+	}
+	return nil
+}
 
-	switch fs.Arg(0) {
+// runMigrate runs the migrate command named cmd through p.
+func runMigrate(ctx context.Context, cmd string, p *goose.Provider, stdout io.Writer) error {
+	switch cmd {
 	case "up":
 		results, err := p.Up(ctx)
 		printResults(stdout, results)
 		if err != nil {
-			return fmt.Errorf("migrate up: %w", err)
+			return err
 		}
 		if len(results) == 0 {
 			fmt.Fprintln(stdout, "no pending migrations")
@@ -84,32 +90,32 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			printResults(stdout, []*goose.MigrationResult{result})
 		}
 		if err != nil {
-			return fmt.Errorf("migrate down: %w", err)
+			return err
 		}
 		return printVersion(ctx, stdout, p)
 	case "redo":
 		down, err := p.Down(ctx)
 		if errors.Is(err, goose.ErrNoNextVersion) {
-			return errors.New("migrate redo: no migration is applied")
+			return errors.New("no migration is applied")
 		}
 		if down != nil {
 			printResults(stdout, []*goose.MigrationResult{down})
 		}
 		if err != nil {
-			return fmt.Errorf("migrate redo: %w", err)
+			return err
 		}
 		up, err := p.UpByOne(ctx)
 		if up != nil {
 			printResults(stdout, []*goose.MigrationResult{up})
 		}
 		if err != nil {
-			return fmt.Errorf("migrate redo: %w", err)
+			return err
 		}
 		return printVersion(ctx, stdout, p)
 	case "status":
 		statuses, err := p.Status(ctx)
 		if err != nil {
-			return fmt.Errorf("migrate status: %w", err)
+			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "VERSION\tSTATE\tAPPLIED AT\tFILE")
@@ -170,7 +176,7 @@ func migrateWhenReachable(ctx context.Context, cfg config.Config, pool pinger, l
 	for attempt := 1; ; attempt++ {
 		err := ping()
 		if err == nil {
-			if err = migrateUp(ctx, cfg.DatabaseURL, logger); err == nil {
+			if err = migrateUp(ctx, cfg, logger); err == nil {
 				return nil
 			}
 			if ping() == nil {
@@ -200,8 +206,8 @@ type pinger interface {
 }
 
 // migrateUp applies the pending migrations for AUTO_MIGRATE.
-func migrateUp(ctx context.Context, databaseURL string, logger *slog.Logger) error {
-	p, err := openProvider(databaseURL)
+func migrateUp(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
+	p, err := openProvider(cfg)
 	if err != nil {
 		return err
 	}
@@ -216,14 +222,15 @@ func migrateUp(ctx context.Context, databaseURL string, logger *slog.Logger) err
 	return nil
 }
 
-// openProvider returns the migrations' goose Provider on databaseURL,
-// through pgx's database/sql driver. Its Close closes the connection.
-func openProvider(databaseURL string) (*goose.Provider, error) {
-	cc, err := pgx.ParseConfig(databaseURL)
+// openProvider returns the migrations' goose Provider on DATABASE_URL,
+// through pgx's database/sql driver, with the connection settings of every
+// command (config.PoolConfig). Its Close closes the connection.
+func openProvider(cfg config.Config) (*goose.Provider, error) {
+	pc, err := cfg.PoolConfig()
 	if err != nil {
-		return nil, errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
+		return nil, err
 	}
-	sqlDB := stdlib.OpenDB(*cc)
+	sqlDB := stdlib.OpenDB(*pc.ConnConfig)
 	p, err := migrations.NewProvider(sqlDB)
 	if err != nil {
 		sqlDB.Close()

@@ -11,14 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"usersvc/db"
 	"usersvc/internal/config"
 )
-
-// preparedQueries are the statements every new connection prepares: all
-// of the queries in package db.
-var preparedQueries = []string{db.CreateUser, db.GetUser, db.ListUsers, db.ListUsersByName, db.RenameUser, db.DeleteUser,
-	db.CreateUserIdempotently, db.RenameUserIf, db.DeleteUserIf, db.PurgeIdempotencyKeys}
 
 // defaultMaxConns is the pool size for DB_MAX_CONNS=0: two connections per
 // core the service may use, at least 4. A request holds a connection only
@@ -29,22 +23,19 @@ func defaultMaxConns(procs int) int32 {
 	return int32(max(4, 2*procs))
 }
 
-// newPool returns a connection pool for DATABASE_URL. It does not connect
-// yet: connections are made on first use, so the database may come later.
+// newPool returns a connection pool for DATABASE_URL, with the connection
+// settings of every command (config.PoolConfig). It does not connect yet:
+// connections are made on first use, so the database may come later.
 func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
-	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	pc, err := cfg.PoolConfig()
 	if err != nil {
-		return nil, errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
+		return nil, err
 	}
 	switch {
 	case cfg.DBMaxConns > 0:
 		pc.MaxConns = cfg.DBMaxConns
 	case !strings.Contains(cfg.DatabaseURL, "pool_max_conns"):
 		pc.MaxConns = defaultMaxConns(runtime.GOMAXPROCS(0))
-	}
-	// Names the service's sessions in pg_stat_activity, unless the URL does.
-	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
-		pc.ConnConfig.RuntimeParams["application_name"] = "usersvc"
 	}
 	// pgx's default mode prepares every statement anyway, through a cache
 	// that drops a statement whenever an execution fails, so that the next
@@ -76,4 +67,19 @@ func prepareQueries(ctx context.Context, conn *pgx.Conn) error {
 		}
 	}
 	return nil
+}
+
+// connectErr returns err, from a command's work on the database, with the
+// database named as host:port/database (never the user or password) and,
+// when it did not answer, the connect timeout it had, if err is a failure
+// to connect. Returns any other err unchanged.
+func connectErr(cfg config.Config, err error) error {
+	connErr, ok := errors.AsType[*pgconn.ConnectError](err)
+	if !ok {
+		return err
+	}
+	if bound := connErr.Config.ConnectTimeout; bound > 0 && (pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded)) {
+		return fmt.Errorf("the database at %s did not answer within %s: %w", cfg.DatabaseHost(), bound, err)
+	}
+	return fmt.Errorf("cannot connect to the database at %s: %w", cfg.DatabaseHost(), err)
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -115,5 +116,18 @@ func TestPoolSize(t *testing.T) {
 		if got := defaultMaxConns(procs); got != want {
 			t.Errorf("defaultMaxConns(%d) = %d, want %d", procs, got, want)
 		}
+	}
+}
+
+// TestPoolConnectTimeout checks that serve's pool bounds its connects as
+// every command does, whose own tests run against a silent database.
+func TestPoolConnectTimeout(t *testing.T) {
+	pool, err := newPool(context.Background(), config.Config{DatabaseURL: "postgres://h/db", DBConnectTimeout: 7 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if got := pool.Config().ConnConfig.ConnectTimeout; got != 7*time.Second {
+		t.Errorf("ConnectTimeout = %v, want DB_CONNECT_TIMEOUT's 7s", got)
 	}
 }

@@ -30,6 +30,10 @@ type Config struct {
 	// DBMaxConns caps the connection pool; 0 means pool_max_conns from
 	// DatabaseURL, else twice the cores the service may use, at least 4.
 	DBMaxConns int32 `envconfig:"DB_MAX_CONNS" default:"0"`
+	// DBConnectTimeout bounds each attempt to open a database connection,
+	// for every command, unless DatabaseURL has connect_timeout (see
+	// PoolConfig).
+	DBConnectTimeout time.Duration `envconfig:"DB_CONNECT_TIMEOUT" default:"10s"`
 	// RequestTimeout bounds every database call a request makes.
 	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"5s"`
 	// ShutdownTimeout bounds the graceful shutdown after SIGINT or SIGTERM,
@@ -79,12 +83,15 @@ func Load() (Config, error) {
 	return c, nil
 }
 
+// errBadDatabaseURL is the error for a DatabaseURL that does not parse: pgx's
+// own can echo the password, so it names the variable only.
+var errBadDatabaseURL = errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
+
 func (c Config) validate() error {
 	var errs []error
 	if c.DatabaseURL != "" {
 		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
-			// The parse error can echo the password; name the variable only.
-			errs = append(errs, errors.New("DATABASE_URL: not a valid PostgreSQL connection string"))
+			errs = append(errs, errBadDatabaseURL)
 		}
 	}
 	if c.HTTPAddr == "" {
@@ -97,6 +104,9 @@ func (c Config) validate() error {
 	}
 	if c.DBMaxConns < 0 {
 		errs = append(errs, fmt.Errorf("DB_MAX_CONNS: %d is negative", c.DBMaxConns))
+	}
+	if c.DBConnectTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("DB_CONNECT_TIMEOUT: %s is not positive", c.DBConnectTimeout))
 	}
 	if c.RequestTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("REQUEST_TIMEOUT: %s is not positive", c.RequestTimeout))
@@ -119,6 +129,31 @@ func (c Config) RequireDatabase() error {
 		return errors.New("DATABASE_URL: required (a PostgreSQL URL, e.g. postgres://user:pass@host:5432/db)")
 	}
 	return nil
+}
+
+// PoolConfig returns the settings of every database connection that the
+// service and its commands open, from DatabaseURL: each attempt to connect
+// ends after the URL's connect_timeout (or PGCONNECT_TIMEOUT's, as in
+// libpq), else after DBConnectTimeout, so that no command waits forever
+// for a database that accepts connections and never answers; and sessions
+// are named usersvc in pg_stat_activity unless the URL names them. Returns
+// an error that names the variable, and not its value, when DatabaseURL
+// does not parse.
+func (c Config) PoolConfig() (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(c.DatabaseURL)
+	if err != nil {
+		return nil, errBadDatabaseURL
+	}
+	// pgx sets ConnectTimeout from connect_timeout and leaves it 0, no
+	// limit, without one. connect_timeout=0, libpq's "wait forever", is 0
+	// too: it gets the bound as well.
+	if pc.ConnConfig.ConnectTimeout <= 0 {
+		pc.ConnConfig.ConnectTimeout = c.DBConnectTimeout
+	}
+	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = "usersvc"
+	}
+	return pc, nil
 }
 
 // DatabaseHost returns host:port/dbname of DatabaseURL for logs, without

@@ -29,12 +29,13 @@ func TestDefaults(t *testing.T) {
 		t.Fatalf("Load() with nothing set = %v", err)
 	}
 	want := Config{
-		HTTPAddr:        ":8080",
-		LogLevel:        slog.LevelInfo,
-		LogFormat:       "json",
-		RequestTimeout:  5 * time.Second,
-		ShutdownTimeout: 15 * time.Second,
-		IdempotencyTTL:  24 * time.Hour,
+		HTTPAddr:         ":8080",
+		LogLevel:         slog.LevelInfo,
+		LogFormat:        "json",
+		DBConnectTimeout: 10 * time.Second,
+		RequestTimeout:   5 * time.Second,
+		ShutdownTimeout:  15 * time.Second,
+		IdempotencyTTL:   24 * time.Hour,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load() = %+v, want %+v", got, want)
@@ -46,36 +47,38 @@ func TestDefaults(t *testing.T) {
 
 func TestLoad(t *testing.T) {
 	setenv(t, map[string]string{
-		"DATABASE_URL":     "postgres://u:hunter2@db.internal:6432/users?sslmode=require",
-		"HTTP_ADDR":        "127.0.0.1:9000",
-		"LOG_LEVEL":        "DEBUG",
-		"LOG_FORMAT":       "Text",
-		"DB_MAX_CONNS":     "12",
-		"REQUEST_TIMEOUT":  "750ms",
-		"SHUTDOWN_TIMEOUT": "1m",
-		"SHUTDOWN_DELAY":   "5s",
-		"AUTO_MIGRATE":     "true",
-		"DEBUG_ADDR":       "127.0.0.1:6060",
-		"METRICS_ADDR":     ":9090",
-		"IDEMPOTENCY_TTL":  "1h30m",
+		"DATABASE_URL":       "postgres://u:hunter2@db.internal:6432/users?sslmode=require",
+		"HTTP_ADDR":          "127.0.0.1:9000",
+		"LOG_LEVEL":          "DEBUG",
+		"LOG_FORMAT":         "Text",
+		"DB_MAX_CONNS":       "12",
+		"DB_CONNECT_TIMEOUT": "3s",
+		"REQUEST_TIMEOUT":    "750ms",
+		"SHUTDOWN_TIMEOUT":   "1m",
+		"SHUTDOWN_DELAY":     "5s",
+		"AUTO_MIGRATE":       "true",
+		"DEBUG_ADDR":         "127.0.0.1:6060",
+		"METRICS_ADDR":       ":9090",
+		"IDEMPOTENCY_TTL":    "1h30m",
 	})
 	got, err := Load()
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Config{
-		DatabaseURL:     "postgres://u:hunter2@db.internal:6432/users?sslmode=require",
-		HTTPAddr:        "127.0.0.1:9000",
-		LogLevel:        slog.LevelDebug,
-		LogFormat:       "text",
-		DBMaxConns:      12,
-		RequestTimeout:  750 * time.Millisecond,
-		ShutdownTimeout: time.Minute,
-		ShutdownDelay:   5 * time.Second,
-		AutoMigrate:     true,
-		DebugAddr:       "127.0.0.1:6060",
-		MetricsAddr:     ":9090",
-		IdempotencyTTL:  90 * time.Minute,
+		DatabaseURL:      "postgres://u:hunter2@db.internal:6432/users?sslmode=require",
+		HTTPAddr:         "127.0.0.1:9000",
+		LogLevel:         slog.LevelDebug,
+		LogFormat:        "text",
+		DBMaxConns:       12,
+		DBConnectTimeout: 3 * time.Second,
+		RequestTimeout:   750 * time.Millisecond,
+		ShutdownTimeout:  time.Minute,
+		ShutdownDelay:    5 * time.Second,
+		AutoMigrate:      true,
+		DebugAddr:        "127.0.0.1:6060",
+		MetricsAddr:      ":9090",
+		IdempotencyTTL:   90 * time.Minute,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load() = %+v, want %+v", got, want)
@@ -93,6 +96,8 @@ func TestLoadRejects(t *testing.T) {
 		{"DB_MAX_CONNS", "many"},
 		{"DB_MAX_CONNS", "-1"},
 		{"DB_MAX_CONNS", "99999999999"},
+		{"DB_CONNECT_TIMEOUT", "0s"},
+		{"DB_CONNECT_TIMEOUT", "10"},
 		{"REQUEST_TIMEOUT", "5"},
 		{"REQUEST_TIMEOUT", "-1s"},
 		{"SHUTDOWN_TIMEOUT", "0"},
@@ -117,8 +122,55 @@ func TestLoadRejects(t *testing.T) {
 
 func TestVariables(t *testing.T) {
 	got := strings.Join(Variables(), " ")
-	want := "DATABASE_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR IDEMPOTENCY_TTL AUTH_TOKENS AUTH_TOKENS_FILE"
+	want := "DATABASE_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS DB_CONNECT_TIMEOUT REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR IDEMPOTENCY_TTL AUTH_TOKENS AUTH_TOKENS_FILE"
 	if got != want {
 		t.Errorf("Variables() = %s, want %s", got, want)
+	}
+}
+
+// TestPoolConfig checks the connection settings every command uses: the
+// connect timeout from the URL or PGCONNECT_TIMEOUT, else
+// DB_CONNECT_TIMEOUT, and the session's name.
+func TestPoolConfig(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		env         map[string]string
+		pgTimeout   string // PGCONNECT_TIMEOUT, libpq's variable, which pgx reads too
+		wantTimeout time.Duration
+		wantApp     string
+	}{
+		{"default", map[string]string{"DATABASE_URL": "postgres://u:hunter2@db:5432/users"}, "", 10 * time.Second, "usersvc"},
+		{"DB_CONNECT_TIMEOUT", map[string]string{"DATABASE_URL": "postgres://u@db/users", "DB_CONNECT_TIMEOUT": "1500ms"}, "", 1500 * time.Millisecond, "usersvc"},
+		{"connect_timeout wins", map[string]string{"DATABASE_URL": "postgres://u@db/users?connect_timeout=3", "DB_CONNECT_TIMEOUT": "1m"}, "", 3 * time.Second, "usersvc"},
+		{"connect_timeout as a keyword", map[string]string{"DATABASE_URL": "host=db dbname=users connect_timeout=4 application_name=mine"}, "", 4 * time.Second, "mine"},
+		{"PGCONNECT_TIMEOUT wins", map[string]string{"DATABASE_URL": "postgres://u@db/users"}, "5", 5 * time.Second, "usersvc"},
+		{"connect_timeout=0 is no exception", map[string]string{"DATABASE_URL": "postgres://u@db/users?connect_timeout=0"}, "", 10 * time.Second, "usersvc"},
+		{"a parameter that merely mentions it", map[string]string{"DATABASE_URL": "postgres://u@db/users?application_name=connect_timeout%3D1"}, "", 10 * time.Second, "connect_timeout=1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			setenv(t, tt.env)
+			t.Setenv("PGCONNECT_TIMEOUT", tt.pgTimeout)
+			if tt.pgTimeout == "" {
+				os.Unsetenv("PGCONNECT_TIMEOUT")
+			}
+			c, err := Load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pc, err := c.PoolConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := pc.ConnConfig.ConnectTimeout; got != tt.wantTimeout {
+				t.Errorf("ConnectTimeout = %v, want %v", got, tt.wantTimeout)
+			}
+			if got := pc.ConnConfig.RuntimeParams["application_name"]; got != tt.wantApp {
+				t.Errorf("application_name = %q, want %q", got, tt.wantApp)
+			}
+		})
+	}
+	c := Config{DatabaseURL: "postgres://u:hunter2@[::1"}
+	if _, err := c.PoolConfig(); err == nil || !strings.HasPrefix(err.Error(), "DATABASE_URL:") || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("PoolConfig() of a malformed URL = %v, want an error that names DATABASE_URL and not the password", err)
 	}
 }

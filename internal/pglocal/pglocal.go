@@ -5,6 +5,9 @@
 // terminal does not reach it; its owner decides when to stop it. When the
 // calling process runs as root, initdb and postgres run as the unprivileged
 // user "postgres" (or "nobody"), because PostgreSQL refuses to run as root.
+//
+// The superuser postgres connects without a password; every other role
+// needs its password, as on a production server.
 package pglocal
 
 import (
@@ -311,8 +314,25 @@ func initdb(ctx context.Context, binDir, dir string, cred *syscall.Credential, e
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("initdb: %w: %s", err, lastBytes(out.Bytes(), logTailBytes))
 	}
+	// initdb made the file, as the server's user: truncating keeps its owner.
+	if err := os.WriteFile(filepath.Join(dir, "pg_hba.conf"), []byte(hbaConf), 0o600); err != nil {
+		return fmt.Errorf("initdb: write pg_hba.conf: %w", err)
+	}
 	return nil
 }
+
+// hbaConf is the client authentication of a cluster that initdb made: the
+// superuser postgres, whom URL names, connects without a password, and
+// every other role with its own (scram-sha-256), as on a real server, so
+// that a wrong password is refused (SQLSTATE 28P01) in tests too.
+const hbaConf = `# TYPE  DATABASE  USER      ADDRESS       METHOD
+local   all       postgres                trust
+host    all       postgres  127.0.0.1/32  trust
+host    all       postgres  ::1/128       trust
+local   all       all                     scram-sha-256
+host    all       all       127.0.0.1/32  scram-sha-256
+host    all       all       ::1/128       scram-sha-256
+`
 
 // socketDir returns the directory for the server's unix socket: dir itself
 // when the socket path fits, else a new short directory under /tmp; own

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // testDir returns a new directory, searchable by the user postgres runs as,
@@ -203,6 +204,20 @@ func TestStartStop(t *testing.T) {
 			}
 			if got := queryOne(t, url, "SELECT current_user"); got != "postgres" {
 				t.Errorf("current_user = %s, want postgres", got)
+			}
+			// Any other role needs its password.
+			execSQL(t, url, "CREATE ROLE app LOGIN PASSWORD 'right'")
+			if got := queryOne(t, strings.Replace(url, "//postgres@", "//app:right@", 1), "SELECT current_user"); got != "app" {
+				t.Errorf("current_user = %s, want app", got)
+			}
+			for _, who := range []string{"app:wrong", "app", "nobody:right"} {
+				conn, err := pgx.Connect(t.Context(), strings.Replace(url, "//postgres@", "//"+who+"@", 1))
+				if err == nil {
+					conn.Close(t.Context())
+				}
+				if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "28P01" {
+					t.Errorf("connect as %s: %v, want SQLSTATE 28P01 (invalid_password)", who, err)
+				}
 			}
 
 			pid := srv.cmd.Process.Pid

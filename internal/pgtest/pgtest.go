@@ -60,7 +60,8 @@ var current atomic.Pointer[server]
 //
 // With TEST_DATABASE_URL set, tests create their databases on that server,
 // through that URL's user, which needs the CREATEDB and CREATEROLE
-// privileges. Otherwise Main starts a throwaway server in a new directory
+// privileges; tests of refused credentials need the server to check the
+// passwords of the roles they create, as the throwaway server does. Otherwise Main starts a throwaway server in a new directory
 // under /dev/shm (or the temporary directory) and removes both after the
 // tests. When that fails the tests still run, and every test that asks for
 // a database fails with the reason.

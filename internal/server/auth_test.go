@@ -8,12 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
-	"usersvc/db"
 	"usersvc/internal/metrics"
 	"usersvc/internal/pgtest"
-	"usersvc/migrations"
 )
 
 // Two tokens, as during a rotation; wrongToken differs from tokenOld only
@@ -32,15 +29,11 @@ func newAuthServer(t *testing.T) (*testServer, *logBuffer) {
 	pool := pgtest.NewPool(t)
 	logs := &logBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h := New(logger, db.New(pool), migrations.VersionReader{Q: pool}, Options{
-		RequestTimeout: 5 * time.Second,
-		SchemaVersion:  migrations.Latest(),
-		Metrics:        metrics.New("v0.0.0-test"),
-		AuthTokens:     []string{tokenOld, tokenNew},
+	url := serveAPIOn(t, logger, pool, Options{
+		Metrics:    metrics.New("v0.0.0-test"),
+		AuthTokens: []string{tokenOld, tokenNew},
 	})
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return &testServer{t: t, url: srv.URL}, logs
+	return &testServer{t: t, url: url}, logs
 }
 
 // as returns a copy of s that sends Authorization with each of values (none
@@ -204,13 +197,14 @@ func TestAuthLeavesOpenRoutesOpen(t *testing.T) {
 				t.Errorf("GET %s with Authorization %q: status = %d, WWW-Authenticate %q; want 200 and none", path, c.header.Get("Authorization"), r.status, r.header.Get("WWW-Authenticate"))
 			}
 		}
-		// Their own 405 and other paths' 404 stay as they were.
+		// Their own 405 stays as it was; a path that matches no route is
+		// protected like every route that is not open.
 		wantProblem(t, "POST /healthz", c.do("POST", "/healthz", "", nil), 405, codeMethodNotAllowed)
 		_, r, err := c.send("GET", "/usersx", "", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantProblem(t, "GET /usersx", r, 404, codeNotFound)
+		wantProblem(t, "GET /usersx", r, 401, codeUnauthorized)
 	}
 }
 
@@ -248,7 +242,7 @@ func TestAuthCheck(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		values    []string
-		challenge []string
+		challenge string
 	}{
 		{nil, challengeMissing},
 		{[]string{"Token " + tokens[0]}, challengeMissing},
@@ -259,7 +253,7 @@ func TestAuthCheck(t *testing.T) {
 		{[]string{"Bearer " + tokens[2], "Bearer " + tokens[2]}, challengeInvalid},
 	} {
 		err := a.check(req(tt.values...))
-		if err == nil || err.challenge[0] != tt.challenge[0] {
+		if err == nil || err.challenge != tt.challenge {
 			t.Errorf("check(%q) = %+v, want the challenge %q", tt.values, err, tt.challenge)
 		}
 		if err != nil {

@@ -67,8 +67,8 @@ type preconditions struct {
 // user id. A tag in If-Match matches by strong comparison, so a weak one
 // never does; If-None-Match compares weakly. Tags of another user, or that
 // this service never made, are kept only as never matching. Returns a
-// validation_failed *requestError for a header that is not "*" or a list
-// of entity tags.
+// validation_failed *apiError for a header that is not "*" or a list of
+// entity tags.
 func parsePreconditions(r *http.Request, id int64) (preconditions, error) {
 	var p preconditions
 	var problems []fieldError
@@ -183,5 +183,5 @@ func (p preconditions) writeArgs() (matchAny bool, match, noneMatch []time.Time)
 	return !p.ifMatch.sent || p.ifMatch.any, p.ifMatch.times(), p.ifNoneMatch.times()
 }
 
-var errPreconditionFailed = &requestError{code: codePreconditionFailed,
+var errPreconditionFailed = &apiError{code: codePreconditionFailed,
 	detail: "the user's current state does not satisfy If-Match or If-None-Match: it changed since its ETag was read, or the tag is not one of this user's; GET it again"}

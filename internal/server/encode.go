@@ -93,19 +93,10 @@ func appendUser(b []byte, u user) ([]byte, error) {
 	return append(b, `"}`...), nil
 }
 
-var errBodyTooLarge = &requestError{code: codePayloadTooLarge, detail: "the request body is larger than 1 MiB (1048576 bytes)"}
-
-// bodyTooLarge returns errBodyTooLarge and closes the connection after the
-// response, so that the server neither reads nor keeps the rest of the
-// body. (http.MaxBytesReader would do that, but only when given the
-// server's own ResponseWriter, and handlers get a wrapped one.)
-func bodyTooLarge(w http.ResponseWriter) error {
-	w.Header().Set("Connection", "close")
-	return errBodyTooLarge
-}
+var errBodyTooLarge = &apiError{code: codePayloadTooLarge, detail: "the request body is larger than 1 MiB (1048576 bytes)"}
 
 // decode reads a JSON request body into a T: exactly one JSON object whose
-// members T knows, each once, in valid UTF-8. Returns a *requestError for
+// members T knows, each once, in valid UTF-8. Returns a *apiError for
 // any problem with the request: unsupported_media_type, payload_too_large,
 // invalid_json or validation_failed.
 func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
@@ -116,12 +107,12 @@ func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 	// A declared length over the limit is refused before reading, and so
 	// before a client waiting on "Expect: 100-continue" sends the body.
 	if r.ContentLength > maxBodyBytes {
-		return v, bodyTooLarge(w)
+		return v, errBodyTooLarge
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return v, bodyTooLarge(w)
+			return v, errBodyTooLarge
 		}
 		return v, invalidJSON("the request body could not be read")
 	}
@@ -147,10 +138,10 @@ func checkContentType(header string) error {
 	if header != "" {
 		detail = fmt.Sprintf("content type %q is not supported; send application/json (UTF-8)", header)
 	}
-	return &requestError{code: codeUnsupportedMediaType, detail: detail}
+	return &apiError{code: codeUnsupportedMediaType, detail: detail}
 }
 
-// decodeError turns a json.Unmarshal error into a *requestError.
+// decodeError turns a json.Unmarshal error into a *apiError.
 func decodeError(err error) error {
 	if serr, ok := errors.AsType[*json.SemanticError](err); ok {
 		field := strings.TrimPrefix(string(serr.JSONPointer), "/")

@@ -1,8 +1,10 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -13,15 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// This file is the one place that maps errors to HTTP statuses.
-
-// Outcomes of a store call that handlers and the problem table branch on.
-// storeErr produces them from driver errors.
-var (
-	errNotFound    = errors.New("not found")
-	errNameTaken   = errors.New("name taken")
-	errUnavailable = errors.New("database unavailable")
-)
+// This file is the one place that maps errors to problem responses: a
+// handler returns an error, writeError answers with its problem.
 
 // Problem codes: the stable, machine-readable "code" member of every
 // problem document. openapi.yaml lists the same set.
@@ -84,106 +79,192 @@ type problem struct {
 
 // fieldError says what is wrong with one input.
 type fieldError struct {
-	In     string `json:"in"` // body, query or path
+	In     string `json:"in"` // body, query, path or header
 	Field  string `json:"field"`
 	Detail string `json:"detail"`
 }
 
-// requestError is a client mistake found before or instead of a store call.
-type requestError struct {
-	code   string
-	detail string
-	fields []fieldError
+// apiError is the API's one error type: how a request failed, as the
+// client is to see it. Its code decides the status and title
+// (problemKinds); detail and fields are for the client; challenge is the
+// WWW-Authenticate value of a 401; cause, when set, is for the log only.
+// Handlers return it, or any other error, which classify translates.
+type apiError struct {
+	code      string
+	detail    string
+	fields    []fieldError
+	challenge string
+	cause     error
 }
 
-func (e *requestError) Error() string { return e.code + ": " + e.detail }
-
-// notReadyError is why /readyz answers 503 although nothing failed.
-type notReadyError struct {
-	detail string
+func (e *apiError) Error() string {
+	if e.cause != nil {
+		return e.code + ": " + e.detail + ": " + e.cause.Error()
+	}
+	return e.code + ": " + e.detail
 }
 
-func (e *notReadyError) Error() string { return "not ready: " + e.detail }
+func (e *apiError) Unwrap() error { return e.cause }
+
+// Errors that stand for one outcome wherever they occur.
+var (
+	errNotFound  = &apiError{code: codeNotFound, detail: "no user has this id"}
+	errNameTaken = &apiError{code: codeDuplicateName, detail: "another user already has this name"}
+)
 
 func invalidJSON(detail string) error {
-	return &requestError{code: codeInvalidJSON, detail: detail}
+	return &apiError{code: codeInvalidJSON, detail: detail}
 }
 
 func invalidFields(fields ...fieldError) error {
-	return &requestError{code: codeValidationFailed, detail: "the request has invalid fields; see errors", fields: fields}
+	return &apiError{code: codeValidationFailed, detail: "the request has invalid fields; see errors", fields: fields}
 }
 
-// storeErr translates an error from the database into errNotFound,
-// errNameTaken or errUnavailable (wrapping the cause), a validation error for
-// a check violation, or returns it unchanged: an internal error.
-func storeErr(err error) error {
+// unavailable returns the error for a database that cannot serve now, for
+// the reason why (see unavailableBecause), which the log shows before the
+// cause; the client's detail is generic on purpose: why is for operators
+// (the log, /readyz).
+func unavailable(why string, cause error) *apiError {
+	return &apiError{code: codeUnavailable, detail: "the database is unavailable or did not answer in time; retry later", cause: fmt.Errorf("%s: %w", why, cause)}
+}
+
+// constraintErrors maps each constraint of the schema to what its
+// violation means to a client. A violation of a constraint not listed is an
+// internal error: a schema change that forgot this table, which a test
+// catches (TestEveryConstraintHasAProblem).
+var constraintErrors = map[string]*apiError{
+	"users_name_key": errNameTaken,
+	// The handlers validate names as this constraint does; this is the
+	// database holding the line should they ever disagree.
+	"users_name_length": {code: codeValidationFailed, detail: "the request has invalid fields; see errors",
+		fields: []fieldError{{In: "body", Field: "name", Detail: nameRule}}},
+	// The handler checks keys as this constraint does.
+	"idempotency_keys_key_length": errKeyInvalid,
+}
+
+// classify returns err as an *apiError: err itself when it is one (or
+// wraps one), the meaning of a database error, else internal.
+func classify(err error) *apiError {
+	if e, ok := errors.AsType[*apiError](err); ok {
+		return e
+	}
+	if e := databaseError(err); e != nil {
+		return e
+	}
+	return &apiError{code: codeInternal, detail: "the server failed to handle the request", cause: err}
+}
+
+// databaseError returns what a database error means to a client: not
+// found, a violated constraint, or the database unavailable. Returns nil
+// for an error that is none of these.
+func databaseError(err error) *apiError {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNotFound
 	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch {
-		case pgErr.Code == pgerrcode.UniqueViolation:
-			return errNameTaken
-		case pgErr.Code == pgerrcode.CheckViolation:
-			// The handlers validate names as the constraint does; this is
-			// the database holding the line should they ever disagree.
-			return invalidFields(fieldError{In: "body", Field: "name", Detail: nameRule})
-		case pgerrcode.IsConnectionException(pgErr.Code),
-			pgerrcode.IsInsufficientResources(pgErr.Code),
-			pgerrcode.IsOperatorIntervention(pgErr.Code),
-			pgErr.Code == pgerrcode.UndefinedTable:
-			// Includes 57014 query_canceled (a statement timeout), 57P01
-			// admin_shutdown (a backend terminated under us), and 42P01
-			// undefined_table: a database whose migrations have not run
-			// yet, as /readyz says too.
-			return errors.Join(errUnavailable, err)
+	if why := unavailableBecause(err); why != "" {
+		return unavailable(why, err)
+	}
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+		switch pgErr.Code {
+		case pgerrcode.UniqueViolation, pgerrcode.CheckViolation:
+			return constraintErrors[pgErr.ConstraintName]
 		}
-		return err
 	}
-	var netErr net.Error
-	var connErr *pgconn.ConnectError
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
-		pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
-		errors.As(err, &connErr) || errors.As(err, &netErr) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return errors.Join(errUnavailable, err)
-	}
-	return err
+	return nil
 }
 
-// problemFor returns the problem document for err, as seen from r.
-func problemFor(r *http.Request, err error) problem {
-	p := problem{Instance: r.URL.EscapedPath(), RequestID: requestID(r.Context())}
-	var re *requestError
-	var nr *notReadyError
-	switch {
-	case errors.As(err, &re):
-		p.Code, p.Detail, p.Errors = re.code, re.detail, re.fields
-	case errors.As(err, &nr):
-		p.Code, p.Detail = codeUnavailable, nr.detail
-	case errors.Is(err, errNotFound):
-		p.Code, p.Detail = codeNotFound, "no user has this id"
-	case errors.Is(err, errNameTaken):
-		p.Code, p.Detail = codeDuplicateName, "another user already has this name"
-	case errors.Is(err, errUnavailable):
-		p.Code, p.Detail = codeUnavailable, "the database is unavailable or did not answer in time; retry later"
-	default:
-		p.Code, p.Detail = codeInternal, "the server failed to handle the request"
+// unavailableBecause returns what err says about why the database cannot
+// serve the service, in words an operator acts on, or "" when err is not
+// such a failure. By SQLSTATE class: credentials refused (28), no such
+// database (3D), out of connection slots or other resources (53), shut
+// down, restarting or a statement cancelled (57), a read-only database
+// (25006), a broken connection (08), and a table missing because the
+// migrations have not run (42P01); any other refusal while connecting; and,
+// without a SQLSTATE, a database that cannot be reached or does not answer
+// in time. The words name no host, user or password: /readyz shows them to
+// anyone.
+func unavailableBecause(err error) string {
+	_, connecting := errors.AsType[*pgconn.ConnectError](err)
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+		code := pgErr.Code
+		why := func(what, todo string) string {
+			if todo == "" {
+				return fmt.Sprintf("%s (SQLSTATE %s)", what, code)
+			}
+			return fmt.Sprintf("%s (SQLSTATE %s): %s", what, code, todo)
+		}
+		switch {
+		case code == pgerrcode.InvalidPassword:
+			return why("the database refused the service's credentials", "check the user and password in DATABASE_URL")
+		case pgerrcode.IsInvalidAuthorizationSpecification(code):
+			return why("the database refused the service's role", "check the user in DATABASE_URL, that the role exists and may log in, and the server's pg_hba.conf")
+		case pgerrcode.IsInvalidCatalogName(code):
+			return why("the database named in DATABASE_URL does not exist", "create it, or correct the name")
+		case code == pgerrcode.TooManyConnections:
+			return why("the database has no connection slot free", "too many connections to the server, the database or the service's role; see max_connections, CONNECTION LIMIT and DB_MAX_CONNS")
+		case pgerrcode.IsInsufficientResources(code):
+			return why("the database is out of resources", "")
+		case code == pgerrcode.AdminShutdown:
+			return why("the database ended the service's session", "it is shutting down, or an administrator terminated the session")
+		case code == pgerrcode.CrashShutdown:
+			return why("the database is restarting after one of its processes crashed", "")
+		case code == pgerrcode.CannotConnectNow:
+			return why("the database accepts no connections now", "it is starting up, shutting down or recovering")
+		case code == pgerrcode.QueryCanceled:
+			return why("the database cancelled the statement", "a statement_timeout, or the request ran out of REQUEST_TIMEOUT")
+		case pgerrcode.IsOperatorIntervention(code):
+			return why("the database ended the service's session", "")
+		case code == pgerrcode.ReadOnlySQLTransaction:
+			return why("the database is read-only", "a standby, or default_transaction_read_only is on; the service needs the primary")
+		case pgerrcode.IsConnectionException(code):
+			return why("the connection to the database failed", "")
+		case code == pgerrcode.UndefinedTable:
+			return why("a table the service needs does not exist", "apply the migrations (usersvc migrate up)")
+		case connecting:
+			return why("the database refused the service's connection", "")
+		}
+		return ""
 	}
-	if p.Code == codeURITooLong {
+	timedOut := errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)
+	switch {
+	case connecting && timedOut:
+		return "the database did not complete the connection in time"
+	case connecting:
+		return "the database cannot be reached"
+	case timedOut:
+		return "the database did not answer in time"
+	case errors.Is(err, context.Canceled):
+		return "the wait for the database was cancelled"
+	}
+	if _, netErr := errors.AsType[net.Error](err); netErr ||
+		pgconn.SafeToRetry(err) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "the connection to the database failed"
+	}
+	return ""
+}
+
+// problemFor returns the problem document for e, as seen from r.
+func problemFor(r *http.Request, e *apiError) problem {
+	p := problem{
+		Type:      "urn:usersvc:problem:" + e.code,
+		Title:     problemKinds[e.code].title,
+		Status:    problemKinds[e.code].status,
+		Detail:    e.detail,
+		Instance:  r.URL.EscapedPath(),
+		Code:      e.code,
+		Errors:    e.fields,
+		RequestID: requestID(r.Context()),
+	}
+	if e.code == codeURITooLong {
 		// The path may be most of what was too long: not worth echoing.
 		p.Instance = ""
 	}
-	kind := problemKinds[p.Code]
-	p.Type = "urn:usersvc:problem:" + p.Code
-	p.Title, p.Status = kind.title, kind.status
 	return p
 }
 
-// writeError answers r with the problem for err. Server-side failures are
-// logged here, once, with their cause and the request's id (added by the
-// logger); the client sees only the problem.
+// writeError answers r with the problem for err, and the headers that go
+// with it. Server-side failures are logged here, once, with their cause and
+// the request's id (added by the logger); the client sees only the problem.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
 	if r.Context().Err() == context.Canceled {
 		// The client hung up (a deadline would be DeadlineExceeded): what
@@ -192,16 +273,16 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 		w.WriteHeader(statusClientClosedRequest)
 		return
 	}
-	p := problemFor(r, err)
+	e := classify(err)
+	p := problemFor(r, e)
 	if p.Status >= http.StatusInternalServerError {
 		attrs := []slog.Attr{
 			slog.String("method", r.Method),
 			slog.String("path", r.URL.Path),
 			slog.Int("status", p.Status),
-			slog.Any("err", err),
+			slog.Any("err", cmp.Or(e.cause, err)),
 		}
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
+		if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
 			attrs = append(attrs, slog.String("sqlstate", pgErr.Code))
 		}
 		level := slog.LevelError
@@ -210,8 +291,30 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 		}
 		logger.LogAttrs(r.Context(), level, "request failed", attrs...)
 	}
-	if p.Status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "1")
+	h := w.Header()
+	switch e.code {
+	case codeUnavailable, codeIdempotencyKeyInUse:
+		h.Set("Retry-After", "1")
+	case codeUnauthorized:
+		h.Set("WWW-Authenticate", e.challenge)
+	case codePayloadTooLarge:
+		// The server then neither reads nor keeps the rest of the body.
+		// (http.MaxBytesReader would do that, but only when given the
+		// server's own ResponseWriter, and handlers get a wrapped one.)
+		h.Set("Connection", "close")
 	}
 	encode(w, r, logger, p.Status, problemContentType, p)
+}
+
+// handlerFunc is a handler that returns how it failed, if it did.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// handle returns h as an http.Handler that answers h's error with its
+// problem: the one way a handler's failure becomes a response.
+func handle(logger *slog.Logger, h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			writeError(w, r, logger, err)
+		}
+	})
 }

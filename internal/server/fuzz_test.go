@@ -19,7 +19,6 @@ import (
 	"maps"
 	"mime"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"path"
 	"regexp"
@@ -34,7 +33,6 @@ import (
 
 	"usersvc/db"
 	"usersvc/internal/pgtest"
-	"usersvc/migrations"
 )
 
 // fuzzServer is the real handler stack on a database of one fuzz target's
@@ -57,10 +55,8 @@ func newFuzzServer(f *testing.F, names ...string) *fuzzServer {
 	// the request. (While fuzzing, F's output is discarded; run the failing
 	// input with go test -run to see the log.)
 	logger := slog.New(slog.NewTextHandler(f.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv := httptest.NewServer(New(logger, db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 5 * time.Second, SchemaVersion: migrations.Latest()}))
-	f.Cleanup(srv.Close)
 	s := &fuzzServer{
-		url: srv.URL,
+		url: serveAPIOn(f, logger, pool, Options{}),
 		client: &http.Client{
 			Transport:     &http.Transport{MaxIdleConnsPerHost: 4},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },

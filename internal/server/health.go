@@ -28,17 +28,26 @@ type readiness struct {
 
 // check returns nil when the server should get traffic: it is not shutting
 // down, the database answers, and its schema is at least the one this build
-// needs. Returns a *notReadyError or an errUnavailable otherwise.
+// needs. Returns an unavailable *apiError that says which otherwise, or the
+// error of a failure that is not the database's unavailability: an
+// internal error.
 func (rd readiness) check(ctx context.Context) error {
 	if rd.draining.Load() {
-		return &notReadyError{detail: "the server is shutting down"}
+		return &apiError{code: codeUnavailable, detail: "the server is shutting down"}
 	}
 	have, err := rd.database.SchemaVersion(ctx)
 	if err != nil {
-		return storeErr(err) // already says "read schema version"
+		if why := unavailableBecause(err); why != "" {
+			// Unlike the API's answers, /readyz says why: the operator
+			// who asks needs to know what to fix.
+			e := unavailable(why, err)
+			e.detail = why
+			return e
+		}
+		return err // already says "read schema version"
 	}
 	if have < rd.want {
-		return &notReadyError{detail: fmt.Sprintf(
+		return &apiError{code: codeUnavailable, detail: fmt.Sprintf(
 			"the database schema is at version %d, this build needs version %d: apply the migrations (usersvc migrate up)", have, rd.want)}
 	}
 	return nil
@@ -59,12 +68,12 @@ func handleHealthz(logger *slog.Logger) http.Handler {
 // 503 while it shuts down, while the database does not answer, and while
 // the database's schema is behind this build's migrations.
 func handleReadyz(logger *slog.Logger, rd readiness) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		if err := rd.check(r.Context()); err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		encode(w, r, logger, http.StatusOK, jsonContentType, status{Status: "ok"})
+		return nil
 	})
 }
 

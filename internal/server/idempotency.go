@@ -40,38 +40,36 @@ const maxIdempotencyKeyLen = 255
 // outcome, not a 409 for a request that is over.
 const inFlightGrace = 200 * time.Millisecond
 
+// keyRule is what a valid Idempotency-Key is, for the client.
+const keyRule = `must be 1 to 255 characters of printable ASCII, bare or as a quoted string ("…", with \" and \\ escaped)`
+
 var (
-	errKeyReused = &requestError{code: codeIdempotencyKeyReused,
+	errKeyReused = &apiError{code: codeIdempotencyKeyReused,
 		detail: "this Idempotency-Key was used for another request (another name); send a new key with a new request"}
-	errKeyInUse = &requestError{code: codeIdempotencyKeyInUse,
+	errKeyInUse = &apiError{code: codeIdempotencyKeyInUse,
 		detail: "a request with this Idempotency-Key is still in progress; retry after Retry-After seconds for its outcome"}
+	errKeyInvalid = invalidFields(fieldError{In: "header", Field: idempotencyKeyHeader, Detail: keyRule}).(*apiError)
 )
 
 // idempotencyKey returns the key of r's Idempotency-Key header and whether
 // it sent one: the draft's form, a structured-field string ("…", with \"
 // and \\ escapes), or the common bare form. Returns a validation_failed
-// *requestError for a header sent twice, or a key that is not 1 to 255
+// *apiError for a header sent twice, or a key that is not 1 to 255
 // characters of printable ASCII.
 func idempotencyKey(r *http.Request) (string, bool, error) {
 	values, sent := r.Header[idempotencyKeyHeader]
 	if !sent {
 		return "", false, nil
 	}
-	bad := func(detail string) (string, bool, error) {
-		return "", true, invalidFields(fieldError{In: "header", Field: idempotencyKeyHeader, Detail: detail})
-	}
 	if len(values) > 1 {
-		return bad("send one Idempotency-Key header, not several")
+		return "", true, invalidFields(fieldError{In: "header", Field: idempotencyKeyHeader, Detail: "send one Idempotency-Key header, not several"})
 	}
-	key := values[0]
+	key, ok := values[0], true
 	if strings.HasPrefix(key, `"`) {
-		var ok bool
-		if key, ok = unquoteKey(key); !ok {
-			return bad(`must be 1 to 255 characters of printable ASCII, bare or as a quoted string ("…", with \" and \\ escaped)`)
-		}
+		key, ok = unquoteKey(key)
 	}
-	if key == "" || len(key) > maxIdempotencyKeyLen || strings.ContainsFunc(key, func(c rune) bool { return c < 0x20 || c > 0x7e }) {
-		return bad(`must be 1 to 255 characters of printable ASCII, bare or as a quoted string ("…", with \" and \\ escaped)`)
+	if !ok || key == "" || len(key) > maxIdempotencyKeyLen || strings.ContainsFunc(key, func(c rune) bool { return c < 0x20 || c > 0x7e }) {
+		return "", true, errKeyInvalid
 	}
 	return key, true, nil
 }
@@ -147,20 +145,23 @@ type createOutcome struct {
 // createIdempotently executes c, or finds the outcome of an earlier request
 // with its key. Returns errKeyReused when the key came with another
 // request, errKeyInUse when a statement with the key still runs after
-// inFlightGrace, or the store's error.
+// inFlightGrace (or keeps committing under this one), or the store's
+// error.
 func createIdempotently(ctx context.Context, store userStore, c keyedCreate) (createOutcome, error) {
 	arg := db.CreateUserIdempotentlyParams{LockID: c.lockID(), Scope: c.scope, Key: c.key, Name: c.name, Request: c.request}
 	wait, waited := 5*time.Millisecond, time.Duration(0)
 	for reruns := 0; ; {
 		row, err := store.CreateUserIdempotently(ctx, arg)
-		if err != nil {
+		switch {
+		case keyRecordedMeanwhile(err) && reruns < 2:
 			// Another statement with the key committed while this one ran:
-			// its record is there now. (Twice in a row would take three
-			// requests with one key within milliseconds.)
-			if keyRecordedMeanwhile(err) && reruns < 2 {
-				reruns++
-				continue
-			}
+			// its record is there now.
+			reruns++
+			continue
+		case keyRecordedMeanwhile(err):
+			// Three in a row: requests with this key keep arriving at once.
+			return createOutcome{}, errKeyInUse
+		case err != nil:
 			return createOutcome{}, err
 		}
 		switch {

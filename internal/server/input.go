@@ -2,7 +2,6 @@ package server
 
 import (
 	"fmt"
-	"log/slog"
 	"maps"
 	"net/http"
 	"net/url"
@@ -22,32 +21,10 @@ const (
 
 	nameRule = "must be 1 to 100 characters after trimming surrounding whitespace"
 
-	// maxURIBytes bounds a request's target, path and query as sent. The
-	// longest a client needs is a list query filtering on a 100-character
-	// name of 4-byte characters, all percent-encoded: about 1,300 bytes.
-	maxURIBytes = 4 << 10
 	// maxQueryParams bounds the parameters of a query string, counted
 	// before it is parsed. GET /users takes three, each at most once.
 	maxQueryParams = 16
 )
-
-var errURITooLong = &requestError{code: codeURITooLong, detail: fmt.Sprintf("the request target (path and query) is longer than %d bytes", maxURIBytes)}
-
-// limitURI answers 414 uri_too_long to a request whose target is longer
-// than maxURIBytes, before it is routed or its query parsed.
-func limitURI(next http.Handler, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := len(r.RequestURI) // as sent; empty only for requests made in-process
-		if n == 0 {
-			n = len(r.URL.RequestURI())
-		}
-		if n > maxURIBytes {
-			writeError(w, r, logger, errURITooLong)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
 
 // normalizeName trims surrounding whitespace and NFC-normalizes s, so that
 // visually identical names are stored, and collide, as one. Returns the
@@ -70,7 +47,7 @@ func normalizeName(s string) (string, string) {
 }
 
 // pathID returns the {id} path value, a positive int64, or a
-// validation_failed *requestError.
+// validation_failed *apiError.
 func pathID(r *http.Request) (int64, error) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id < 1 {
@@ -88,7 +65,7 @@ type listQuery struct {
 
 // parseListQuery parses and validates the GET /users query string. Unknown
 // and repeated parameters are refused rather than ignored, so a typo never
-// passes for a different query. Returns a validation_failed *requestError.
+// passes for a different query. Returns a validation_failed *apiError.
 func parseListQuery(rawQuery string) (listQuery, error) {
 	q := listQuery{limit: defaultPageLimit}
 	// Counting separators bounds the parsing, and the problem's list of

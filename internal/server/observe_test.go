@@ -36,6 +36,13 @@ func (l *logBuffer) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 
+// reset forgets the log lines so far.
+func (l *logBuffer) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Reset()
+}
+
 // records returns every log record so far, decoded.
 func (l *logBuffer) records(t *testing.T) []map[string]any {
 	t.Helper()
@@ -68,12 +75,17 @@ func withID(recs []map[string]any, id string) []map[string]any {
 // metrics served.
 func newObservedServer(t *testing.T, store userStore, database schemaVersioner, level slog.Level) (*testServer, *logBuffer) {
 	t.Helper()
+	return newObservedServerTimeout(t, store, database, level, 2*time.Second)
+}
+
+// newObservedServerTimeout is newObservedServer with this REQUEST_TIMEOUT.
+func newObservedServerTimeout(t *testing.T, store userStore, database schemaVersioner, level slog.Level, requestTimeout time.Duration) (*testServer, *logBuffer) {
+	t.Helper()
 	logs := &logBuffer{}
 	m := metrics.New("v0.0.0-test")
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
-	srv := httptest.NewServer(New(logger, store, database, Options{RequestTimeout: 2 * time.Second, SchemaVersion: migrations.Latest(), Metrics: m}))
-	t.Cleanup(srv.Close)
-	return &testServer{t: t, url: srv.URL}, logs
+	url := serveAPI(t, logger, store, database, Options{RequestTimeout: requestTimeout, SchemaVersion: migrations.Latest(), Metrics: m})
+	return &testServer{t: t, url: url}, logs
 }
 
 // sendWithID sends a GET with the header X-Request-ID: id (none when id is

@@ -3,34 +3,32 @@ package server
 import (
 	"log/slog"
 	"net/http"
-	"strings"
 
 	"usersvc/internal/metrics"
 )
 
 // addRoutes lists every route the service serves. With tokens configured,
-// every request under /users (see underAPI), these routes' and those that
-// match none, needs one: problemMux checks it before any handler. The probes,
-// the metrics (when m is set: not when another listener serves them) and
-// the OpenAPI document are open to all.
+// every route needs one (requireToken), and so does every request that
+// matches no route, except the open ones marked here: the probes, the
+// metrics (when m is set: not when another listener serves them) and the
+// OpenAPI document.
 func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready readiness, m *metrics.Metrics) {
 	mux.Handle("POST /users", handleUserCreate(logger, store))
 	mux.Handle("GET /users", handleUserList(logger, store))
 	mux.Handle("GET /users/{id}", handleUserGet(logger, store))
 	mux.Handle("PUT /users/{id}", handleUserRename(logger, store))
 	mux.Handle("DELETE /users/{id}", handleUserDelete(logger, store))
-	mux.Handle("GET /healthz", handleHealthz(logger))
-	mux.Handle("GET /readyz", handleReadyz(logger, ready))
-	mux.Handle("GET /openapi.yaml", handleOpenAPI())
+
+	mux.Handle("GET /healthz", open(handleHealthz(logger)))
+	mux.Handle("GET /readyz", open(handleReadyz(logger, ready)))
+	mux.Handle("GET /openapi.yaml", open(handleOpenAPI()))
 	if m != nil {
-		mux.Handle("GET /metrics", m.Handler(logger))
+		mux.Handle("GET /metrics", open(m.Handler(logger)))
 	}
 }
 
-// underAPI reports whether path is /users or below it: the paths that need
-// a token when tokens are configured. A request there that matches no
-// route is checked too, before its 404 or 405, so that a client without a
-// token learns nothing, not even which methods and paths exist.
-func underAPI(path string) bool {
-	return path == "/users" || strings.HasPrefix(path, "/users/")
-}
+// openRoute is a route that needs no token: see open.
+type openRoute struct{ http.Handler }
+
+// open marks h as a route that anyone may call, with or without a token.
+func open(h http.Handler) http.Handler { return openRoute{h} }

@@ -9,13 +9,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"usersvc/db"
+	"usersvc/internal/pgtest"
 	"usersvc/migrations"
 )
 
@@ -91,21 +94,12 @@ func TestDatabaseUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	srv := httptest.NewServer(New(slog.New(slog.NewTextHandler(t.Output(), nil)), db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 3 * time.Second, SchemaVersion: 1}))
-	t.Cleanup(srv.Close)
-	s := &testServer{t: t, url: srv.URL}
+	s := &testServer{t: t, url: serveAPIOn(t, slog.New(slog.NewTextHandler(t.Output(), nil)), pool, Options{RequestTimeout: 3 * time.Second, SchemaVersion: 1})}
 
 	if r := s.get("/healthz"); r.status != http.StatusOK {
 		t.Errorf("GET /healthz without a database: status = %d, want 200", r.status)
 	}
-	for _, tt := range []struct{ method, path, body string }{
-		{"GET", "/readyz", ""},
-		{"GET", "/users", ""},
-		{"GET", "/users/1", ""},
-		{"POST", "/users", `{"name":"x"}`},
-		{"PUT", "/users/1", `{"name":"x"}`},
-		{"DELETE", "/users/1", ""},
-	} {
+	for _, tt := range databaseRequests {
 		r := s.do(tt.method, tt.path, "application/json", strings.NewReader(tt.body))
 		wantProblem(t, tt.method+" "+tt.path+" without a database", r, 503, codeUnavailable)
 		if r.header.Get("Retry-After") == "" {
@@ -150,14 +144,17 @@ func TestStoreFailures(t *testing.T) {
 		{"syntax error from postgres", faultyStore{err: &pgconn.PgError{Code: "42601", Message: secret}}, 500, codeInternal, time.Second},
 		{"terminated backend", faultyStore{err: &pgconn.PgError{Code: "57P01", Message: secret}}, 503, codeUnavailable, time.Second},
 		{"statement timeout", faultyStore{err: &pgconn.PgError{Code: "57014", Message: secret}}, 503, codeUnavailable, time.Second},
+		// PostgreSQL 14 and later tell the client of a crash in a warning,
+		// and a server sends class 08 when the protocol breaks: the tests
+		// against a real one cannot see these codes.
+		{"crash of another server process", faultyStore{err: &pgconn.PgError{Code: "57P02", Message: secret}}, 503, codeUnavailable, time.Second},
+		{"connection failure", faultyStore{err: &pgconn.PgError{Code: "08006", Message: secret}}, 503, codeUnavailable, time.Second},
+		{"disk full", faultyStore{err: &pgconn.PgError{Code: "53100", Message: secret}}, 503, codeUnavailable, time.Second},
 		{"hung database", faultyStore{block: true}, 503, codeUnavailable, 2 * time.Second},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			h := New(slog.New(slog.NewTextHandler(t.Output(), nil)), tt.store, okDatabase{}, Options{RequestTimeout: 200 * time.Millisecond})
-			srv := httptest.NewServer(h)
-			t.Cleanup(srv.Close)
-			s := &testServer{t: t, url: srv.URL}
+			s := &testServer{t: t, url: serveAPI(t, slog.New(slog.NewTextHandler(t.Output(), nil)), tt.store, okDatabase{}, Options{RequestTimeout: 200 * time.Millisecond})}
 			start := time.Now()
 			r := s.get("/users/1")
 			if took := time.Since(start); took > tt.maxTime {
@@ -168,5 +165,74 @@ func TestStoreFailures(t *testing.T) {
 				t.Errorf("GET /users/1: the response leaks the cause: %s", r.body)
 			}
 		})
+	}
+}
+
+// TestNewRoutesAreProtected checks that a route added to the mux without a
+// thought for authentication needs a token like the API's own, while the
+// open routes stay open.
+func TestNewRoutesAreProtected(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewPool(t)
+	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
+	mux := http.NewServeMux()
+	addRoutes(mux, logger, db.New(pool), readiness{database: migrations.VersionReader{Q: pool}, want: migrations.Latest(), draining: new(atomic.Bool)}, nil)
+	mux.Handle("GET /groups", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		encode(w, r, logger, http.StatusOK, jsonContentType, []string{})
+	}))
+	srv := httptest.NewServer(newHandler(mux, logger, Options{RequestTimeout: 5 * time.Second, AuthTokens: []string{tokenOld}}))
+	t.Cleanup(srv.Close)
+	for _, tt := range []struct {
+		path, authorization string
+		status              int
+	}{
+		{"/groups", "", http.StatusUnauthorized},
+		{"/groups", "Bearer " + wrongToken, http.StatusUnauthorized},
+		{"/groups", "Bearer " + tokenOld, http.StatusOK},
+		{"/healthz", "", http.StatusOK},
+	} {
+		req, err := http.NewRequest(http.MethodGet, srv.URL+tt.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tt.authorization != "" {
+			req.Header.Set("Authorization", tt.authorization)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != tt.status {
+			t.Errorf("GET %s with Authorization %q: status = %d, want %d", tt.path, tt.authorization, res.StatusCode, tt.status)
+		}
+	}
+}
+
+// TestEveryConstraintHasAProblem checks that constraintErrors says what a
+// violation of each unique and check constraint of the schema means to a
+// client, so that a new constraint is not reported as another one, or as an
+// internal error.
+func TestEveryConstraintHasAProblem(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewPool(t)
+	rows, err := pool.Query(context.Background(), `
+		SELECT conname FROM pg_constraint
+		WHERE contype IN ('u', 'c') AND connamespace = 'public'::regnamespace
+		ORDER BY conname`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) == 0 {
+		t.Fatal("the schema has no unique or check constraint; want at least users_name_key")
+	}
+	for _, name := range names {
+		if constraintErrors[name] == nil {
+			t.Errorf("constraint %s has no entry in constraintErrors", name)
+		}
 	}
 }

@@ -6,6 +6,7 @@ package server
 import (
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -25,8 +26,9 @@ type Options struct {
 	// MetricsElsewhere leaves /metrics out of the routes: another listener
 	// serves it (METRICS_ADDR).
 	MetricsElsewhere bool
-	// AuthTokens, when set, are the bearer tokens the /users routes accept;
-	// any other request to them gets 401 unauthorized. Empty: no check.
+	// AuthTokens, when set, are the bearer tokens every route but the open
+	// ones of addRoutes accepts; any other request to them, or to a path
+	// that matches no route, gets 401 unauthorized. Empty: no check.
 	AuthTokens []string
 }
 
@@ -36,14 +38,9 @@ type Server struct {
 	draining atomic.Bool
 }
 
-// New returns the service's HTTP handler: every route of routes.go, with the
-// mux's own 404 and 405 answers turned into problem documents (after the
-// token check for paths under /users, as for the routes there), a request
-// target longer than maxURIBytes refused before routing, every
-// request's context bounded by RequestTimeout, and every request given an
-// id, a line in the access log and a place in the metrics. Production passes
-// db.New(pool) as the store and migrations.VersionReader{Q: pool} as the
-// database.
+// New returns the service's HTTP handler: every route of routes.go behind
+// the middleware chain of newHandler. Production passes db.New(pool) as
+// the store and migrations.VersionReader{Q: pool} as the database.
 func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Options) *Server {
 	logger = slog.New(requestIDHandler{logger.Handler()})
 	s := &Server{}
@@ -53,8 +50,31 @@ func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Op
 		served = nil
 	}
 	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served)
-	s.handler = observe(limitURI(problemMux{mux: mux, logger: logger, auth: newAuthenticator(opts.AuthTokens)}, logger), logger, opts.Metrics, opts.RequestTimeout)
+	s.handler = newHandler(mux, logger, opts)
 	return s
+}
+
+// middleware wraps a handler in one step of the chain every request takes.
+type middleware func(http.Handler) http.Handler
+
+// newHandler serves mux's routes through the middleware every request
+// takes, outermost first.
+func newHandler(mux *http.ServeMux, logger *slog.Logger, opts Options) http.Handler {
+	chain := []middleware{
+		withRequestID,                         // requestid.go
+		logRequests(logger),                   // accesslog.go
+		countRequests(opts.Metrics),           // metrics.go
+		withSafeHeaders,                       // headers.go
+		limitURI(logger),                      // limits.go
+		withTimeout(opts.RequestTimeout),      // timeout.go
+		withRoute(mux),                        // router.go
+		requireToken(opts.AuthTokens, logger), // auth.go
+	}
+	h := serveRoute(mux, logger) // router.go
+	for _, m := range slices.Backward(chain) {
+		h = m(h)
+	}
+	return h
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -73,66 +93,4 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // http.Server.Shutdown's job.
 func (s *Server) Drain() {
 	s.draining.Store(true)
-}
-
-// problemMux serves a ServeMux, but answers requests that match no route
-// with a problem document instead of the mux's text/plain 404 or 405. The
-// mux still decides which of the two applies and sets the 405's Allow header.
-// Under /users, with tokens configured, a request without a valid one gets
-// auth's 401 before any handler runs, whether a route matches or not.
-type problemMux struct {
-	mux    *http.ServeMux
-	logger *slog.Logger
-	auth   authenticator
-}
-
-// ServeHTTP asks the mux which route matches, then serves through the mux
-// as usual, so that a matched handler gets its path values and the request
-// its Pattern. That routes a request twice, which costs less than putting
-// every response through an unmatchedWriter.
-func (m problemMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h, pattern := m.mux.Handler(r)
-	if m.auth.enabled() && underAPI(r.URL.Path) {
-		if err := m.auth.check(r); err != nil {
-			r.Pattern = pattern // the access log and metrics name the route refused, as the mux would
-			unauthorized(w, r, m.logger, err)
-			return
-		}
-	}
-	if pattern != "" {
-		m.mux.ServeHTTP(w, r)
-		return
-	}
-	// No route matched: h is the mux's own 404, 405 or redirect handler.
-	h.ServeHTTP(&unmatchedWriter{ResponseWriter: w, r: r, logger: m.logger}, r)
-}
-
-// unmatchedWriter replaces a 404 or 405 written by the mux with a problem.
-type unmatchedWriter struct {
-	http.ResponseWriter
-	r        *http.Request
-	logger   *slog.Logger
-	replaced bool
-}
-
-func (w *unmatchedWriter) WriteHeader(status int) {
-	var err error
-	switch status {
-	case http.StatusNotFound:
-		err = &requestError{code: codeNotFound, detail: "no route matches this path"}
-	case http.StatusMethodNotAllowed:
-		err = &requestError{code: codeMethodNotAllowed, detail: "this path does not support method " + w.r.Method + "; see the Allow header"}
-	default:
-		w.ResponseWriter.WriteHeader(status)
-		return
-	}
-	w.replaced = true
-	writeError(w.ResponseWriter, w.r, w.logger, err)
-}
-
-func (w *unmatchedWriter) Write(b []byte) (int, error) {
-	if w.replaced {
-		return len(b), nil // the mux's text body, already replaced
-	}
-	return w.ResponseWriter.Write(b)
 }

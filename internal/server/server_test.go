@@ -34,10 +34,31 @@ type testServer struct {
 func newTestServer(t *testing.T) *testServer {
 	t.Helper()
 	pool := pgtest.NewPool(t)
-	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
-	srv := httptest.NewServer(New(logger, db.New(pool), migrations.VersionReader{Q: pool}, Options{RequestTimeout: 5 * time.Second, SchemaVersion: migrations.Latest()}))
-	t.Cleanup(srv.Close)
-	return &testServer{t: t, url: srv.URL, pool: pool}
+	url := serveAPIOn(t, slog.New(slog.NewTextHandler(t.Output(), nil)), pool, Options{})
+	return &testServer{t: t, url: url, pool: pool}
+}
+
+// serveAPI serves the real handler stack, New, on store and database over
+// loopback HTTP until the test ends, and returns its URL. A zero
+// RequestTimeout in opts becomes 5 s.
+func serveAPI(tb testing.TB, logger *slog.Logger, store userStore, database schemaVersioner, opts Options) string {
+	tb.Helper()
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 5 * time.Second
+	}
+	srv := httptest.NewServer(New(logger, store, database, opts))
+	tb.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// serveAPIOn is serveAPI on the database of pool, whose schema this build's
+// migrations made unless opts says otherwise.
+func serveAPIOn(tb testing.TB, logger *slog.Logger, pool *pgxpool.Pool, opts Options) string {
+	tb.Helper()
+	if opts.SchemaVersion == 0 {
+		opts.SchemaVersion = migrations.Latest()
+	}
+	return serveAPI(tb, logger, db.New(pool), migrations.VersionReader{Q: pool}, opts)
 }
 
 // response is what a request got back.

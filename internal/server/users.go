@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -78,47 +77,35 @@ func decodeName(w http.ResponseWriter, r *http.Request) (string, error) {
 // again with Idempotent-Replayed: true, or 422 when it is another request;
 // 409 while the key's first request is still in flight.
 func handleUserCreate(logger *slog.Logger, store userStore) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		key, keyed, err := idempotencyKey(r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		name, err := decodeName(w, r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		if !keyed {
 			u, err := store.CreateUser(r.Context(), name)
 			if err != nil {
-				writeError(w, r, logger, fmt.Errorf("create user: %w", storeErr(err)))
-				return
+				return fmt.Errorf("create user: %w", err)
 			}
 			writeCreated(w, r, logger, u)
-			return
+			return nil
 		}
 		out, err := createIdempotently(r.Context(), store, newKeyedCreate(r, key, name))
-		switch {
-		case errors.Is(err, errKeyInUse):
-			w.Header().Set("Retry-After", "1")
-			writeError(w, r, logger, err)
-			return
-		case errors.Is(err, errKeyReused):
-			writeError(w, r, logger, err)
-			return
-		case err != nil:
-			writeError(w, r, logger, fmt.Errorf("create user with an idempotency key: %w", storeErr(err)))
-			return
+		if err != nil {
+			return fmt.Errorf("create user with an idempotency key: %w", err)
 		}
 		if out.replayed {
 			w.Header().Set(replayedHeader, "true")
 		}
 		if !out.created {
-			writeError(w, r, logger, errNameTaken)
-			return
+			return errNameTaken
 		}
 		writeCreated(w, r, logger, out.user)
+		return nil
 	})
 }
 
@@ -134,11 +121,10 @@ func writeCreated(w http.ResponseWriter, r *http.Request, logger *slog.Logger, u
 // handleUserList serves GET /users: 200 with a page of users in id order
 // and, while more remain, a Link to the next page; 400 for a bad query.
 func handleUserList(logger *slog.Logger, store userStore) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		q, err := parseListQuery(r.URL.RawQuery)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		// One row more than the page tells whether another page follows.
 		var rows []db.User
@@ -148,8 +134,7 @@ func handleUserList(logger *slog.Logger, store userStore) http.Handler {
 			rows, err = store.ListUsers(r.Context(), db.ListUsersParams{After: q.after, MaxRows: q.limit + 1})
 		}
 		if err != nil {
-			writeError(w, r, logger, fmt.Errorf("list users after %d: %w", q.after, storeErr(err)))
-			return
+			return fmt.Errorf("list users after %d: %w", q.after, err)
 		}
 		if len(rows) > int(q.limit) {
 			rows = rows[:q.limit]
@@ -160,6 +145,7 @@ func handleUserList(logger *slog.Logger, store userStore) http.Handler {
 			users[i] = toUser(row)
 		}
 		encode(w, r, logger, http.StatusOK, jsonContentType, users)
+		return nil
 	})
 }
 
@@ -168,25 +154,22 @@ func handleUserList(logger *slog.Logger, store userStore) http.Handler {
 // malformed id or precondition header; 404; 412 when If-Match does not
 // name the user's ETag.
 func handleUserGet(logger *slog.Logger, store userStore) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		pre, err := parsePreconditions(r, id)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		u, err := store.GetUser(r.Context(), id)
 		if err != nil {
-			writeError(w, r, logger, fmt.Errorf("get user %d: %w", id, storeErr(err)))
-			return
+			return fmt.Errorf("get user %d: %w", id, err)
 		}
 		switch pre.readStatus(u) {
 		case http.StatusPreconditionFailed:
-			writeError(w, r, logger, errPreconditionFailed)
+			return errPreconditionFailed
 		case http.StatusNotModified:
 			w.Header().Set(etagHeader, etag(u))
 			w.WriteHeader(http.StatusNotModified)
@@ -194,6 +177,7 @@ func handleUserGet(logger *slog.Logger, store userStore) http.Handler {
 			w.Header().Set(etagHeader, etag(u))
 			encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
 		}
+		return nil
 	})
 }
 
@@ -203,21 +187,18 @@ func handleUserGet(logger *slog.Logger, store userStore) http.Handler {
 // name; 404; 412 when If-Match or If-None-Match fails, and nothing
 // changes; 413; 415.
 func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		pre, err := parsePreconditions(r, id)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		name, err := decodeName(w, r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		var u db.User
 		if !pre.sent() {
@@ -228,17 +209,16 @@ func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
 			var row db.RenameUserIfRow
 			row, err = store.RenameUserIf(r.Context(), arg)
 			if err == nil && !row.Renamed {
-				writeError(w, r, logger, errPreconditionFailed)
-				return
+				return errPreconditionFailed
 			}
 			u = db.User{ID: row.ID.Int64, Name: row.Name.String, CreatedAt: row.CreatedAt.Time, UpdatedAt: row.UpdatedAt.Time}
 		}
 		if err != nil {
-			writeError(w, r, logger, fmt.Errorf("rename user %d: %w", id, storeErr(err)))
-			return
+			return fmt.Errorf("rename user %d: %w", id, err)
 		}
 		w.Header().Set(etagHeader, etag(u))
 		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
+		return nil
 	})
 }
 
@@ -246,16 +226,14 @@ func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
 // or precondition header; 404 when no such user exists (any more); 412
 // when If-Match or If-None-Match fails, and nothing changes.
 func handleUserDelete(logger *slog.Logger, store userStore) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		pre, err := parsePreconditions(r, id)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		if pre.sent() {
 			arg := db.DeleteUserIfParams{ID: id}
@@ -263,23 +241,21 @@ func handleUserDelete(logger *slog.Logger, store userStore) http.Handler {
 			deleted, err := store.DeleteUserIf(r.Context(), arg)
 			switch {
 			case err != nil:
-				writeError(w, r, logger, fmt.Errorf("delete user %d: %w", id, storeErr(err)))
+				return fmt.Errorf("delete user %d: %w", id, err)
 			case !deleted:
-				writeError(w, r, logger, errPreconditionFailed)
-			default:
-				w.WriteHeader(http.StatusNoContent)
+				return errPreconditionFailed
 			}
-			return
+			w.WriteHeader(http.StatusNoContent)
+			return nil
 		}
 		n, err := store.DeleteUser(r.Context(), id)
 		if err != nil {
-			writeError(w, r, logger, fmt.Errorf("delete user %d: %w", id, storeErr(err)))
-			return
+			return fmt.Errorf("delete user %d: %w", id, err)
 		}
 		if n == 0 {
-			writeError(w, r, logger, errNotFound)
-			return
+			return errNotFound
 		}
 		w.WriteHeader(http.StatusNoContent)
+		return nil
 	})
 }
