@@ -11,7 +11,7 @@ TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 
-.PHONY: run build test test-pgbouncer install-pgbouncer test-image install-podman fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean image docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean image docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -64,6 +64,63 @@ install-podman:
 	fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman runc busybox-static
+
+## test-docs: the /docs page in a real browser: Debian's chromium, headless,
+## driven by chromedp (internal/server/docs_browser_test.go, build tag
+## browser); installs chromium first when it is missing (apt-get as root,
+## else says how)
+test-docs:
+	@command -v chromium >/dev/null || $(MAKE) --no-print-directory install-chromium
+	go test -race -count=1 -tags browser -run '^TestDocsPage$$' -v ./internal/server $(if $(TEST_DOCS_ARGS),-args $(TEST_DOCS_ARGS))
+
+## docs-screenshot: test-docs, keeping its screenshot of the page in
+## docs/docs-page.png (commit it when the page changes)
+docs-screenshot:
+	@$(MAKE) --no-print-directory test-docs TEST_DOCS_ARGS='-screenshot $(CURDIR)/docs/docs-page.png'
+
+install-chromium:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make test-docs needs chromium: sudo apt-get install chromium" >&2; exit 1; \
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+# Swagger UI, which GET /docs serves, is the npm package swagger-ui-dist at
+# the version tools/swagger-ui/package-lock.json pins. The few files the page
+# needs are committed, so that go build needs no npm: the two large ones
+# gzipped (served as they are to browsers, which all accept gzip), the rest
+# as published (its package.json records the version, LICENSE and NOTICE
+# its terms).
+SWAGGER_UI      := internal/server/docs/swagger-ui
+SWAGGER_UI_NPM  := tools/swagger-ui/node_modules/swagger-ui-dist
+SWAGGER_UI_GZIP := swagger-ui-bundle.js swagger-ui.css
+SWAGGER_UI_COPY := swagger-ui-bundle.js.LICENSE.txt favicon-32x32.png LICENSE NOTICE package.json
+
+## swagger-ui: replace the committed Swagger UI files with those of the
+## version tools/swagger-ui/package.json pins (edit it, then run this)
+swagger-ui: tools/swagger-ui/node_modules/.installed
+	rm -rf $(SWAGGER_UI)
+	mkdir -p $(SWAGGER_UI)
+	cd $(SWAGGER_UI_NPM) && cp $(SWAGGER_UI_COPY) $(CURDIR)/$(SWAGGER_UI)/
+	for f in $(SWAGGER_UI_GZIP); do gzip -9 -n -c $(SWAGGER_UI_NPM)/$$f > $(SWAGGER_UI)/$$f.gz; done
+
+## swagger-ui-check: fail unless the committed Swagger UI files are exactly
+## those of the pinned package (CI runs it)
+swagger-ui-check: tools/swagger-ui/node_modules/.installed
+	@set -e; want=$$(printf '%s\n' $(SWAGGER_UI_COPY) $(addsuffix .gz,$(SWAGGER_UI_GZIP)) | sort); \
+	have=$$(ls -A $(SWAGGER_UI) | sort); \
+	[ "$$have" = "$$want" ] || { echo "$(SWAGGER_UI) holds:" $$have "; want:" $$want "(make swagger-ui)" >&2; exit 1; }; \
+	differs() { echo "$(SWAGGER_UI)/$$1 is not the pinned package's (make swagger-ui)" >&2; exit 1; }; \
+	for f in $(SWAGGER_UI_COPY); do cmp -s $(SWAGGER_UI_NPM)/$$f $(SWAGGER_UI)/$$f || differs $$f; done; \
+	for f in $(SWAGGER_UI_GZIP); do gzip -d -c $(SWAGGER_UI)/$$f.gz | cmp -s $(SWAGGER_UI_NPM)/$$f - || differs $$f.gz; done; \
+	echo "$(SWAGGER_UI): swagger-ui-dist $$(sed -n 's/^  "version": "\(.*\)",$$/\1/p' $(SWAGGER_UI)/package.json), as pinned"
+
+# --ignore-scripts: swagger-ui-dist depends on @scarf/scarf, whose install
+# script reports the installation to scarf.sh; nothing here needs it to run.
+tools/swagger-ui/node_modules/.installed: tools/swagger-ui/package.json tools/swagger-ui/package-lock.json
+	@command -v npm >/dev/null || { echo "this needs Node.js and npm (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	cd tools/swagger-ui && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
 
 ## fuzz: each fuzz target of internal/server (FuzzCreateUser, ...) for
 ## FUZZTIME (default 1m), one after the other, through the real handler
@@ -119,6 +176,7 @@ fmt:
 vet:
 	go vet ./...
 	go vet -tags pgbouncer,image ./cmd/usersvc
+	go vet -tags browser ./internal/server
 
 ## generate: regenerate db/ from queries/ and migrations/, and serve's list
 ## of the statements to prepare from db/ (commit them all)

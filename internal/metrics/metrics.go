@@ -75,13 +75,17 @@ func (m *Metrics) ObserveRequest(method, route string, status int, d time.Durati
 	m.duration.WithLabelValues(method, route, code).Observe(d.Seconds())
 }
 
-// Handler serves the metrics in the Prometheus text format (or in what the
-// scraper negotiates). A collector that fails is logged to logger and left
-// out of the answer rather than failing the whole scrape.
+// Handler serves the metrics in the format the scraper's Accept header
+// prefers: OpenMetrics 1.0.0 (what Prometheus asks for first by default),
+// the Prometheus protobuf format (asked for first with native histograms),
+// else the Prometheus text format 0.0.4, which also answers a client that
+// states no preference (curl, a browser). A collector that fails is logged
+// to logger and left out of the answer rather than failing the whole scrape.
 func (m *Metrics) Handler(logger *slog.Logger) http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
-		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelError),
-		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelError),
+		ErrorHandling:     promhttp.ContinueOnError,
+		EnableOpenMetrics: true,
 	})
 }
 

@@ -186,13 +186,14 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
-// TestAuthLeavesOpenRoutesOpen checks that the probes, the metrics and the
-// OpenAPI document need no token, and that a wrong one does not hurt them.
+// TestAuthLeavesOpenRoutesOpen checks that the probes, the metrics, the
+// OpenAPI document and its reference page need no token, and that a wrong
+// one does not hurt them.
 func TestAuthLeavesOpenRoutesOpen(t *testing.T) {
 	t.Parallel()
 	s, _ := newAuthServer(t)
 	for _, c := range []*testServer{s, s.as("Bearer " + wrongToken)} {
-		for _, path := range []string{"/healthz", "/readyz", "/metrics", "/openapi.yaml"} {
+		for _, path := range []string{"/healthz", "/readyz", "/metrics", "/openapi.yaml", "/docs"} {
 			if r := c.get(path); r.status != http.StatusOK || r.header.Get("WWW-Authenticate") != "" {
 				t.Errorf("GET %s with Authorization %q: status = %d, WWW-Authenticate %q; want 200 and none", path, c.header.Get("Authorization"), r.status, r.header.Get("WWW-Authenticate"))
 			}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"sync/atomic"
 )
 
@@ -80,9 +79,6 @@ func handleReadyz(logger *slog.Logger, rd readiness) http.Handler {
 // handleOpenAPI serves GET /openapi.yaml: the OpenAPI description of this API.
 func handleOpenAPI() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("Content-Type", "application/yaml")
-		h.Set("Content-Length", strconv.Itoa(len(openAPIDocument)))
-		_, _ = w.Write(openAPIDocument)
+		writeBytes(w, "application/yaml", openAPIDocument)
 	})
 }

@@ -289,6 +289,14 @@ func TestMetrics(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
+
+	// A scraper that asks for OpenMetrics (as Prometheus does by default)
+	// gets it, as openapi.yaml describes.
+	scraper := *s
+	scraper.header = http.Header{"Accept": {"application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"}}
+	if r := scraper.get("/metrics"); !strings.HasPrefix(r.header.Get("Content-Type"), "application/openmetrics-text; version=1.0.0;") {
+		t.Errorf("GET /metrics as Prometheus: Content-Type = %q, want OpenMetrics 1.0.0", r.header.Get("Content-Type"))
+	}
 }
 
 // versionAt is a database whose schema is at a given version.

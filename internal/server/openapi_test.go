@@ -33,8 +33,12 @@ type openAPISpec struct {
 // not a valid OpenAPI document.
 //
 // kin-openapi's default body decoders already cover application/problem+json
-// and application/yaml, so nothing global is registered here.
+// and application/yaml; OpenMetrics and HTML, which it does not know, are
+// read as the plain text they are.
 var loadOpenAPI = sync.OnceValues(func() (*openAPISpec, error) {
+	for _, mt := range []string{"application/openmetrics-text", "text/html"} {
+		openapi3filter.RegisterBodyDecoder(mt, openapi3filter.PlainBodyDecoder)
+	}
 	data, err := os.ReadFile("openapi.yaml")
 	if err != nil {
 		return nil, fmt.Errorf("read openapi document: %w", err)
@@ -176,7 +180,7 @@ func TestOpenAPIDocument(t *testing.T) {
 		if !spec.doc.IsOpenAPI31OrLater() || spec.doc.IsOpenAPI32OrLater() {
 			t.Errorf("openapi = %q, want 3.1.x", spec.doc.OpenAPI)
 		}
-		for _, mt := range []string{"application/json", "application/problem+json", "application/yaml"} {
+		for _, mt := range []string{"application/json", "application/problem+json", "application/yaml", "application/openmetrics-text", "text/html"} {
 			if openapi3filter.RegisteredBodyDecoder(mt) == nil {
 				t.Errorf("no kin-openapi body decoder for %s", mt)
 			}
@@ -233,7 +237,7 @@ func TestOpenAPIDocument(t *testing.T) {
 				}
 			}
 		}
-		for _, id := range []string{"createUser", "listUsers", "getUser", "headUser", "updateUser", "deleteUser", "getHealth", "getReadiness", "getMetrics", "getOpenAPI"} {
+		for _, id := range []string{"createUser", "listUsers", "getUser", "headUser", "updateUser", "deleteUser", "getHealth", "getReadiness", "getMetrics", "getOpenAPI", "getDocs", "getRoot"} {
 			if _, ok := seen[id]; !ok {
 				t.Errorf("operation %s is missing", id)
 			}
@@ -263,6 +267,9 @@ func TestOpenAPIDocument(t *testing.T) {
 			{"GET", "/healthz", "getHealth"},
 			{"GET", "/readyz", "getReadiness"},
 			{"GET", "/openapi.yaml", "getOpenAPI"},
+			{"GET", "/docs", "getDocs"},
+			{"GET", "/", "getRoot"},
+			{"GET", "/docs/init.js", routers.ErrPathNotFound.Error()},
 			{"PATCH", "/users/1", routers.ErrMethodNotAllowed.Error()},
 			{"GET", "/nope", routers.ErrPathNotFound.Error()},
 			{"GET", "/users/1/2", routers.ErrPathNotFound.Error()},

@@ -10,8 +10,8 @@ import (
 // addRoutes lists every route the service serves. With tokens configured,
 // every route needs one (requireToken), and so does every request that
 // matches no route, except the open ones marked here: the probes, the
-// metrics (when m is set: not when another listener serves them) and the
-// OpenAPI document.
+// metrics (when m is set: not when another listener serves them), the
+// OpenAPI document and its reference page.
 func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready readiness, m *metrics.Metrics) {
 	mux.Handle("POST /users", handleUserCreate(logger, store))
 	mux.Handle("GET /users", handleUserList(logger, store))
@@ -22,6 +22,9 @@ func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready r
 	mux.Handle("GET /healthz", open(handleHealthz(logger)))
 	mux.Handle("GET /readyz", open(handleReadyz(logger, ready)))
 	mux.Handle("GET /openapi.yaml", open(handleOpenAPI()))
+	mux.Handle("GET /docs", open(handleDocs()))
+	mux.Handle("GET /docs/{file...}", open(handleDocsFile(logger)))
+	mux.Handle("GET /{$}", open(handleRoot()))
 	if m != nil {
 		mux.Handle("GET /metrics", open(m.Handler(logger)))
 	}

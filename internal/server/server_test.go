@@ -29,6 +29,8 @@ type testServer struct {
 	pool *pgxpool.Pool // the server's database, for checks behind the API's back
 	// header is added to every request, such as an Authorization.
 	header http.Header
+	// client sends the requests; nil is http.DefaultClient.
+	client *http.Client
 }
 
 func newTestServer(t *testing.T) *testServer {
@@ -112,7 +114,11 @@ func (s *testServer) sendWith(method, target, contentType string, body io.Reader
 			req.Header[name] = values
 		}
 	}
-	res, err := http.DefaultClient.Do(req)
+	client := s.client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	res, err := client.Do(req)
 	if err != nil {
 		return nil, response{}, fmt.Errorf("%s %s: %w", method, target, err)
 	}

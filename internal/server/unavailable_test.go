@@ -78,7 +78,7 @@ func TestDatabaseUnavailable(t *testing.T) {
 		{"no CONNECT privilege", "42501", "the database refused the service's connection (SQLSTATE 42501)",
 			func(t *testing.T, admin *pgx.Conn, databaseURL string) string {
 				role := newRole(t, admin, "LOGIN PASSWORD '"+password+"'")
-				exec(t, admin, "REVOKE CONNECT ON DATABASE "+pgx.Identifier{databaseName(t, databaseURL)}.Sanitize()+" FROM PUBLIC")
+				mustExec(t, admin, "REVOKE CONNECT ON DATABASE "+pgx.Identifier{databaseName(t, databaseURL)}.Sanitize()+" FROM PUBLIC")
 				return withUser(t, databaseURL, role, password)
 			}},
 	} {
@@ -100,7 +100,7 @@ func TestDatabaseDropped(t *testing.T) {
 	admin := connect(t, pgtest.AdminURL(t))
 	s, logs := serverOn(t, databaseURL)
 	s.createUser("before the drop")
-	exec(t, admin, "DROP DATABASE "+pgx.Identifier{databaseName(t, databaseURL)}.Sanitize()+" WITH (FORCE)")
+	mustExec(t, admin, "DROP DATABASE "+pgx.Identifier{databaseName(t, databaseURL)}.Sanitize()+" WITH (FORCE)")
 	for _, req := range databaseRequests {
 		r := s.do(req.method, req.path, "application/json", strings.NewReader(req.body))
 		wantProblem(t, req.method+" "+req.path+" after the drop", r, http.StatusServiceUnavailable, codeUnavailable)
@@ -117,7 +117,7 @@ func TestDatabaseReadOnly(t *testing.T) {
 	t.Parallel()
 	databaseURL := pgtest.NewURL(t)
 	admin := connect(t, pgtest.AdminURL(t))
-	exec(t, admin, "ALTER DATABASE "+pgx.Identifier{databaseName(t, databaseURL)}.Sanitize()+" SET default_transaction_read_only = on")
+	mustExec(t, admin, "ALTER DATABASE "+pgx.Identifier{databaseName(t, databaseURL)}.Sanitize()+" SET default_transaction_read_only = on")
 	s, logs := serverOn(t, databaseURL)
 	writes := databaseRequests[3:]
 	for _, req := range writes {
@@ -170,7 +170,7 @@ func TestSessionTerminated(t *testing.T) {
 			t.Fatalf("find the session waiting for the lock: %v", err)
 		}
 	}
-	exec(t, watcher, "SELECT pg_terminate_backend("+strconv.Itoa(int(pid))+")")
+	mustExec(t, watcher, "SELECT pg_terminate_backend("+strconv.Itoa(int(pid))+")")
 	a := <-answered
 	if a.err != nil {
 		t.Fatal(a.err)
@@ -295,7 +295,7 @@ func serverOn(t *testing.T, databaseURL string) (*testServer, *logBuffer) {
 func newRole(t *testing.T, admin *pgx.Conn, options string) string {
 	t.Helper()
 	name := "usersvc_test_" + strings.ToLower(rand.Text()[:12])
-	exec(t, admin, "CREATE ROLE "+pgx.Identifier{name}.Sanitize()+" "+options)
+	mustExec(t, admin, "CREATE ROLE "+pgx.Identifier{name}.Sanitize()+" "+options)
 	t.Cleanup(func() {
 		if _, err := admin.Exec(context.Background(), "DROP ROLE "+pgx.Identifier{name}.Sanitize()); err != nil {
 			t.Errorf("drop role %s: %v", name, err)
@@ -315,8 +315,8 @@ func connect(t *testing.T, databaseURL string) *pgx.Conn {
 	return conn
 }
 
-// exec runs sql on conn; the test fails at once when it fails.
-func exec(t *testing.T, conn *pgx.Conn, sql string) {
+// mustExec runs sql on conn; the test fails at once when it fails.
+func mustExec(t *testing.T, conn *pgx.Conn, sql string) {
 	t.Helper()
 	if _, err := conn.Exec(t.Context(), sql); err != nil {
 		t.Fatalf("%s: %v", sql, err)

@@ -48,7 +48,7 @@ type userRequest struct {
 }
 
 // validName returns the request's normalized name, or a validation_failed
-// *requestError.
+// *apiError.
 func (req userRequest) validName() (string, error) {
 	if req.Name == nil {
 		return "", invalidFields(fieldError{In: "body", Field: "name", Detail: "is required"})
