@@ -21,7 +21,7 @@ type options struct {
 	threads        int           // wrk threads
 	connections    int           // wrk connections, over all threads
 	pgbenchClients []int         // pgbench client counts to try; the best one counts
-	scenarios      []int         // which of 1 to 6 to run
+	scenarios      []int         // which of 1 to 7 to run
 	harnessOptions               // seed: rows in the table for scenarios 1 to 6
 	args           []string      // the command line, for the report
 }
@@ -58,7 +58,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	// the service.
 	fs.IntVar(&o.connections, "connections", 16, "wrk connections, over all threads")
 	clients := fs.String("pgbench-clients", "2,4,8,16", "pgbench client counts to try, comma-separated; each scenario's best counts")
-	only := fs.String("scenarios", "1,2,3,4,5,6", "scenarios to run, comma-separated")
+	only := fs.String("scenarios", "1,2,3,4,5,6,7", "scenarios to run, comma-separated")
 	o.harnessOptions.addFlags(fs, "benchmark")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: bench [-quick] [flags]\n\nRuns the load benchmark and prints a markdown report; see docs/benchmarks.md.")
