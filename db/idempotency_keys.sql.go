@@ -7,15 +7,43 @@ package db
 
 import (
 	"context"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
+
+const GetIdempotencyKey = `-- name: GetIdempotencyKey :one
+SELECT request, status, user_id, user_created_at
+FROM idempotency_keys
+WHERE key_digest = $1
+`
+
+type GetIdempotencyKeyRow struct {
+	Request       []byte
+	Status        int16
+	UserID        pgtype.Int8
+	UserCreatedAt pgtype.Timestamptz
+}
+
+// GetIdempotencyKey returns the record of the key with the digest, or
+// pgx.ErrNoRows.
+func (q *Queries) GetIdempotencyKey(ctx context.Context, keyDigest []byte) (GetIdempotencyKeyRow, error) {
+	row := q.db.QueryRow(ctx, GetIdempotencyKey, keyDigest)
+	var i GetIdempotencyKeyRow
+	err := row.Scan(
+		&i.Request,
+		&i.Status,
+		&i.UserID,
+		&i.UserCreatedAt,
+	)
+	return i, err
+}
 
 const PurgeIdempotencyKeys = `-- name: PurgeIdempotencyKeys :execrows
 DELETE FROM idempotency_keys
-WHERE (scope, key) IN (
-    SELECT scope, key
+WHERE key_digest IN (
+    SELECT key_digest
     FROM idempotency_keys
     WHERE created_at < now() - $1::bigint * interval '1 microsecond'
-    ORDER BY created_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
@@ -27,9 +55,9 @@ type PurgeIdempotencyKeysParams struct {
 }
 
 // PurgeIdempotencyKeys deletes up to max_rows of the idempotency keys
-// recorded more than ttl_us microseconds ago, oldest first, and returns how
-// many went. Keys that another session has locked (another instance
-// purging) are left for later rather than waited for.
+// recorded more than ttl_us microseconds ago and returns how many went.
+// Keys that another session has locked (another instance purging) are left
+// for later rather than waited for.
 func (q *Queries) PurgeIdempotencyKeys(ctx context.Context, arg PurgeIdempotencyKeysParams) (int64, error) {
 	result, err := q.db.Exec(ctx, PurgeIdempotencyKeys, arg.TtlUs, arg.MaxRows)
 	if err != nil {

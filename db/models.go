@@ -11,13 +11,11 @@ import (
 )
 
 type IdempotencyKey struct {
-	Scope         []byte
-	Key           string
+	KeyDigest     []byte
 	Request       []byte
 	Status        int16
 	UserID        pgtype.Int8
 	UserCreatedAt pgtype.Timestamptz
-	UserUpdatedAt pgtype.Timestamptz
 	CreatedAt     time.Time
 }
 

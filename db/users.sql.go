@@ -35,91 +35,67 @@ const CreateUserIdempotently = `-- name: CreateUserIdempotently :one
 WITH claim AS (
     SELECT pg_try_advisory_xact_lock($1::bigint) AS claimed
 ),
-prior AS (
-    SELECT request, status, user_id, user_created_at, user_updated_at
-    FROM idempotency_keys
-    WHERE idempotency_keys.scope = $2 AND idempotency_keys.key = $3
-),
 created AS (
     INSERT INTO users (name)
-    SELECT $4
+    SELECT $2
     FROM claim
-    WHERE claim.claimed AND NOT EXISTS (SELECT FROM prior)
+    WHERE claim.claimed
     ON CONFLICT (name) DO NOTHING
     RETURNING id, name, created_at, updated_at
 ),
 recorded AS (
-    INSERT INTO idempotency_keys (scope, key, request, status, user_id, user_created_at, user_updated_at)
-    SELECT $2, $3, $5,
+    INSERT INTO idempotency_keys (key_digest, request, status, user_id, user_created_at)
+    SELECT $3, $4,
            CASE WHEN created.id IS NULL THEN 400 ELSE 201 END,
-           created.id, created.created_at, created.updated_at
+           created.id, created.created_at
     FROM claim LEFT JOIN created ON true
-    WHERE claim.claimed AND NOT EXISTS (SELECT FROM prior)
+    WHERE claim.claimed
     RETURNING status
 )
 SELECT claim.claimed,
-       prior.request AS prior_request,
-       prior.status AS prior_status,
-       prior.user_id AS prior_user_id,
-       prior.user_created_at AS prior_user_created_at,
-       prior.user_updated_at AS prior_user_updated_at,
        recorded.status AS recorded_status,
        created.id, created.name, created.created_at, created.updated_at
 FROM claim
-LEFT JOIN prior ON true
 LEFT JOIN recorded ON true
 LEFT JOIN created ON true
 `
 
 type CreateUserIdempotentlyParams struct {
-	LockID  int64
-	Scope   []byte
-	Key     string
-	Name    string
-	Request []byte
+	LockID    int64
+	Name      string
+	KeyDigest []byte
+	Request   []byte
 }
 
 type CreateUserIdempotentlyRow struct {
-	Claimed            bool
-	PriorRequest       []byte
-	PriorStatus        pgtype.Int2
-	PriorUserID        pgtype.Int8
-	PriorUserCreatedAt pgtype.Timestamptz
-	PriorUserUpdatedAt pgtype.Timestamptz
-	RecordedStatus     pgtype.Int2
-	ID                 pgtype.Int8
-	Name               pgtype.Text
-	CreatedAt          pgtype.Timestamptz
-	UpdatedAt          pgtype.Timestamptz
+	Claimed        bool
+	RecordedStatus pgtype.Int2
+	ID             pgtype.Int8
+	Name           pgtype.Text
+	CreatedAt      pgtype.Timestamptz
+	UpdatedAt      pgtype.Timestamptz
 }
 
 // CreateUserIdempotently is CreateUser for a request with an Idempotency-Key,
 // in one statement, and so one transaction: a user created and the key's
-// record exist together or not at all. Unless the key (in scope) has a
-// record already (prior_*: replay it, or refuse another request) or is
-// claimed by a statement still running (claimed false), it inserts the
+// record exist together or not at all. Unless the key is claimed by a
+// statement still running (claimed false: nothing done), it inserts the
 // user, or nothing when the name is taken, and records the outcome: 201
-// with the user, or 400. The advisory lock on lock_id, a digest of scope and
-// key, is that claim, held until the statement ends. Fails with SQLSTATE
-// 23505 on idempotency_keys_pkey when a statement with the same key
-// committed after this one began (and its record was not yet visible to
-// this one): run it again to see that record.
+// with the user, or 400. The advisory lock on lock_id, 64 bits of the key's
+// digest, is that claim, held until the statement ends. Fails with SQLSTATE
+// 23505 on idempotency_keys_pkey, having done nothing, when the key has a
+// record already: GetIdempotencyKey reads it. (Looking first would cost
+// every first request a lookup for the sake of the rare retry.)
 func (q *Queries) CreateUserIdempotently(ctx context.Context, arg CreateUserIdempotentlyParams) (CreateUserIdempotentlyRow, error) {
 	row := q.db.QueryRow(ctx, CreateUserIdempotently,
 		arg.LockID,
-		arg.Scope,
-		arg.Key,
 		arg.Name,
+		arg.KeyDigest,
 		arg.Request,
 	)
 	var i CreateUserIdempotentlyRow
 	err := row.Scan(
 		&i.Claimed,
-		&i.PriorRequest,
-		&i.PriorStatus,
-		&i.PriorUserID,
-		&i.PriorUserCreatedAt,
-		&i.PriorUserUpdatedAt,
 		&i.RecordedStatus,
 		&i.ID,
 		&i.Name,

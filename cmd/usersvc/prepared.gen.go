@@ -11,6 +11,7 @@ var preparedQueries = []string{
 	db.CreateUserIdempotently,
 	db.DeleteUser,
 	db.DeleteUserIf,
+	db.GetIdempotencyKey,
 	db.GetUser,
 	db.ListUsers,
 	db.ListUsersByName,

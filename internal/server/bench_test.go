@@ -226,7 +226,7 @@ func BenchmarkCreateHandler(b *testing.B) {
 
 // BenchmarkCreateKeyedHandler is BenchmarkCreateHandler with an
 // Idempotency-Key: what the key costs in Go (parsing it, and the digests of
-// the request, its scope and its lock), without the database's part.
+// the request and of its key), without the database's part.
 func BenchmarkCreateKeyedHandler(b *testing.B) {
 	benchmarkHandler(b, http.MethodPost, "/users", `{"name":"alice-bench"}`, http.StatusCreated,
 		idempotencyKeyHeader, `"8e03978e-40d5-43e8-bc93-6894a57f9324"`, "Authorization", "Bearer bench-0123456789abcdef")

@@ -138,8 +138,6 @@ var constraintErrors = map[string]*apiError{
 	// database holding the line should they ever disagree.
 	"users_name_length": {code: codeValidationFailed, detail: "the request has invalid fields; see errors",
 		fields: []fieldError{{In: "body", Field: "name", Detail: nameRule}}},
-	// The handler checks keys as this constraint does.
-	"idempotency_keys_key_length": errKeyInvalid,
 }
 
 // classify returns err as an *apiError: err itself when it is one (or

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"usersvc/db"
@@ -99,24 +100,25 @@ func unquoteKey(s string) (string, bool) {
 	return b.String(), true
 }
 
-// keyScope returns whose keys r's are: a digest of its bearer token, so
-// that one client's key never replays to a client with another token; empty
-// for a request without one. The digest is not the one auth compares: the
-// table holds nothing that a token check uses.
-func keyScope(r *http.Request) []byte {
-	token, err := bearerToken(r)
-	if err != nil {
-		return []byte{}
+// keyDigest returns what names key in the table for r's client: a SHA-256
+// digest of r's bearer token, or of its having none, and the key, so that
+// one client's key never replays to a client with another token. (Tokens
+// and keys hold no NUL, and the prefix says which form follows. The digest
+// differs from the one the token check compares: the table holds nothing
+// that a token check uses, and neither the token nor the key.)
+func keyDigest(r *http.Request, key string) []byte {
+	whose := "\x00"
+	if token, err := bearerToken(r); err == nil {
+		whose = "\x01" + token + "\x00"
 	}
-	scope := sha256.Sum256([]byte("usersvc idempotency scope\x00" + token))
-	return scope[:]
+	d := sha256.Sum256([]byte("usersvc idempotency key\x00" + whose + key))
+	return d[:]
 }
 
 // keyedCreate is a POST /users with an Idempotency-Key.
 type keyedCreate struct {
-	scope []byte
-	key   string
-	name  string // normalized
+	digest []byte // keyDigest's
+	name   string // normalized
 	// request is a digest of the method, path and name: what a later
 	// request with the key must repeat to be replayed.
 	request []byte
@@ -124,15 +126,14 @@ type keyedCreate struct {
 
 func newKeyedCreate(r *http.Request, key, name string) keyedCreate {
 	request := sha256.Sum256([]byte(r.Method + " " + r.URL.Path + "\n" + name))
-	return keyedCreate{scope: keyScope(r), key: key, name: name, request: request[:]}
+	return keyedCreate{digest: keyDigest(r, key), name: name, request: request[:]}
 }
 
 // lockID returns the advisory lock that claims c's key while its statement
-// runs: 64 bits of a digest of scope and key. Two keys that share one only
-// make each other wait, or answer 409, and only while both are in flight.
+// runs: 64 bits of its digest. Two keys that share them only make each
+// other wait, or answer 409, and only while both are in flight.
 func (c keyedCreate) lockID() int64 {
-	d := sha256.Sum256(append(append(append([]byte{}, c.scope...), 0), c.key...))
-	return int64(binary.BigEndian.Uint64(d[:8]))
+	return int64(binary.BigEndian.Uint64(c.digest[:8]))
 }
 
 // createOutcome is what a keyed create answers.
@@ -145,63 +146,71 @@ type createOutcome struct {
 // createIdempotently executes c, or finds the outcome of an earlier request
 // with its key. Returns errKeyReused when the key came with another
 // request, errKeyInUse when a statement with the key still runs after
-// inFlightGrace (or keeps committing under this one), or the store's
-// error.
+// inFlightGrace, or the store's error.
 func createIdempotently(ctx context.Context, store userStore, c keyedCreate) (createOutcome, error) {
-	arg := db.CreateUserIdempotentlyParams{LockID: c.lockID(), Scope: c.scope, Key: c.key, Name: c.name, Request: c.request}
+	arg := db.CreateUserIdempotentlyParams{LockID: c.lockID(), KeyDigest: c.digest, Name: c.name, Request: c.request}
 	wait, waited := 5*time.Millisecond, time.Duration(0)
-	for reruns := 0; ; {
+	for {
 		row, err := store.CreateUserIdempotently(ctx, arg)
 		switch {
-		case keyRecordedMeanwhile(err) && reruns < 2:
-			// Another statement with the key committed while this one ran:
-			// its record is there now.
-			reruns++
-			continue
-		case keyRecordedMeanwhile(err):
-			// Three in a row: requests with this key keep arriving at once.
-			return createOutcome{}, errKeyInUse
-		case err != nil:
-			return createOutcome{}, err
-		}
-		switch {
-		case row.PriorStatus.Valid:
-			if string(row.PriorRequest) != string(c.request) {
-				return createOutcome{}, errKeyReused
-			}
-			out := createOutcome{created: row.PriorStatus.Int16 == http.StatusCreated, replayed: true}
-			if out.created {
-				out.user = db.User{ID: row.PriorUserID.Int64, Name: c.name,
-					CreatedAt: row.PriorUserCreatedAt.Time, UpdatedAt: row.PriorUserUpdatedAt.Time}
-			}
-			return out, nil
-		case !row.Claimed:
-			if waited+wait > inFlightGrace {
-				return createOutcome{}, errKeyInUse
-			}
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return createOutcome{}, ctx.Err()
-			case <-t.C:
-			}
-			waited += wait
-			wait *= 2
-		case !row.RecordedStatus.Valid:
+		case err == nil && row.Claimed && !row.RecordedStatus.Valid:
 			return createOutcome{}, errors.New("the key was claimed, but no outcome recorded")
-		case row.ID.Valid:
+		case err == nil && row.Claimed && row.ID.Valid:
 			return createOutcome{created: true, user: db.User{ID: row.ID.Int64, Name: row.Name.String,
 				CreatedAt: row.CreatedAt.Time, UpdatedAt: row.UpdatedAt.Time}}, nil
-		default:
+		case err == nil && row.Claimed:
 			return createOutcome{}, nil // the name is taken: 400, recorded
+		case err != nil && !keyRecorded(err):
+			return createOutcome{}, err
 		}
+		// The key has a record (the statement failed on it and did
+		// nothing), or a statement that holds it may have made one by now.
+		out, found, err := recordedOutcome(ctx, store, c)
+		if found || err != nil {
+			return out, err
+		}
+		// No record: the key is claimed by a statement still running (or,
+		// rarely, its record was purged just now: the next round tells).
+		if waited+wait > inFlightGrace {
+			return createOutcome{}, errKeyInUse
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return createOutcome{}, ctx.Err()
+		case <-t.C:
+		}
+		waited += wait
+		wait *= 2
 	}
 }
 
-// keyRecordedMeanwhile reports whether err is CreateUserIdempotently's
-// unique violation on the key's record.
-func keyRecordedMeanwhile(err error) bool {
+// recordedOutcome returns the outcome recorded for c's key, replayed, and
+// whether there is one; errKeyReused when it was recorded for another
+// request.
+func recordedOutcome(ctx context.Context, store userStore, c keyedCreate) (createOutcome, bool, error) {
+	rec, err := store.GetIdempotencyKey(ctx, c.digest)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return createOutcome{}, false, nil
+	case err != nil:
+		return createOutcome{}, false, err
+	case string(rec.Request) != string(c.request):
+		return createOutcome{}, true, errKeyReused
+	}
+	out := createOutcome{created: rec.Status == http.StatusCreated, replayed: true}
+	if out.created {
+		// The name is the request's, the same as the first one's;
+		// updated_at was created_at until a first rename.
+		out.user = db.User{ID: rec.UserID.Int64, Name: c.name, CreatedAt: rec.UserCreatedAt.Time, UpdatedAt: rec.UserCreatedAt.Time}
+	}
+	return out, true, nil
+}
+
+// keyRecorded reports whether err is CreateUserIdempotently's unique
+// violation on the key's record.
+func keyRecorded(err error) bool {
 	pgErr, ok := errors.AsType[*pgconn.PgError](err)
 	return ok && pgErr.Code == pgerrcode.UniqueViolation && pgErr.ConstraintName == "idempotency_keys_pkey"
 }

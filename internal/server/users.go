@@ -21,6 +21,7 @@ type userStore interface {
 	RenameUser(ctx context.Context, arg db.RenameUserParams) (db.User, error)
 	DeleteUser(ctx context.Context, id int64) (int64, error)
 	CreateUserIdempotently(ctx context.Context, arg db.CreateUserIdempotentlyParams) (db.CreateUserIdempotentlyRow, error)
+	GetIdempotencyKey(ctx context.Context, keyDigest []byte) (db.GetIdempotencyKeyRow, error)
 	RenameUserIf(ctx context.Context, arg db.RenameUserIfParams) (db.RenameUserIfRow, error)
 	DeleteUserIf(ctx context.Context, arg db.DeleteUserIfParams) (bool, error)
 }
