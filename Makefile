@@ -10,8 +10,9 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 TOOL    := go tool -modfile=tools/go.mod
 BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
+OPENAPI := internal/server/openapi.yaml
 
-.PHONY: run build test test-pgbouncer install-pgbouncer test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint install-yamllint fmt vet generate sqlc-diff tidy clean image docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench bench-go soak
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -44,6 +45,22 @@ install-pgbouncer:
 	fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
+
+## test-ha: usersvc against a pg_auto_failover formation (a monitor and two
+## nodes with synchronous replication, on loopback) whose primary is killed,
+## fenced read-only and switched over under load (cmd/usersvc/ha_test.go,
+## build tag ha); installs Debian's postgresql-15-auto-failover first when
+## pg_autoctl is missing (apt-get as root, else says how)
+test-ha:
+	@command -v pg_autoctl >/dev/null || $(MAKE) --no-print-directory install-pg-auto-failover
+	go test -race -count=1 -tags ha -run '^TestHighAvailability$$' -v ./cmd/usersvc
+
+install-pg-auto-failover:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make test-ha needs pg_auto_failover: sudo apt-get install postgresql-15-auto-failover" >&2; exit 1; \
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15-auto-failover
 
 ## test-image: builds the image with make image and podman from the
 ## unchanged Dockerfile, then checks its config and files and runs it
@@ -163,7 +180,7 @@ bench-go:
 	go test -run '^$$' -bench . -benchmem ./internal/server/
 
 ## check: what CI fails on besides the tests
-check: fmt vet sqlc-diff
+check: fmt vet sqlc-diff client-diff
 	go mod verify
 	@go mod tidy -diff >/dev/null || { echo "go.mod or go.sum is not tidy: run make tidy"; go mod tidy -diff; exit 1; }
 
@@ -171,19 +188,23 @@ fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-# The pgbouncer and image build tags' tests too, together, so that they
-# compile without pgbouncer or podman and beside each other.
+# The pgbouncer, image and ha build tags' tests too, together, so that they
+# compile without pgbouncer, podman or pg_autoctl and beside each other.
 vet:
 	go vet ./...
-	go vet -tags pgbouncer,image ./cmd/usersvc
+	go vet -tags pgbouncer,image,ha ./cmd/usersvc
 	go vet -tags browser ./internal/server
 
-## generate: regenerate db/ from queries/ and migrations/, and serve's list
-## of the statements to prepare from db/ (commit them all)
-PREPARED := cmd/usersvc/prepared.gen.go
+## generate: regenerate db/ from queries/ and migrations/, serve's list of
+## the statements to prepare from db/, and the Go client client/ from the
+## OpenAPI document (commit them all)
+PREPARED     := cmd/usersvc/prepared.gen.go
+CLIENT       := client/client.gen.go
+OAPI_CODEGEN := $(TOOL) oapi-codegen -config client/oapi-codegen.yaml $(OPENAPI)
 generate:
 	$(TOOL) sqlc generate
 	cd tools && go run ./preparedqueries -db ../db -out ../$(PREPARED)
+	$(OAPI_CODEGEN) > $(CLIENT).tmp && mv $(CLIENT).tmp $(CLIENT)
 
 ## sqlc-diff: fail when db/ is not what sqlc generates, or the list of
 ## prepared statements not what db/ gives
@@ -191,15 +212,23 @@ sqlc-diff:
 	$(TOOL) sqlc diff
 	@cd tools && go run ./preparedqueries -db ../db | diff -u ../$(PREPARED) - || { echo "$(PREPARED) is stale: run make generate"; exit 1; }
 
+## client-diff: fail when the Go client is not what oapi-codegen generates
+## from the OpenAPI document, as sqlc-diff does for db/
+client-diff:
+	@echo '$(OAPI_CODEGEN) | diff -u $(CLIENT) -'; \
+	tmp=$$(mktemp) && trap 'rm -f "$$tmp"' EXIT && $(OAPI_CODEGEN) > "$$tmp" || exit 1; \
+	diff -u $(CLIENT) "$$tmp" || { echo "$(CLIENT) is stale: run make generate"; exit 1; }
+
 tidy:
 	go mod tidy
 	cd tools && go mod tidy
 
-## lint: the Dockerfile, compose.yaml and every YAML file; installs the
-## linters first when they are missing (npm, and apt-get as root)
+## lint: the Dockerfile, compose.yaml, every YAML file and the OpenAPI
+## document (lint-openapi); installs the linters first when they are
+## missing (npm, and apt-get as root)
 # dockerfile-utils knows every instruction's flags (dockerfilelint does not,
 # see .dockerfilelintrc) but exits 0 on warnings, so any output fails.
-lint: $(LINT)/.installed
+lint: $(LINT)/.installed lint-openapi
 	@command -v yamllint >/dev/null || $(MAKE) --no-print-directory install-yamllint
 	$(LINT)/.bin/dockerfilelint Dockerfile
 	@echo '$(LINT)/.bin/dockerfile-utils lint Dockerfile'; \
@@ -208,11 +237,26 @@ lint: $(LINT)/.installed
 	$(LINT)/.bin/dclint --config .dclintrc --max-warnings 0 compose.yaml
 	yamllint --strict .
 
+## lint-openapi: the OpenAPI document as its consumers' tools read it:
+## Redocly's recommended rules and Spectral's spectral:oas, failing on any
+## warning; openapi-typescript's types, which tsc must compile. (oapi-codegen
+## runs in make check, through client-diff.)
+lint-openapi: $(LINT)/.installed
+	REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \
+		$(LINT)/.bin/redocly lint --config tools/lint/redocly.yaml --format stylish $(OPENAPI)
+	$(LINT)/.bin/spectral lint --ruleset tools/lint/spectral.yaml --fail-severity hint $(OPENAPI)
+	@echo '$(LINT)/.bin/openapi-typescript $(OPENAPI) | tsc --strict'; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(LINT)/.bin/openapi-typescript $(OPENAPI) --output "$$tmp/openapi.d.ts" && \
+	$(LINT)/.bin/tsc --noEmit --strict "$$tmp/openapi.d.ts"
+
 # The pinned npm linters (tools/lint/package-lock.json), reinstalled when the
-# lock file changes.
+# lock file changes. --ignore-scripts: Spectral depends on @scarf/scarf,
+# whose install script reports the installation to scarf.sh; none of the
+# linters needs an install script.
 $(LINT)/.installed: tools/lint/package.json tools/lint/package-lock.json
 	@command -v npm >/dev/null || { echo "make lint needs Node.js and npm (Debian: apt-get install nodejs npm)" >&2; exit 1; }
-	cd tools/lint && npm ci --no-audit --no-fund
+	cd tools/lint && npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
 # yamllint comes from Debian: installed here when running as root (as CI

@@ -130,7 +130,8 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// VersionReader reads the schema version of the database that Q queries.
+// VersionReader reads what /readyz needs to know of the database that Q
+// queries: its schema version, and whether it takes writes.
 type VersionReader struct {
 	Q Querier
 }
@@ -149,4 +150,23 @@ func (r VersionReader) SchemaVersion(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("read schema version: %w", err)
 	}
 	return v, nil
+}
+
+// ReadOnly returns why the database that Q reaches refuses writes: "it is
+// a standby (in recovery)", or "transaction_read_only is on" for a primary
+// fenced with default_transaction_read_only, as pg_auto_failover fences a
+// node during a failover; "" when it takes writes. Returns the driver's
+// error when the database does not answer.
+func (r VersionReader) ReadOnly(ctx context.Context) (string, error) {
+	var recovery, readOnly bool
+	err := r.Q.QueryRow(ctx, "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'").Scan(&recovery, &readOnly)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("read transaction_read_only: %w", err)
+	case recovery:
+		return "it is a standby (in recovery)", nil
+	case readOnly:
+		return "transaction_read_only is on", nil
+	}
+	return "", nil
 }

@@ -47,6 +47,7 @@ type attempt struct {
 	name       string // the name a create or rename sent
 	status     int
 	code       string // the problem's code, for a 4xx or 5xx
+	retryAfter string // the Retry-After header
 	body       []byte
 	err        error
 	reused     bool
@@ -89,7 +90,7 @@ func sendWith(c *http.Client, method, url, body string, header http.Header) atte
 	a.start = time.Now()
 	res, err := c.Do(req)
 	if err == nil {
-		a.status = res.StatusCode
+		a.status, a.retryAfter = res.StatusCode, res.Header.Get("Retry-After")
 		a.replayed = res.Header.Get("Idempotent-Replayed") == "true"
 		a.body, err = io.ReadAll(res.Body)
 		res.Body.Close()

@@ -153,6 +153,14 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
+// tail returns the last n bytes of s, marked as cut when they are not all.
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
 // setenv sets the variables for this test and unsets every other variable
 // of the service, so the machine's environment cannot leak in. The
 // environment is restored when the test ends.

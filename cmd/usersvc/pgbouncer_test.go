@@ -245,13 +245,6 @@ func (r *replica) stop(t *testing.T) {
 	}
 }
 
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
-}
-
 // client sends requests to the replicas over one HTTP client.
 type client struct {
 	http     *http.Client

@@ -23,18 +23,63 @@ func defaultMaxConns(procs int) int32 {
 	return int32(max(4, 2*procs))
 }
 
-// newPool returns a connection pool for DATABASE_URL, with the connection
-// settings of every command (config.PoolConfig). It does not connect yet:
-// connections are made on first use, so the database may come later.
+// newPool returns the connection pool for DATABASE_URL, with the
+// connection settings of every command (config.PoolConfig), through which
+// every write goes (and every read without DATABASE_READ_URL). It does not
+// connect yet: connections are made on first use, so the database may come
+// later. A connection whose server stops taking writes is dropped when it
+// is released (see takesWrites). With DATABASE_READ_URL, its sessions
+// commit with synchronous_commit=remote_apply unless the URL sets
+// synchronous_commit: see newReadPool.
 func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	pc, err := cfg.PoolConfig()
 	if err != nil {
 		return nil, err
 	}
+	tunePool(pc, cfg.DatabaseURL, cfg.DBMaxConns)
+	pc.AfterRelease = takesWrites
+	if cfg.DatabaseReadURL != "" {
+		if _, set := pc.ConnConfig.RuntimeParams["synchronous_commit"]; !set {
+			pc.ConnConfig.RuntimeParams["synchronous_commit"] = "remote_apply"
+		}
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("create connection pool: %w", err)
+	}
+	return pool, nil
+}
+
+// newReadPool returns the connection pool for DATABASE_READ_URL, which the
+// GET routes use, or nil when it is not set: the same settings, sessions
+// named usersvc-read (config.ReadPoolConfig). A client reads its own writes
+// through it because the write pool's commits wait for the synchronous
+// standbys to apply them (remote_apply) before the service acknowledges
+// them: a standby in the synchronous quorum has every acknowledged write.
+func newReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
+	if cfg.DatabaseReadURL == "" {
+		return nil, nil
+	}
+	pc, err := cfg.ReadPoolConfig()
+	if err != nil {
+		return nil, err
+	}
+	tunePool(pc, cfg.DatabaseReadURL, cfg.DBMaxConns)
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("create read connection pool: %w", err)
+	}
+	return pool, nil
+}
+
+// tunePool sizes the pool for url, which pc was parsed from: maxConns
+// connections (0: pool_max_conns from url, else defaultMaxConns); and has
+// each new connection prepare every query when the query mode allows.
+func tunePool(pc *pgxpool.Config, url string, maxConns int32) {
 	switch {
-	case cfg.DBMaxConns > 0:
-		pc.MaxConns = cfg.DBMaxConns
-	case !strings.Contains(cfg.DatabaseURL, "pool_max_conns"):
+	case maxConns > 0:
+		pc.MaxConns = maxConns
+	case !strings.Contains(url, "pool_max_conns"):
 		pc.MaxConns = defaultMaxConns(runtime.GOMAXPROCS(0))
 	}
 	// pgx's default mode prepares every statement anyway, through a cache
@@ -46,11 +91,21 @@ func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	if pc.ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
 		pc.AfterConnect = prepareQueries
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
-	if err != nil {
-		return nil, fmt.Errorf("create connection pool: %w", err)
-	}
-	return pool, nil
+}
+
+// takesWrites is the write pool's AfterRelease: it keeps a connection only
+// while its server takes writes. PostgreSQL (14 and later) tells a session
+// when default_transaction_read_only or in_hot_standby change, with the
+// answer to its next statement after a configuration reload: a server
+// fenced read-only (pg_auto_failover fences a node it promotes or demotes
+// so; an operator may do the same) or turned standby answers each write
+// with SQLSTATE 25006 and then says so. Dropping that connection makes the
+// pool's next one go through DATABASE_URL's target_session_attrs, which
+// finds the host that takes writes, if any, instead of failing every
+// write on the pooled sessions until they end.
+func takesWrites(conn *pgx.Conn) bool {
+	status := conn.PgConn().ParameterStatus
+	return status("default_transaction_read_only") != "on" && status("in_hot_standby") != "on"
 }
 
 // prepareQueries prepares preparedQueries on conn, each named by its SQL,

@@ -131,3 +131,83 @@ func TestPoolConnectTimeout(t *testing.T) {
 		t.Errorf("ConnectTimeout = %v, want DB_CONNECT_TIMEOUT's 7s", got)
 	}
 }
+
+// TestPoolDropsReadOnlySessions checks that a connection whose session has
+// turned read-only, as every session of a server fenced with
+// default_transaction_read_only does, leaves the write pool when released,
+// while one that takes writes stays.
+func TestPoolDropsReadOnlySessions(t *testing.T) {
+	ctx := context.Background()
+	pool, err := newPool(ctx, config.Config{DatabaseURL: pgtest.NewURL(t), DBMaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	// sessionPID runs sql on the pool's one connection and returns its
+	// backend's pid.
+	sessionPID := func(sql string) uint32 {
+		t.Helper()
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Release()
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+		return conn.Conn().PgConn().PID()
+	}
+	first := sessionPID("SELECT 1")
+	if again := sessionPID("SELECT 1"); again != first {
+		t.Fatalf("a session that takes writes was replaced (pid %d, then %d): want it kept", first, again)
+	}
+	// The server tells the session of the change, as it does after a
+	// reload that fences it.
+	sessionPID("SET default_transaction_read_only = on")
+	deadline := time.Now().Add(5 * time.Second)
+	for sessionPID("SELECT 1") == first {
+		// AfterRelease runs in a goroutine of the pool's.
+		if time.Now().After(deadline) {
+			t.Fatal("the read-only session is still in the pool 5s after its release: want it dropped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPoolSettingsForReadURL checks what DATABASE_READ_URL changes: the
+// write pool's sessions wait for the synchronous standbys to apply each
+// commit, unless DATABASE_URL says otherwise, and the read pool's sessions
+// have a name of their own. Without it, nothing changes.
+func TestPoolSettingsForReadURL(t *testing.T) {
+	ctx := context.Background()
+	const readURL = "postgres://h1,h2/db?target_session_attrs=prefer-standby"
+	for _, tt := range []struct {
+		name, url, readURL, want string
+	}{
+		{"without DATABASE_READ_URL", "postgres://h/db", "", ""},
+		{"with DATABASE_READ_URL", "postgres://h/db", readURL, "remote_apply"},
+		{"DATABASE_URL's own setting", "postgres://h/db?synchronous_commit=local", readURL, "local"},
+	} {
+		cfg := config.Config{DatabaseURL: tt.url, DatabaseReadURL: tt.readURL}
+		pool, err := newPool(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pool.Config().ConnConfig.RuntimeParams["synchronous_commit"]; got != tt.want {
+			t.Errorf("%s: the write pool's synchronous_commit = %q, want %q", tt.name, got, tt.want)
+		}
+		pool.Close()
+		reads, err := newReadPool(ctx, cfg)
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case tt.readURL == "" && reads != nil:
+			t.Errorf("%s: a read pool, want none", tt.name)
+		case tt.readURL != "":
+			if got := reads.Config().ConnConfig.RuntimeParams["application_name"]; got != "usersvc-read" {
+				t.Errorf("%s: the read pool's application_name = %q, want usersvc-read", tt.name, got)
+			}
+			reads.Close()
+		}
+	}
+}

@@ -66,17 +66,28 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
+	readPool, err := newReadPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if readPool != nil {
+		defer readPool.Close()
+	}
 	m := metrics.New(buildVersion())
 	if err := m.RegisterPool(pool); err != nil {
 		return fmt.Errorf("register pool metrics: %w", err)
 	}
-	handler := server.New(logger, db.New(pool), migrations.VersionReader{Q: pool}, server.Options{
+	opts := server.Options{
 		RequestTimeout:   cfg.RequestTimeout,
 		SchemaVersion:    migrations.Latest(),
 		Metrics:          m,
 		MetricsElsewhere: cfg.MetricsAddr != "",
 		AuthTokens:       cfg.AuthTokens,
-	})
+	}
+	if readPool != nil {
+		opts.Reads = retriedReads{q: db.New(readPool)}
+	}
+	handler := server.New(logger, db.New(pool), migrations.VersionReader{Q: pool}, opts)
 	srv := newHTTPServer(ctx, cfg, handler, logger)
 	if cfg.DebugAddr != "" {
 		stopDebug, err := startDebug(ctx, cfg.DebugAddr, logger)

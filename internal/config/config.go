@@ -21,6 +21,10 @@ type Config struct {
 	// DatabaseURL is a PostgreSQL connection URL or keyword/value string.
 	// Required by serve and migrate.
 	DatabaseURL string `envconfig:"DATABASE_URL"`
+	// DatabaseReadURL, when set, is a PostgreSQL URL for the GET routes
+	// alone, typically the standbys of DatabaseURL's primary with
+	// target_session_attrs=prefer-standby. Empty: reads use DatabaseURL.
+	DatabaseReadURL string `envconfig:"DATABASE_READ_URL"`
 	// HTTPAddr is the address the HTTP server listens on.
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080"`
 	// LogLevel is debug, info, warn or error.
@@ -83,15 +87,25 @@ func Load() (Config, error) {
 	return c, nil
 }
 
-// errBadDatabaseURL is the error for a DatabaseURL that does not parse: pgx's
-// own can echo the password, so it names the variable only.
-var errBadDatabaseURL = errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
+// errBadDatabaseURL and errBadDatabaseReadURL are the errors for a
+// DatabaseURL or a DatabaseReadURL that does not parse: pgx's own can echo
+// the password, so they name the variable only.
+var (
+	errBadDatabaseURL     = errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
+	errBadDatabaseReadURL = errors.New("DATABASE_READ_URL: not a valid PostgreSQL connection string")
+)
 
 func (c Config) validate() error {
 	var errs []error
-	if c.DatabaseURL != "" {
-		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
-			errs = append(errs, errBadDatabaseURL)
+	for _, u := range []struct {
+		url string
+		bad error
+	}{{c.DatabaseURL, errBadDatabaseURL}, {c.DatabaseReadURL, errBadDatabaseReadURL}} {
+		if u.url == "" {
+			continue
+		}
+		if _, err := pgxpool.ParseConfig(u.url); err != nil {
+			errs = append(errs, u.bad)
 		}
 	}
 	if c.HTTPAddr == "" {
@@ -140,9 +154,21 @@ func (c Config) RequireDatabase() error {
 // an error that names the variable, and not its value, when DatabaseURL
 // does not parse.
 func (c Config) PoolConfig() (*pgxpool.Config, error) {
-	pc, err := pgxpool.ParseConfig(c.DatabaseURL)
+	return c.poolConfig(c.DatabaseURL, errBadDatabaseURL, "usersvc")
+}
+
+// ReadPoolConfig is PoolConfig for DatabaseReadURL, whose sessions are
+// named usersvc-read unless the URL names them.
+func (c Config) ReadPoolConfig() (*pgxpool.Config, error) {
+	return c.poolConfig(c.DatabaseReadURL, errBadDatabaseReadURL, "usersvc-read")
+}
+
+// poolConfig returns the settings of the connections to url, named appName;
+// bad when url does not parse.
+func (c Config) poolConfig(url string, bad error, appName string) (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return nil, errBadDatabaseURL
+		return nil, bad
 	}
 	// pgx sets ConnectTimeout from connect_timeout and leaves it 0, no
 	// limit, without one. connect_timeout=0, libpq's "wait forever", is 0
@@ -151,7 +177,7 @@ func (c Config) PoolConfig() (*pgxpool.Config, error) {
 		pc.ConnConfig.ConnectTimeout = c.DBConnectTimeout
 	}
 	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
-		pc.ConnConfig.RuntimeParams["application_name"] = "usersvc"
+		pc.ConnConfig.RuntimeParams["application_name"] = appName
 	}
 	return pc, nil
 }

@@ -48,6 +48,7 @@ func TestDefaults(t *testing.T) {
 func TestLoad(t *testing.T) {
 	setenv(t, map[string]string{
 		"DATABASE_URL":       "postgres://u:hunter2@db.internal:6432/users?sslmode=require",
+		"DATABASE_READ_URL":  "postgres://u:hunter2@standby1.internal,standby2.internal/users?target_session_attrs=prefer-standby",
 		"HTTP_ADDR":          "127.0.0.1:9000",
 		"LOG_LEVEL":          "DEBUG",
 		"LOG_FORMAT":         "Text",
@@ -67,6 +68,7 @@ func TestLoad(t *testing.T) {
 	}
 	want := Config{
 		DatabaseURL:      "postgres://u:hunter2@db.internal:6432/users?sslmode=require",
+		DatabaseReadURL:  "postgres://u:hunter2@standby1.internal,standby2.internal/users?target_session_attrs=prefer-standby",
 		HTTPAddr:         "127.0.0.1:9000",
 		LogLevel:         slog.LevelDebug,
 		LogFormat:        "text",
@@ -108,6 +110,7 @@ func TestLoadRejects(t *testing.T) {
 		{"IDEMPOTENCY_TTL", "-1h"},
 		{"IDEMPOTENCY_TTL", "a day"},
 		{"DATABASE_URL", "postgres://u:hunter2@[::1"},
+		{"DATABASE_READ_URL", "postgres://u:hunter2@[::1"},
 	} {
 		setenv(t, map[string]string{tt.variable: tt.value})
 		_, err := Load()
@@ -122,7 +125,7 @@ func TestLoadRejects(t *testing.T) {
 
 func TestVariables(t *testing.T) {
 	got := strings.Join(Variables(), " ")
-	want := "DATABASE_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS DB_CONNECT_TIMEOUT REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR IDEMPOTENCY_TTL AUTH_TOKENS AUTH_TOKENS_FILE"
+	want := "DATABASE_URL DATABASE_READ_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS DB_CONNECT_TIMEOUT REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR IDEMPOTENCY_TTL AUTH_TOKENS AUTH_TOKENS_FILE"
 	if got != want {
 		t.Errorf("Variables() = %s, want %s", got, want)
 	}
@@ -172,5 +175,19 @@ func TestPoolConfig(t *testing.T) {
 	c := Config{DatabaseURL: "postgres://u:hunter2@[::1"}
 	if _, err := c.PoolConfig(); err == nil || !strings.HasPrefix(err.Error(), "DATABASE_URL:") || strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("PoolConfig() of a malformed URL = %v, want an error that names DATABASE_URL and not the password", err)
+	}
+	// DATABASE_READ_URL's connections have the same bound, and a name of
+	// their own.
+	c = Config{DatabaseReadURL: "postgres://u@standby1,standby2/users?target_session_attrs=prefer-standby", DBConnectTimeout: 2 * time.Second}
+	pc, err := c.ReadPoolConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, app := pc.ConnConfig.ConnectTimeout, pc.ConnConfig.RuntimeParams["application_name"]; got != 2*time.Second || app != "usersvc-read" {
+		t.Errorf("ReadPoolConfig(): ConnectTimeout %v, application_name %q; want 2s and usersvc-read", got, app)
+	}
+	c = Config{DatabaseReadURL: "postgres://u:hunter2@[::1"}
+	if _, err := c.ReadPoolConfig(); err == nil || !strings.HasPrefix(err.Error(), "DATABASE_READ_URL:") || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("ReadPoolConfig() of a malformed URL = %v, want an error that names DATABASE_READ_URL and not the password", err)
 	}
 }

@@ -107,6 +107,8 @@ func (s *benchStore) CreateUserIdempotently(ctx context.Context, arg db.CreateUs
 
 func (s *benchStore) SchemaVersion(context.Context) (int64, error) { return migrations.Latest(), nil }
 
+func (s *benchStore) ReadOnly(context.Context) (string, error) { return "", nil }
+
 // benchWriter is a ResponseWriter that keeps the status and counts the
 // body, and is reset between requests, keeping its header map, as a server
 // could.

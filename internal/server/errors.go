@@ -19,7 +19,8 @@ import (
 // handler returns an error, writeError answers with its problem.
 
 // Problem codes: the stable, machine-readable "code" member of every
-// problem document. openapi.yaml lists the same set.
+// problem document. openapi.yaml lists the same set, each on the responses
+// of its status (TestOpenAPIProblemCodes).
 const (
 	codeInvalidJSON          = "invalid_json"
 	codeValidationFailed     = "validation_failed"
@@ -178,9 +179,9 @@ func databaseError(err error) *apiError {
 // down, restarting or a statement cancelled (57), a read-only database
 // (25006), a broken connection (08), and a table missing because the
 // migrations have not run (42P01); any other refusal while connecting; and,
-// without a SQLSTATE, a database that cannot be reached or does not answer
-// in time. The words name no host, user or password: /readyz shows them to
-// anyone.
+// without a SQLSTATE, a database that cannot be reached, has no host that
+// takes writes (target_session_attrs), or does not answer in time. The
+// words name no host, user or password: /readyz shows them to anyone.
 func unavailableBecause(err error) string {
 	_, connecting := errors.AsType[*pgconn.ConnectError](err)
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
@@ -227,6 +228,10 @@ func unavailableBecause(err error) string {
 	switch {
 	case connecting && timedOut:
 		return "the database did not complete the connection in time"
+	case connecting && (errors.Is(err, pgconn.ErrReadOnlyConnection) || errors.Is(err, pgconn.ErrStandbyConnection)):
+		// target_session_attrs=read-write or primary turned every host
+		// that answered away, as during a failover.
+		return "no database host in DATABASE_URL takes writes: those that answer are read-only or standbys, as during a failover"
 	case connecting:
 		return "the database cannot be reached"
 	case timedOut:

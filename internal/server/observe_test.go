@@ -73,13 +73,13 @@ func withID(recs []map[string]any, id string) []map[string]any {
 
 // newObservedServer is newTestServer with its logs at level collected and
 // metrics served.
-func newObservedServer(t *testing.T, store userStore, database schemaVersioner, level slog.Level) (*testServer, *logBuffer) {
+func newObservedServer(t *testing.T, store userStore, database databaseProbe, level slog.Level) (*testServer, *logBuffer) {
 	t.Helper()
 	return newObservedServerTimeout(t, store, database, level, 2*time.Second)
 }
 
 // newObservedServerTimeout is newObservedServer with this REQUEST_TIMEOUT.
-func newObservedServerTimeout(t *testing.T, store userStore, database schemaVersioner, level slog.Level, requestTimeout time.Duration) (*testServer, *logBuffer) {
+func newObservedServerTimeout(t *testing.T, store userStore, database databaseProbe, level slog.Level, requestTimeout time.Duration) (*testServer, *logBuffer) {
 	t.Helper()
 	logs := &logBuffer{}
 	m := metrics.New("v0.0.0-test")
@@ -304,6 +304,8 @@ type versionAt int64
 
 func (v versionAt) SchemaVersion(context.Context) (int64, error) { return int64(v), nil }
 
+func (versionAt) ReadOnly(context.Context) (string, error) { return "", nil }
+
 // unreachable is a database that does not answer.
 type unreachable struct{}
 
@@ -311,12 +313,16 @@ func (unreachable) SchemaVersion(context.Context) (int64, error) {
 	return 0, &pgconn.ConnectError{}
 }
 
+func (unreachable) ReadOnly(context.Context) (string, error) {
+	return "", &pgconn.ConnectError{}
+}
+
 func TestReadyz(t *testing.T) {
 	t.Parallel()
 	latest := migrations.Latest()
 	for _, tt := range []struct {
 		name     string
-		database schemaVersioner
+		database databaseProbe
 		drain    bool
 		status   int
 		detail   []string // what the 503's detail names

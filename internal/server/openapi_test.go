@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -78,7 +79,7 @@ func checkOpenAPI(t testing.TB, req *http.Request, status int, header http.Heade
 // Beyond openapi3filter.ValidateResponse it checks that HEAD responses and
 // responses documented without content (204) have an empty body, and it
 // validates HEAD responses, which ValidateResponse skips entirely, by their
-// status, headers and Content-Type.
+// status, headers and Content-Type (that of the GET operation's response).
 //
 // A method the document does not list for a path (PATCH /users/1) gets the
 // mux's 405; it must answer 405 and match the 405 response of the path's GET
@@ -116,8 +117,19 @@ func (s *openAPISpec) validateResponse(ctx context.Context, req *http.Request, s
 		if len(body) != 0 {
 			return fmt.Errorf("HEAD response has a %d-byte body, want none", len(body))
 		}
-		if ct := header.Get("Content-Type"); ct != "" && len(response.Content) != 0 && response.Content.Get(ct) == nil {
-			return fmt.Errorf("Content-Type %q is not documented for status %d of %s", ct, status, route.Operation.OperationID)
+		// HEAD responses are documented without content: the
+		// Content-Type is the one GET would have, for the same status.
+		get := req.Clone(ctx)
+		get.Method = http.MethodGet
+		getRoute, _, err := s.router.FindRoute(get)
+		if err != nil {
+			return fmt.Errorf("find the GET operation whose Content-Type HEAD answers with: %w", err)
+		}
+		if getResponse := getRoute.Operation.Responses.Status(status); getResponse != nil {
+			content := getResponse.Value.Content
+			if ct := header.Get("Content-Type"); ct != "" && len(content) != 0 && content.Get(ct) == nil {
+				return fmt.Errorf("Content-Type %q is not documented for status %d of %s", ct, status, getRoute.Operation.OperationID)
+			}
 		}
 		// ValidateResponse returns nil for any HEAD request; asking as GET
 		// with the body excluded still checks the status and headers of the
@@ -210,10 +222,17 @@ func TestOpenAPIDocument(t *testing.T) {
 						t.Errorf("%s: no %s response", name, code)
 					}
 				}
-				// The API needs the bearer token; the rest stays open.
-				bearer := op.Security != nil && len(*op.Security) == 1 && (*op.Security)[0]["bearerAuth"] != nil
-				if bearer != api || (!api && (op.Security != nil || op.Responses.Value("401") != nil)) {
-					t.Errorf("%s: security %v, 401 response %v; want bearerAuth and a 401 exactly on the /users operations", name, op.Security, op.Responses.Value("401") != nil)
+				// The API needs the bearer token when the server has tokens,
+				// as the document's own security says; the rest stays open,
+				// as routes.go's short list does.
+				security := spec.doc.Security
+				if op.Security != nil {
+					security = *op.Security
+				}
+				bearer := op.Security == nil && len(security) == 2 && security[0]["bearerAuth"] != nil && len(security[1]) == 0
+				open := op.Security != nil && len(security) == 0
+				if bearer != api || open == api || (!api && op.Responses.Value("401") != nil) {
+					t.Errorf("%s: security %v, 401 response %v; want the document's [{bearerAuth: []}, {}] and a 401 exactly on the /users operations, security: [] on the others", name, security, op.Responses.Value("401") != nil)
 				}
 				for code, ref := range op.Responses.Map() {
 					if code[0] != '4' && code[0] != '5' {
@@ -221,6 +240,10 @@ func TestOpenAPIDocument(t *testing.T) {
 					}
 					if ref.Ref == "" {
 						t.Errorf("%s: %s response is inline, want a components/responses $ref", name, code)
+					}
+					if method == http.MethodHead {
+						checkHeadResponse(t, name, code, ref.Value, item.Get.Responses.Value(code))
+						continue
 					}
 					content := ref.Value.Content
 					mt := content.Get("application/problem+json")
@@ -361,12 +384,14 @@ func TestOpenAPIDocument(t *testing.T) {
 		{"list with bad item", "GET", "/users", 200, jsonCT, `[{"id":1}]`, "name"},
 		{"delete", "DELETE", "/users/1", 204, nil, "", ""},
 		{"delete with body", "DELETE", "/users/1", 204, jsonCT, user, "without a body"},
-		{"head", "HEAD", "/users/1", 200, userCT, "", ""},
+		{"head", "HEAD", "/users/1", 200, with(userCT, "Content-Length", "96"), "", ""},
+		{"head without Content-Length", "HEAD", "/users/1", 200, userCT, "", "Content-Length"},
 		{"head not found", "HEAD", "/users/1", 404, problemCT, "", ""},
 		{"head with body", "HEAD", "/users/1", 200, userCT, user, "HEAD response"},
-		{"head wrong type", "HEAD", "/users/1", 200, with(userCT, "Content-Type", "text/plain"), "", "Content-Type"},
+		{"head wrong type", "HEAD", "/users/1", 200, with(userCT, "Content-Type", "text/plain", "Content-Length", "96"), "", "Content-Type"},
 		{"user without ETag", "GET", "/users/1", 200, jsonCT, user, "ETag"},
 		{"user with a weak ETag", "GET", "/users/1", 200, with(jsonCT, "ETag", `W/"1-1735787045123456"`), user, "ETag"},
+		{"head without ETag", "HEAD", "/users/1", 200, with(jsonCT, "Content-Length", "96"), "", "ETag"},
 		{"not modified", "GET", "/users/1", 304, with(http.Header{}, "ETag", `"1-1735787045123456"`), "", ""},
 		{"not modified without ETag", "GET", "/users/1", 304, nil, "", "ETag"},
 		{"not modified with a bad ETag", "GET", "/users/1", 304, with(http.Header{}, "ETag", `"x"`), "", "ETag"},
@@ -375,6 +400,7 @@ func TestOpenAPIDocument(t *testing.T) {
 		{"precondition failed", "PUT", "/users/1", 412, problemCT, precondition, ""},
 		{"precondition failed on delete", "DELETE", "/users/1", 412, problemCT, precondition, ""},
 		{"precondition failed on get", "GET", "/users/1", 412, problemCT, precondition, ""},
+		{"precondition failed on head", "HEAD", "/users/1", 412, problemCT, "", ""},
 		{"precondition failed on create", "POST", "/users", 412, problemCT, precondition, "not documented"},
 		{"create replayed", "POST", "/users", 201, with(userCT, "Location", "/users/1", "Idempotent-Replayed", "true"), user, ""},
 		{"create replayed, other value", "POST", "/users", 201, with(userCT, "Location", "/users/1", "Idempotent-Replayed", "yes"), user, "Idempotent-Replayed"},
@@ -425,6 +451,30 @@ func TestOpenAPIDocument(t *testing.T) {
 	}
 }
 
+// checkHeadResponse fails the test unless head, the code response of a
+// HEAD operation, has no content and the headers of get, the GET
+// operation's response for the same code.
+func checkHeadResponse(t *testing.T, name, code string, head *openapi3.Response, get *openapi3.ResponseRef) {
+	t.Helper()
+	if len(head.Content) != 0 {
+		t.Errorf("%s: %s response has content %v, want none: a HEAD response has no body", name, code, slices.Collect(maps.Keys(head.Content)))
+	}
+	if get == nil {
+		t.Errorf("%s: %s response has no GET twin", name, code)
+		return
+	}
+	headerRefs := func(h openapi3.Headers) map[string]string {
+		refs := map[string]string{}
+		for name, ref := range h {
+			refs[name] = ref.Ref
+		}
+		return refs
+	}
+	if h, g := headerRefs(head.Headers), headerRefs(get.Value.Headers); !maps.Equal(h, g) {
+		t.Errorf("%s: %s response headers %v, want GET's %v", name, code, h, g)
+	}
+}
+
 // usesSchema reports whether ref is, or is composed from (allOf, oneOf,
 // anyOf), the component schema named by want.
 func usesSchema(ref *openapi3.SchemaRef, want string) bool {
@@ -443,4 +493,106 @@ func usesSchema(ref *openapi3.SchemaRef, want string) bool {
 		}
 	}
 	return false
+}
+
+// TestOpenAPIProblemCodes holds openapi.yaml's problem codes to the
+// server's, problemKinds: the same set in ProblemCode; every problem
+// response narrowed to one code, with that code's status and type; the 400
+// union's discriminator mapping exactly the codes whose status is 400; and
+// every code answered by some response.
+func TestOpenAPIProblemCodes(t *testing.T) {
+	t.Parallel()
+	spec, err := loadOpenAPI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	schemas := spec.doc.Components.Schemas
+
+	var enum []string
+	for _, v := range schemas["ProblemCode"].Value.Enum {
+		enum = append(enum, fmt.Sprint(v))
+	}
+	slices.Sort(enum)
+	if want := slices.Sorted(maps.Keys(problemKinds)); !slices.Equal(enum, want) {
+		t.Errorf("ProblemCode enum = %v, want problemKinds' codes %v", enum, want)
+	}
+
+	// checkNarrowed checks what schema narrows a problem to against code's
+	// kind, and returns the code it narrows to ("" for none).
+	checkNarrowed := func(where string, schema *openapi3.SchemaRef, code string) string {
+		t.Helper()
+		n := narrowedProblem(schema)
+		if code == "" {
+			code = n["code"]
+		}
+		kind, ok := problemKinds[code]
+		switch {
+		case !ok:
+			t.Errorf("%s: narrowed to code %q, which problemKinds lacks", where, code)
+		case n["code"] != "" && n["code"] != code:
+			t.Errorf("%s: code %s, want %s", where, n["code"], code)
+		case n["status"] != strconv.Itoa(kind.status):
+			t.Errorf("%s: status %q for code %s, want %d", where, n["status"], code, kind.status)
+		case n["type"] != "" && n["type"] != "urn:usersvc:problem:"+code:
+			t.Errorf("%s: type %q for code %s", where, n["type"], code)
+		}
+		return n["code"]
+	}
+
+	answered := map[string]bool{}
+	for name, ref := range spec.doc.Components.Responses {
+		mt := ref.Value.Content.Get(problemContentType)
+		if mt == nil {
+			continue
+		}
+		d := mt.Schema.Value.Discriminator
+		if d == nil {
+			code := checkNarrowed("response "+name, mt.Schema, "")
+			if code == "" {
+				t.Errorf("response %s: the problem is not narrowed to a code", name)
+			}
+			answered[code] = true
+			continue
+		}
+		var mapped, want []string
+		for code, target := range d.Mapping {
+			mapped = append(mapped, code)
+			answered[code] = true
+			schema := schemas[strings.TrimPrefix(target.Ref, "#/components/schemas/")]
+			if schema == nil {
+				t.Errorf("response %s: mapping %s: no schema %s", name, code, target.Ref)
+				continue
+			}
+			checkNarrowed("response "+name+" mapping "+code, schema, code)
+		}
+		for code, kind := range problemKinds {
+			if kind.status == http.StatusBadRequest {
+				want = append(want, code)
+			}
+		}
+		slices.Sort(mapped)
+		slices.Sort(want)
+		if d.PropertyName != "code" || !slices.Equal(mapped, want) {
+			t.Errorf("response %s: discriminator on %q maps %v, want code mapping the 400 codes %v", name, d.PropertyName, mapped, want)
+		}
+	}
+	for code := range problemKinds {
+		if !answered[code] {
+			t.Errorf("no response of openapi.yaml answers code %s", code)
+		}
+	}
+}
+
+// narrowedProblem returns the const values that schema, or the members of
+// its allOf, give the problem members type, status and code.
+func narrowedProblem(schema *openapi3.SchemaRef) map[string]string {
+	n := map[string]string{}
+	for _, member := range append(openapi3.SchemaRefs{schema}, schema.Value.AllOf...) {
+		for _, name := range []string{"type", "status", "code"} {
+			if p := member.Value.Properties[name]; p != nil && p.Value.Const != nil {
+				n[name] = fmt.Sprint(p.Value.Const)
+			}
+		}
+	}
+	return n
 }

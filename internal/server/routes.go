@@ -11,11 +11,12 @@ import (
 // every route needs one (requireToken), and so does every request that
 // matches no route, except the open ones marked here: the probes, the
 // metrics (when m is set: not when another listener serves them), the
-// OpenAPI document and its reference page.
-func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, ready readiness, m *metrics.Metrics) {
+// OpenAPI document and its reference page. The GET routes read through
+// reads, the others through store.
+func addRoutes(mux *http.ServeMux, logger *slog.Logger, store userStore, reads userReader, ready readiness, m *metrics.Metrics) {
 	mux.Handle("POST /users", handleUserCreate(logger, store))
-	mux.Handle("GET /users", handleUserList(logger, store))
-	mux.Handle("GET /users/{id}", handleUserGet(logger, store))
+	mux.Handle("GET /users", handleUserList(logger, reads))
+	mux.Handle("GET /users/{id}", handleUserGet(logger, reads))
 	mux.Handle("PUT /users/{id}", handleUserRename(logger, store))
 	mux.Handle("DELETE /users/{id}", handleUserDelete(logger, store))
 

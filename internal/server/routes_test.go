@@ -130,6 +130,8 @@ type okDatabase struct{}
 
 func (okDatabase) SchemaVersion(context.Context) (int64, error) { return migrations.Latest(), nil }
 
+func (okDatabase) ReadOnly(context.Context) (string, error) { return "", nil }
+
 func TestStoreFailures(t *testing.T) {
 	t.Parallel()
 	secret := "relation users: SELECT secret FROM pg_shadow"
@@ -176,7 +178,7 @@ func TestNewRoutesAreProtected(t *testing.T) {
 	pool := pgtest.NewPool(t)
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
 	mux := http.NewServeMux()
-	addRoutes(mux, logger, db.New(pool), readiness{database: migrations.VersionReader{Q: pool}, want: migrations.Latest(), draining: new(atomic.Bool)}, nil)
+	addRoutes(mux, logger, db.New(pool), db.New(pool), readiness{database: migrations.VersionReader{Q: pool}, want: migrations.Latest(), draining: new(atomic.Bool)}, nil)
 	mux.Handle("GET /groups", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		encode(w, r, logger, http.StatusOK, jsonContentType, []string{})
 	}))

@@ -30,6 +30,9 @@ type Options struct {
 	// ones of addRoutes accepts; any other request to them, or to a path
 	// that matches no route, gets 401 unauthorized. Empty: no check.
 	AuthTokens []string
+	// Reads, when set, serves the GET routes' queries instead of the store:
+	// production passes db.New(pool) for the pool of DATABASE_READ_URL.
+	Reads userReader
 }
 
 // Server is the service's HTTP handler.
@@ -41,7 +44,7 @@ type Server struct {
 // New returns the service's HTTP handler: every route of routes.go behind
 // the middleware chain of newHandler. Production passes db.New(pool) as
 // the store and migrations.VersionReader{Q: pool} as the database.
-func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Options) *Server {
+func New(logger *slog.Logger, store userStore, database databaseProbe, opts Options) *Server {
 	logger = slog.New(requestIDHandler{logger.Handler()})
 	s := &Server{}
 	mux := http.NewServeMux()
@@ -49,7 +52,11 @@ func New(logger *slog.Logger, store userStore, database schemaVersioner, opts Op
 	if opts.MetricsElsewhere {
 		served = nil
 	}
-	addRoutes(mux, logger, store, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served)
+	reads := opts.Reads
+	if reads == nil {
+		reads = store
+	}
+	addRoutes(mux, logger, store, reads, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served)
 	s.handler = newHandler(mux, logger, opts)
 	return s
 }

@@ -43,7 +43,7 @@ func newTestServer(t *testing.T) *testServer {
 // serveAPI serves the real handler stack, New, on store and database over
 // loopback HTTP until the test ends, and returns its URL. A zero
 // RequestTimeout in opts becomes 5 s.
-func serveAPI(tb testing.TB, logger *slog.Logger, store userStore, database schemaVersioner, opts Options) string {
+func serveAPI(tb testing.TB, logger *slog.Logger, store userStore, database databaseProbe, opts Options) string {
 	tb.Helper()
 	if opts.RequestTimeout == 0 {
 		opts.RequestTimeout = 5 * time.Second

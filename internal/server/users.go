@@ -14,16 +14,22 @@ import (
 // userStore is what the user handlers need of the database. Its methods are
 // those of the sqlc-generated *db.Queries.
 type userStore interface {
+	userReader
 	CreateUser(ctx context.Context, name string) (db.User, error)
-	GetUser(ctx context.Context, id int64) (db.User, error)
-	ListUsers(ctx context.Context, arg db.ListUsersParams) ([]db.User, error)
-	ListUsersByName(ctx context.Context, arg db.ListUsersByNameParams) ([]db.User, error)
 	RenameUser(ctx context.Context, arg db.RenameUserParams) (db.User, error)
 	DeleteUser(ctx context.Context, id int64) (int64, error)
 	CreateUserIdempotently(ctx context.Context, arg db.CreateUserIdempotentlyParams) (db.CreateUserIdempotentlyRow, error)
 	GetIdempotencyKey(ctx context.Context, keyDigest []byte) (db.GetIdempotencyKeyRow, error)
 	RenameUserIf(ctx context.Context, arg db.RenameUserIfParams) (db.RenameUserIfRow, error)
 	DeleteUserIf(ctx context.Context, arg db.DeleteUserIfParams) (bool, error)
+}
+
+// userReader is what the GET routes need of the database: the queries that
+// a standby can answer.
+type userReader interface {
+	GetUser(ctx context.Context, id int64) (db.User, error)
+	ListUsers(ctx context.Context, arg db.ListUsersParams) ([]db.User, error)
+	ListUsersByName(ctx context.Context, arg db.ListUsersByNameParams) ([]db.User, error)
 }
 
 var _ userStore = (*db.Queries)(nil)
@@ -121,7 +127,7 @@ func writeCreated(w http.ResponseWriter, r *http.Request, logger *slog.Logger, u
 
 // handleUserList serves GET /users: 200 with a page of users in id order
 // and, while more remain, a Link to the next page; 400 for a bad query.
-func handleUserList(logger *slog.Logger, store userStore) http.Handler {
+func handleUserList(logger *slog.Logger, store userReader) http.Handler {
 	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		q, err := parseListQuery(r.URL.RawQuery)
 		if err != nil {
@@ -154,7 +160,7 @@ func handleUserList(logger *slog.Logger, store userStore) http.Handler {
 // ETag; 304 with the ETag when If-None-Match names it (or is *); 400 for a
 // malformed id or precondition header; 404; 412 when If-Match does not
 // name the user's ETag.
-func handleUserGet(logger *slog.Logger, store userStore) http.Handler {
+func handleUserGet(logger *slog.Logger, store userReader) http.Handler {
 	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
