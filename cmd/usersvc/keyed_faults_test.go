@@ -110,8 +110,14 @@ func TestKeyedCreatesUnderFaults(t *testing.T) {
 	createdAtLeast := func(n int) func([]attempt) bool {
 		return func(as []attempt) bool { return count(as, created) >= n }
 	}
-	failedAtLeast := func(n int) func([]attempt) bool {
-		return func(as []attempt) bool { return count(as, unavailable) >= n }
+	// failedAtLeast waits for n 503s that took at least, or (when
+	// negative) less than, the duration: which deadline cut them off.
+	failedAtLeast := func(n int, took time.Duration) func([]attempt) bool {
+		return func(as []attempt) bool {
+			return count(as, func(a attempt) bool {
+				return unavailable(a) && (took >= 0 && a.took() >= took || took < 0 && a.took() < -took)
+			}) >= n
+		}
 	}
 	l.waitFor("steady", "100 creates", 15*time.Second, createdAtLeast(100))
 
@@ -131,7 +137,7 @@ func TestKeyedCreatesUnderFaults(t *testing.T) {
 		_, err := tx.Exec(ctx, "LOCK TABLE users IN SHARE MODE")
 		return err
 	})
-	l.waitFor("statement_timeout", "503s", 15*time.Second, failedAtLeast(2*clients))
+	l.waitFor("statement_timeout", "503s well before REQUEST_TIMEOUT", 15*time.Second, failedAtLeast(2*clients, -requestTimeout/2))
 	release()
 	exec("ALTER DATABASE postgres RESET statement_timeout")
 	killed += terminate()
@@ -144,7 +150,7 @@ func TestKeyedCreatesUnderFaults(t *testing.T) {
 		_, err := tx.Exec(ctx, "LOCK TABLE users IN SHARE MODE")
 		return err
 	})
-	l.waitFor("request_timeout", "503s", 15*time.Second, failedAtLeast(clients))
+	l.waitFor("request_timeout", "503s at REQUEST_TIMEOUT", 15*time.Second, failedAtLeast(clients, requestTimeout))
 	release()
 	l.waitFor("request_timeout", "creates after the lock", 15*time.Second, createdAtLeast(30))
 
@@ -153,7 +159,7 @@ func TestKeyedCreatesUnderFaults(t *testing.T) {
 	// cancels the wait (PostgreSQL keeps the commit). The retry must replay.
 	l.setPhase("late_commit")
 	syncStandby(t, admin, databaseURL, "nobody")
-	l.waitFor("late_commit", "503s", 15*time.Second, failedAtLeast(clients))
+	l.waitFor("late_commit", "503s at REQUEST_TIMEOUT", 15*time.Second, failedAtLeast(clients, requestTimeout))
 	syncStandby(t, admin, databaseURL, "")
 	l.waitFor("late_commit", "creates after the standby", 15*time.Second, createdAtLeast(30))
 
