@@ -12,7 +12,7 @@ BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 OPENAPI := internal/server/openapi.yaml
 
-.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench bench-go soak
+.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench bench-go soak bench-deps install-wrk
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -156,9 +156,9 @@ fuzz:
 ## bench: the load benchmark of docs/benchmarks.md, about 20 minutes on a
 ## quiet machine; BENCH_ARGS passes flags, e.g. BENCH_ARGS='-quick' for a
 ## one-minute smoke run (bin/bench -h lists them). Installs wrk when root.
+## PostgreSQL's data goes under .bench/, on the checkout's disk.
 ## The report is markdown on stdout (progress on stderr): make bench > run.md
-bench:
-	@go build -o bin/bench ./cmd/bench
+bench: bench-deps
 	@./bin/bench $(BENCH_ARGS)
 
 ## soak: sustained mixed load (every kind of request, each with the answer
@@ -170,9 +170,24 @@ bench:
 ## report is markdown on stdout: make soak > run.md
 SOAK_DURATION    ?= 5m
 SOAK_CONNECTIONS ?= 16
-soak:
-	@go build -o bin/bench ./cmd/bench
+soak: bench-deps
 	@./bin/bench soak -duration $(SOAK_DURATION) -connections $(SOAK_CONNECTIONS) $(SOAK_ARGS)
+
+# What make bench and make soak run: the service as make build builds it,
+# bin/bench, and wrk. Quiet on stdout, which is the report's.
+bench-deps:
+	@$(MAKE) --no-print-directory -s build >&2
+	@go build -o bin/bench ./cmd/bench
+	@command -v wrk >/dev/null || $(MAKE) --no-print-directory install-wrk >&2
+
+# wrk comes from Debian: installed here when running as root, else make
+# bench says how.
+install-wrk:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make bench and make soak need wrk: sudo apt-get install wrk" >&2; exit 1; \
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk
 
 ## bench-go: the request path's micro-benchmarks (JSON and handlers, no
 ## network, no database), with allocations

@@ -1,11 +1,15 @@
+//go:build linux
+
 package main
 
 import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -87,7 +91,7 @@ func TestParsePgbenchOutput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := pgbenchResult{tps: 89295.123456, processed: 178406, failed: 3, latency: 45 * time.Microsecond}
+	want := pgbenchResult{tps: 89295.123456, processed: 178406, failed: 3}
 	if r != want {
 		t.Errorf("parsePgbenchOutput = %+v, want %+v", r, want)
 	}
@@ -109,20 +113,19 @@ func TestParsePgbenchOutput(t *testing.T) {
 	}
 }
 
-func TestParseProcStatus(t *testing.T) {
-	status := "Name:\tusersvc\nVmPeak:\t 1254012 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   17716 kB\nThreads:\t6\n"
-	m, err := parseProcStatus([]byte(status))
+// TestMemory reads this process's memory as the harness reads the
+// service's.
+func TestMemory(t *testing.T) {
+	self, err := os.FindProcess(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (memory{rss: 17716 << 10, hwm: 20480 << 10}); m != want {
-		t.Errorf("parseProcStatus = %+v, want %+v", m, want)
+	m, err := (&service{cmd: &exec.Cmd{Process: self}}).memory()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := parseProcStatus([]byte("Name:\tusersvc\nVmRSS:\t 1 kB\n")); err == nil {
-		t.Error("parseProcStatus without VmHWM: no error")
-	}
-	if _, err := parseProcStatus([]byte("VmHWM:\t 1 kB\nVmRSS:\t 1 MB\n")); err == nil {
-		t.Error("parseProcStatus with a unit other than kB: no error")
+	if m.rss < 1<<20 || m.hwm < m.rss {
+		t.Errorf("memory = %+v, want an RSS of at least 1 MiB and a peak at least as high", m)
 	}
 }
 
@@ -202,8 +205,13 @@ func TestParseOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.duration != quickDuration || o.reps != 2 || o.seed != quickSeed || !slices.Equal(o.pgbenchClients, []int{2, 8}) {
+	if o.duration != 2*time.Second || o.reps != 2 || o.seed != 20_000 || !slices.Equal(o.pgbenchClients, []int{2, 8}) {
 		t.Errorf("-reps 2 -quick -pgbench-clients 8,2,8 = %+v", o)
+	}
+
+	o, err = parseOptions([]string{"-sweep", "DB_MAX_CONNS=4,16", "-tmpfs"}, io.Discard)
+	if err != nil || o.sweepKey != "DB_MAX_CONNS" || !slices.Equal(o.sweepValues, []string{"4", "16"}) || !o.tmpfs {
+		t.Errorf("-sweep DB_MAX_CONNS=4,16 -tmpfs = %+v, %v", o, err)
 	}
 
 	for _, args := range [][]string{
@@ -215,6 +223,8 @@ func TestParseOptions(t *testing.T) {
 		{"-pgbench-clients", "four"},
 		{"-env", "NOEQUALS"},
 		{"-threads", "4", "-connections", "2"},
+		{"-sweep", "DB_MAX_CONNS"},
+		{"-sweep", "DB_MAX_CONNS=4,,8"},
 		{"stray"},
 	} {
 		if _, err := parseOptions(args, io.Discard); err == nil {
@@ -233,7 +243,7 @@ func TestCommand(t *testing.T) {
 		{[]string{"-quick", "-scenarios", "1,2"}, "make bench BENCH_ARGS='-quick -scenarios 1,2'"},
 		{[]string{"-env", "A=it's"}, `make bench BENCH_ARGS='-env '\''A=it'\''\'\'''\''s'\'''`},
 	} {
-		if got := command(tc.args); got != tc.want {
+		if got := command("make bench", tc.args); got != tc.want {
 			t.Errorf("command(%q) = %s, want %s", tc.args, got, tc.want)
 		}
 	}
@@ -328,21 +338,25 @@ func TestBounds(t *testing.T) {
 	}
 }
 
-func TestParseCPU(t *testing.T) {
-	busy, err := parseProcStat([]byte("cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"))
-	if err != nil || busy != 161*clockTick {
-		t.Errorf("parseProcStat = %v, %v; want %v (user+nice+system+irq+softirq+steal)", busy, err, 161*clockTick)
+// TestCPUSample spins until getrusage says this process has spent 200 ms
+// of CPU, and checks what the harness reads of it, and of the machine,
+// from /proc.
+func TestCPUSample(t *testing.T) {
+	self := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	if _, err := parseProcStat([]byte("intr 1 2 3\n")); err == nil {
-		t.Error("parseProcStat of a file without a cpu line = nil error")
+	var c cpuSample
+	end := c.start(os.Getpid())
+	for t0 := self(); self()-t0 < 200*time.Millisecond; {
 	}
-	stat := "4242 (wrk (2) x) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 75 0 0 20 0 3 0 100 0 0\n"
-	cpu, err := parsePidStat([]byte(stat))
-	if err != nil || cpu != 325*clockTick {
-		t.Errorf("parsePidStat = %v, %v; want %v", cpu, err, 325*clockTick)
-	}
-	if _, err := parsePidStat([]byte("4242 wrk S 1")); err == nil {
-		t.Error("parsePidStat without a command name = nil error")
+	end()
+	// /proc counts in ticks of 10 ms.
+	if c.service < 180*time.Millisecond || c.machine < c.service-20*time.Millisecond {
+		t.Errorf("after 200 ms of CPU: %+v, want about 200 ms for this process, and at least as much for the machine", c)
 	}
 	if got := (cpuSample{machine: 10, service: 4, client: 3}).rest(); got != 3 {
 		t.Errorf("rest = %v, want 3", got)

@@ -1,99 +1,25 @@
+//go:build linux
+
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json/v2"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
-
-// soakScript is the wrk script of the soak: a mix of every kind of request,
-// each checked against the answer it must get.
-const soakScript = "soak.lua"
-
-// soakOptions are the soak's settings, from the command line after "soak".
-type soakOptions struct {
-	duration       time.Duration // of the load
-	interval       time.Duration // between samples
-	warmup         time.Duration // samples before it are shown, not judged
-	threads        int           // wrk threads
-	connections    int           // wrk connections, over all threads
-	harnessOptions               // seed: users in the table at the start
-	args           []string      // the command line, for the report
-}
-
-// parseSoakOptions parses the soak's command line. Without -warmup, the
-// warm-up is a fifth of -duration, in whole intervals, at least one.
-func parseSoakOptions(args []string, stderr io.Writer) (soakOptions, error) {
-	o := soakOptions{args: args, warmup: -1}
-	fs := flag.NewFlagSet("bench soak", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.DurationVar(&o.duration, "duration", 5*time.Minute, "how long the load lasts, whole seconds")
-	fs.DurationVar(&o.interval, "interval", 10*time.Second, "time between samples of the service, whole seconds")
-	fs.Func("warmup", "samples taken before this `duration` are shown but not judged (default a fifth of -duration, at least -interval)", func(s string) error {
-		d, err := time.ParseDuration(s)
-		if err == nil && d < 0 {
-			err = errors.New("want 0 or more")
-		}
-		o.warmup = d
-		return err
-	})
-	fs.IntVar(&o.threads, "threads", 2, "wrk threads")
-	fs.IntVar(&o.connections, "connections", 16, "wrk connections, over all threads")
-	fs.IntVar(&o.seed, "seed", 100_000, "users in the table at the start")
-	o.harnessOptions.addFlags(fs, "soak")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: bench soak [flags]\n\nRuns a mixed load against the service for -duration, samples it every -interval,\nand prints a markdown report; exits 1 on any error or when RSS or goroutines grow. See docs/soak.md.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return o, err
-	}
-	if fs.NArg() > 0 {
-		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	if o.warmup < 0 && o.interval > 0 {
-		o.warmup = max(o.interval, (o.duration / 5).Truncate(o.interval))
-	}
-	return o, o.validate()
-}
-
-func (o soakOptions) validate() error {
-	var errs []error
-	if o.duration < time.Second || o.duration%time.Second != 0 {
-		errs = append(errs, fmt.Errorf("-duration %v: want whole seconds, at least 1s", o.duration))
-	}
-	if o.interval < time.Second || o.interval%time.Second != 0 {
-		errs = append(errs, fmt.Errorf("-interval %v: want whole seconds, at least 1s", o.interval))
-	}
-	if o.warmup < 0 {
-		errs = append(errs, fmt.Errorf("-warmup %v: want 0 or more", o.warmup))
-	}
-	if len(errs) == 0 {
-		if n := len(judgedTimes(o)); n < 2 {
-			errs = append(errs, fmt.Errorf("-duration %v -interval %v -warmup %v: %d sample(s) after the warm-up, want at least 2", o.duration, o.interval, o.warmup, n))
-		}
-	}
-	// The script's taken names are the lower half of the seeded users, its
-	// renames the upper half.
-	if o.seed < 1000 {
-		errs = append(errs, fmt.Errorf("-seed %d: want at least 1000", o.seed))
-	}
-	if o.threads < 1 || o.connections < o.threads {
-		errs = append(errs, fmt.Errorf("-threads %d -connections %d: want 1 or more threads and at least one connection each", o.threads, o.connections))
-	}
-	return errors.Join(errs...)
-}
 
 // sampleTimes are when the samples under load are due, from the start of
 // the load: every interval before the end. (One at the very end would race
@@ -108,13 +34,7 @@ func sampleTimes(o soakOptions) []time.Duration {
 
 // judgedTimes are the sample times at or after the warm-up.
 func judgedTimes(o soakOptions) []time.Duration {
-	var ts []time.Duration
-	for _, t := range sampleTimes(o) {
-		if t >= o.warmup {
-			ts = append(ts, t)
-		}
-	}
-	return ts
+	return slices.DeleteFunc(sampleTimes(o), func(t time.Duration) bool { return t < o.warmup })
 }
 
 // sample is what the soak reads of the service and the database at one
@@ -149,47 +69,71 @@ func (s sampler) take(ctx context.Context, phase string, at time.Duration) (samp
 		return smp, err
 	}
 	smp.rss = mem.rss
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.svc.url+"/metrics", nil)
-	if err != nil {
-		return smp, err
-	}
-	res, err := s.client.Do(req)
-	if err != nil {
+	if err := s.metrics(ctx, &smp); err != nil {
 		return smp, fmt.Errorf("sample the service: %w", err)
 	}
-	body, err := io.ReadAll(res.Body)
-	res.Body.Close()
-	if err != nil {
-		return smp, fmt.Errorf("sample the service: GET /metrics: %w", err)
-	}
-	if res.StatusCode != http.StatusOK {
-		return smp, fmt.Errorf("sample the service: GET /metrics: %s", res.Status)
-	}
-	m, err := parseMetrics(body)
-	if err != nil {
-		return smp, fmt.Errorf("sample the service: %w", err)
-	}
-	for _, v := range []struct {
-		name string
-		into *float64
-	}{
-		{"go_memstats_heap_inuse_bytes", &smp.heap},
-		{"go_goroutines", &smp.goroutines},
-		{"process_open_fds", &smp.fds},
-		{"usersvc_db_pool_total_connections", &smp.poolConns},
-	} {
-		if *v.into, err = m.value(v.name); err != nil {
-			return smp, fmt.Errorf("sample the service: %w", err)
-		}
-	}
-	smp.requests = m.sum("usersvc_http_requests_total", func(labels string) bool { return true })
-	smp.serverErrors = m.sum("usersvc_http_requests_total", func(labels string) bool { return strings.Contains(labels, `code="5`) })
 	err = s.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name = 'usersvc'),
 		(SELECT count(*) FROM users)`).Scan(&smp.sessions, &smp.users)
 	if err != nil {
 		return smp, fmt.Errorf("sample the database: %w", err)
 	}
 	return smp, nil
+}
+
+// metrics reads the service's /metrics into smp.
+func (s sampler) metrics(ctx context.Context, smp *sample) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.svc.url+"/metrics", nil)
+	if err != nil {
+		return err
+	}
+	res, err := s.client.Do(req)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil || res.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /metrics: %s %v", res.Status, err)
+	}
+	return readMetrics(body, smp)
+}
+
+// readMetrics fills smp's metrics in from a Prometheus text exposition.
+// Returns an error when it does not parse, or a gauge is missing or has
+// labels.
+func readMetrics(text []byte, smp *sample) error {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(text))
+	if err != nil {
+		return err
+	}
+	for name, into := range map[string]*float64{
+		"go_memstats_heap_inuse_bytes":      &smp.heap,
+		"go_goroutines":                     &smp.goroutines,
+		"process_open_fds":                  &smp.fds,
+		"usersvc_db_pool_total_connections": &smp.poolConns,
+	} {
+		ms := mfs[name].GetMetric()
+		if len(ms) != 1 || len(ms[0].GetLabel()) != 0 {
+			return fmt.Errorf("metric %s: %d series, want one without labels", name, len(ms))
+		}
+		*into = metricValue(ms[0])
+	}
+	smp.requests, smp.serverErrors = 0, 0
+	for _, m := range mfs["usersvc_http_requests_total"].GetMetric() {
+		smp.requests += metricValue(m)
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "code" && strings.HasPrefix(l.GetValue(), "5") {
+				smp.serverErrors += metricValue(m)
+			}
+		}
+	}
+	return nil
+}
+
+// metricValue returns the value of a gauge, a counter or an untyped metric.
+func metricValue(m *dto.Metric) float64 {
+	return m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
 }
 
 // idle takes the sample after the load: it polls until the service's
@@ -213,92 +157,6 @@ func (s sampler) idle(ctx context.Context, before sample, at time.Duration) (sam
 	}
 }
 
-// metrics are the series of a Prometheus text exposition, by metric name.
-type metrics map[string][]series
-
-// series is one line of the exposition: its labels as written, between
-// the braces, and its value.
-type series struct {
-	labels string
-	value  float64
-}
-
-// parseMetrics parses the Prometheus text format: comment lines are
-// skipped, and every other line is a name, labels in braces or none, a
-// value, and maybe a timestamp. Label values may hold braces and escaped
-// quotes. Returns an error for a line that does not parse.
-func parseMetrics(b []byte) (metrics, error) {
-	m := metrics{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		name, rest := line, ""
-		if i := strings.IndexAny(line, "{ "); i >= 0 {
-			name, rest = line[:i], line[i:]
-		}
-		var labels string
-		if strings.HasPrefix(rest, "{") {
-			end, ok := closingBrace(rest)
-			if !ok {
-				return nil, fmt.Errorf("parse metrics: unterminated labels in %q", line)
-			}
-			labels, rest = rest[1:end], rest[end+1:]
-		}
-		f := strings.Fields(rest)
-		if name == "" || len(f) < 1 || len(f) > 2 {
-			return nil, fmt.Errorf("parse metrics: %q", line)
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("parse metrics: %q: %w", line, err)
-		}
-		m[name] = append(m[name], series{labels: labels, value: v})
-	}
-	return m, sc.Err()
-}
-
-// closingBrace returns the index in s, which starts with '{', of the brace
-// that closes it, outside quoted label values.
-func closingBrace(s string) (int, bool) {
-	quoted := false
-	for i := 1; i < len(s); i++ {
-		switch {
-		case quoted && s[i] == '\\':
-			i++ // the escaped character
-		case s[i] == '"':
-			quoted = !quoted
-		case !quoted && s[i] == '}':
-			return i, true
-		}
-	}
-	return 0, false
-}
-
-// value returns the value of the metric without labels name. Returns an
-// error when there is no such metric or it has several series.
-func (m metrics) value(name string) (float64, error) {
-	ss := m[name]
-	if len(ss) != 1 || ss[0].labels != "" {
-		return 0, fmt.Errorf("metric %s: %d series, want one without labels", name, len(ss))
-	}
-	return ss[0].value, nil
-}
-
-// sum returns the sum of name's series whose labels keep accepts.
-func (m metrics) sum(name string, keep func(labels string) bool) float64 {
-	var t float64
-	for _, s := range m[name] {
-		if keep(s.labels) {
-			t += s.value
-		}
-	}
-	return t
-}
-
 // soakAnswers is the line that soak.lua prints after the result line: the
 // answers of the run by request kind and status ("get 200"), those the
 // script found wrong apart, and each kind's expected status.
@@ -312,26 +170,16 @@ type soakAnswers struct {
 const answersPrefix = "SOAK_ANSWERS "
 
 // parseSoakAnswers finds soak.lua's line in wrk's output. Returns an error
-// when there is none, it does not parse, or it names a kind without an
-// expected status.
+// when there is none, it does not parse, or it names no expected status.
 func parseSoakAnswers(out []byte) (soakAnswers, error) {
 	var a soakAnswers
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line, ok := strings.CutPrefix(sc.Text(), answersPrefix)
-		if !ok {
-			continue
-		}
-		if err := json.Unmarshal([]byte(line), &a); err != nil {
-			return a, fmt.Errorf("parse soak answers %q: %w", line, err)
-		}
-		if len(a.Expect) == 0 {
-			return a, fmt.Errorf("parse soak answers %q: no expected statuses", line)
-		}
-		return a, nil
+	if err := parseLine(out, answersPrefix, &a); err != nil {
+		return a, fmt.Errorf("soak answers: %w", err)
 	}
-	return a, errors.New("wrk printed no soak answers line")
+	if len(a.Expect) == 0 {
+		return a, errors.New("soak answers: no expected statuses")
+	}
+	return a, nil
 }
 
 // kindAnswers is one request kind's answers.
@@ -349,21 +197,17 @@ type kindAnswers struct {
 func (a soakAnswers) byKind() []kindAnswers {
 	kinds := map[string]*kindAnswers{}
 	get := func(kind string) *kindAnswers {
-		if k := kinds[kind]; k != nil {
-			return k
+		if kinds[kind] == nil {
+			kinds[kind] = &kindAnswers{kind: kind, expect: a.Expect[kind]}
 		}
-		k := &kindAnswers{kind: kind, expect: a.Expect[kind]}
-		kinds[kind] = k
-		return k
+		return kinds[kind]
 	}
 	for kind := range a.Expect {
 		get(kind)
 	}
 	for _, key := range sortedKeys(a.Answers) {
 		kind, status, _ := strings.Cut(key, " ")
-		k := get(kind)
-		n := a.Answers[key]
-		bad := a.Unexpected[key]
+		k, n, bad := get(kind), a.Answers[key], a.Unexpected[key]
 		k.total += n
 		if code, err := strconv.Atoi(status); err == nil && code == k.expect {
 			k.right += n - bad
@@ -375,16 +219,18 @@ func (a soakAnswers) byKind() []kindAnswers {
 	}
 	var out []kindAnswers
 	for _, kind := range sortedKeys(kinds) {
-		if kinds[kind].expect != 0 {
-			out = append(out, *kinds[kind])
-		}
+		out = append(out, *kinds[kind])
 	}
-	for _, kind := range sortedKeys(kinds) {
-		if kinds[kind].expect == 0 {
-			out = append(out, *kinds[kind])
-		}
-	}
+	// Stable: name order within the known kinds and the unknown ones.
+	slices.SortStableFunc(out, func(x, y kindAnswers) int { return boolInt(x.expect == 0) - boolInt(y.expect == 0) })
 	return out
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // soakErrors are the soak's errors by kind; any at all fails it.
@@ -434,8 +280,8 @@ func judgeFlat(name string, values []float64, allowance func(first float64) floa
 	if f.window == 0 {
 		return f
 	}
-	f.first = maxOf(values[:f.window])
-	f.last = maxOf(values[len(values)-f.window:])
+	f.first = slices.Max(values[:f.window])
+	f.last = slices.Max(values[len(values)-f.window:])
 	f.allowed = f.first + allowance(f.first)
 	f.flat = f.last <= f.allowed
 	return f
@@ -446,14 +292,6 @@ func judgeFlat(name string, values []float64, allowance func(first float64) floa
 // windows of three, and 0 when there are fewer than two samples.
 func soakWindow(n int) int {
 	return min(3, n/2)
-}
-
-func maxOf(xs []float64) float64 {
-	m := xs[0]
-	for _, x := range xs[1:] {
-		m = max(m, x)
-	}
-	return m
 }
 
 // The allowances of the flatness rule.
@@ -490,7 +328,7 @@ func goroutineAllowance(connections int) func(float64) float64 {
 type soakResults struct {
 	opts               soakOptions
 	machine            machine
-	settings           [][2]string
+	settings           []string
 	startLoad, endLoad string
 	wrk                wrkResult
 	answers            soakAnswers
@@ -503,13 +341,7 @@ type soakResults struct {
 
 // judged returns the samples under load at or after the warm-up.
 func (r *soakResults) judged() []sample {
-	var out []sample
-	for _, s := range r.samples {
-		if s.phase == "load" && s.at >= r.opts.warmup {
-			out = append(out, s)
-		}
-	}
-	return out
+	return slices.DeleteFunc(slices.Clone(r.samples), func(s sample) bool { return s.phase != "load" || s.at < r.opts.warmup })
 }
 
 // judge fills in the flatness verdicts.
@@ -525,19 +357,12 @@ func (r *soakResults) judge() {
 // window and the one after as the last.
 func judgeIdle(samples []sample) flatness {
 	f := flatness{name: "goroutines when idle again"}
-	var before, after *sample
-	for i := range samples {
-		switch samples[i].phase {
-		case "before":
-			before = &samples[i]
-		case "after":
-			after = &samples[i]
-		}
-	}
-	if before == nil || after == nil {
+	i := slices.IndexFunc(samples, func(s sample) bool { return s.phase == "before" })
+	j := slices.IndexFunc(samples, func(s sample) bool { return s.phase == "after" })
+	if i < 0 || j < 0 {
 		return f
 	}
-	f.window, f.first, f.last = 1, before.goroutines, after.goroutines
+	f.window, f.first, f.last = 1, samples[i].goroutines, samples[j].goroutines
 	f.allowed = f.first + idleGoroutineAllowance
 	f.flat = f.last <= f.allowed
 	return f
@@ -562,24 +387,23 @@ func (r *soakResults) failures() []string {
 // report to stdout, and returns an error when the soak failed: any error,
 // or RSS or goroutines not flat.
 func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
-	opts, err := parseSoakOptions(args, stderr)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	o, err := parseSoakOptions(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
 		return err
 	}
 	logf := func(format string, a ...any) { fmt.Fprintf(stderr, "bench soak: "+format+"\n", a...) }
 
-	res := &soakResults{opts: opts, startLoad: loadAverage()}
-	h, err := startHarness(ctx, opts.harnessOptions, stderr, logf)
+	res := &soakResults{opts: o, startLoad: loadAverage()}
+	h, err := startHarness(ctx, o.harnessOptions, logf)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, h.stop()) }()
 	res.machine, res.settings = h.machine, h.settings
 
-	cfg, err := pgx.ParseConfig(h.pg.srv.URL(database))
+	cfg, err := pgx.ParseConfig(h.pg.URL(database))
 	if err != nil {
 		return err
 	}
@@ -598,8 +422,8 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	}
 	res.samples = append(res.samples, before)
 
-	w := wrkRun{wrk: h.wrk, script: h.scripts[soakScript], url: h.svc.url, threads: opts.threads, connections: opts.connections,
-		duration: opts.duration, args: []string{"1", "1", strconv.Itoa(opts.seed)}, servicePID: h.svc.cmd.Process.Pid, token: h.svc.token}
+	w := wrkRun{wrk: h.wrk, script: h.scripts[soakScript], url: h.svc.url, threads: o.threads, connections: o.connections,
+		duration: o.duration, args: []string{"1", "1", strconv.Itoa(o.seed)}, servicePID: h.svc.cmd.Process.Pid, token: h.svc.token}
 	type wrkDone struct {
 		r   wrkResult
 		out []byte
@@ -608,13 +432,13 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	done := make(chan wrkDone, 1)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	logf("load for %v: wrk, %d threads, %d connections; a sample every %v, judged from %v", opts.duration, opts.threads, opts.connections, opts.interval, opts.warmup)
+	logf("load for %v: wrk, %d threads, %d connections; a sample every %v, judged from %v", o.duration, o.threads, o.connections, o.interval, o.warmup)
 	start := time.Now()
 	go func() {
-		r, out, err := w.runOutput(wctx)
+		r, out, err := w.run(wctx)
 		done <- wrkDone{r, out, err}
 	}()
-	tick := time.NewTicker(opts.interval)
+	tick := time.NewTicker(o.interval)
 	defer tick.Stop()
 	var wd wrkDone
 	prev := before
@@ -625,7 +449,7 @@ sampling:
 			break sampling
 		case <-tick.C:
 			at := time.Since(start)
-			if at >= opts.duration {
+			if at >= o.duration {
 				continue // wrk is about to end: this would sample its last moments
 			}
 			s, err := smp.take(ctx, "load", at)
@@ -679,4 +503,109 @@ func perSecond(a, b sample) float64 {
 		return 0
 	}
 	return (b.requests - a.requests) / d
+}
+
+// writeSoakReport prints the soak as markdown.
+func writeSoakReport(w io.Writer, res *soakResults) error {
+	o, m, r := res.opts, res.machine, res.wrk
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+
+	verdict := "**passed**"
+	if why := res.failures(); len(why) > 0 {
+		verdict = "**failed**: " + strings.Join(why, ", ")
+	}
+	p("### Soak of %s", m.date)
+	p("")
+	p("Command: `%s` (what `make soak` runs). Verdict: %s.", command("bin/bench soak", o.args), verdict)
+	p("")
+	cores := func(d time.Duration) float64 { return d.Seconds() / max(float64(r.DurationUS)/1e6, 1e-9) }
+	busy := fmt.Sprintf("| CPU busy during the load | %.2f of %s cores: the service %.2f, wrk %.2f, the rest (PostgreSQL and anything else running) %.2f |",
+		cores(r.cpu.machine), m.cores, cores(r.cpu.service), cores(r.cpu.client), cores(r.cpu.rest()))
+	m.writeTable(p, res.startLoad, res.endLoad, busy, false)
+	p("Load: wrk, %d threads, %d connections, for %v, running `cmd/bench/scripts/soak.lua` (a mix of every request kind, below) against %d seeded users.",
+		o.threads, o.connections, o.duration, o.seed)
+	p("Service: the default settings (JSON access log at info, to a file) and a bearer token (AUTH_TOKENS), extra environment: %s.", envText(o.env))
+	p("PostgreSQL, over TCP on 127.0.0.1: %s.", strings.Join(res.settings, ", "))
+	p("")
+
+	p("| | |\n|---|---|")
+	p("| requests | %d in %.1f s: **%.0f req/s** |", r.Requests, float64(r.DurationUS)/1e6, r.reqPerSec())
+	p("| latency | p50 %s, p90 %s, **p99 %s**, p99.9 %s, max %s |", fmtUS(r.P50US), fmtUS(r.P90US), fmtUS(r.P99US), fmtUS(r.P999US), fmtUS(r.MaxUS))
+	p("| errors | **%d** |", res.errs.total())
+	p("| service CPU | %.1f µs per request |", perOp(r.cpu.service, r.Requests))
+	p("")
+
+	e := res.errs
+	p("Errors by kind (any fails the soak):\n\n| kind | count |\n|---|---|")
+	p("| connect errors | %d |\n| read errors | %d |\n| write errors | %d |", e.connect, e.read, e.write)
+	p("| timeouts (no answer within wrk's 10 s) | %d |", e.timeouts)
+	p("| answers other than the request's expected one | %d |", e.unexpected)
+	p("| answers the script did not check | %d |", e.uncounted)
+	p("| service log lines at warn or error | %d |", e.logLines)
+	p("")
+	if res.logTail != "" {
+		p("The last of the service's warn and error lines:\n\n```\n%s\n```\n", strings.TrimRight(res.logTail, "\n"))
+	}
+
+	p("Answers by request kind (the kind travels in the request's `X-Request-ID`, which the service echoes; the script checks each answer's status, and the problem's `code` for the 4xx):")
+	p("\n| kind | answers | expected | as expected | other answers |\n|---|---|---|---|---|")
+	for _, k := range res.answers.byKind() {
+		want, other := "–", "none"
+		if k.expect != 0 {
+			want = strconv.Itoa(k.expect)
+		}
+		if len(k.wrongs) > 0 {
+			other = strings.Join(k.wrongs, ", ")
+		}
+		p("| %s | %d | %s | %d | %s |", k.kind, k.total, want, k.right, other)
+	}
+	p("")
+
+	p("Samples every %v (t from the start of the load; \"before\" and \"after\" are the idle service on either side; * marks the samples judged, after the %v warm-up). "+
+		"req/s and 5xx are from the service's own `usersvc_http_requests_total`, since the sample before; "+
+		"pool is `usersvc_db_pool_total_connections`, sessions are PostgreSQL's sessions named usersvc (`pg_stat_activity`):", o.interval, o.warmup)
+	p("\n| t | req/s | 5xx | RSS | Go heap in use | goroutines | open fds | pool | sessions | users |\n|---|---|---|---|---|---|---|---|---|---|")
+	for i, s := range res.samples {
+		t := fmt.Sprintf("%.0f s", s.at.Round(time.Second).Seconds())
+		if s.phase != "load" {
+			t = s.phase
+		} else if s.at >= o.warmup {
+			t += " *"
+		}
+		rate, errs := "–", "–"
+		if i > 0 {
+			rate = fmt.Sprintf("%.0f", perSecond(res.samples[i-1], s))
+			errs = fmt.Sprintf("%.0f", s.serverErrors-res.samples[i-1].serverErrors)
+		}
+		p("| %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %d | %d |",
+			t, rate, errs, fmtMiB(s.rss), fmtMiB(int64(s.heap)), s.goroutines, s.fds, s.poolConns, s.sessions, s.users)
+	}
+	p("")
+
+	p("Flat? The largest value of the last %d judged sample(s) against the largest of the first %d, after the warm-up "+
+		"(maxima on both sides, since one sample catches the service at one point of its GC cycle or with some requests in flight, while a leak raises them all):",
+		res.rss.window, res.rss.window)
+	p("\n| measure | first window | last window | allowed | flat? |\n|---|---|---|---|---|")
+	yes := map[bool]string{true: "yes", false: "**no**"}
+	p("| RSS | %s | %s | %s (+%.0f %%, at least +%s) | %s |", fmtMiB(int64(res.rss.first)), fmtMiB(int64(res.rss.last)),
+		fmtMiB(int64(res.rss.allowed)), rssAllowanceFraction*100, fmtMiB(rssAllowanceMin), yes[res.rss.flat])
+	p("| goroutines | %.0f | %.0f | %.0f (+%.0f: the connections, plus 10) | %s |", res.goroutines.first, res.goroutines.last, res.goroutines.allowed,
+		res.goroutines.allowed-res.goroutines.first, yes[res.goroutines.flat])
+	p("| goroutines when idle again: before the load, and after it once wrk's connections are closed | %.0f | %.0f | %.0f (+%d) | %s |",
+		res.idle.first, res.idle.last, res.idle.allowed, idleGoroutineAllowance, yes[res.idle.flat])
+	p("")
+	// The requests from the last sample of the first window to the first
+	// of the last: a steady leak grew by at least that many requests' worth
+	// between the windows' maxima.
+	if js, n := res.judged(), res.rss.window; n > 0 && len(js) >= 2*n {
+		if reqs := js[len(js)-n].requests - js[n-1].requests; reqs > 0 {
+			p("Between the two windows the service answered %.0f requests: a steady leak of more than %.0f bytes per request, "+
+				"or of one goroutine per %.0f requests, would have failed this soak; and the idle count after the load catches a leak of %d goroutines in all.",
+				reqs, (res.rss.allowed-res.rss.first)/reqs, reqs/(res.goroutines.allowed-res.goroutines.first), idleGoroutineAllowance+1)
+			p("")
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }

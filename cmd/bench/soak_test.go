@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -87,48 +89,36 @@ usersvc_http_requests_total{code="500",method="PUT",route="a \"quoted\" } brace"
 usersvc_http_requests_total{code="404",method="GET",route="unmatched"} 5
 `
 
-func TestParseMetrics(t *testing.T) {
-	m, err := parseMetrics([]byte(metricsText))
-	if err != nil {
+func TestReadMetrics(t *testing.T) {
+	var s sample
+	if err := readMetrics([]byte(metricsText), &s); err != nil {
 		t.Fatal(err)
 	}
-	for name, want := range map[string]float64{
-		"go_goroutines":                     41,
-		"go_memstats_heap_inuse_bytes":      8.8e6,
-		"process_open_fds":                  31,
-		"usersvc_db_pool_total_connections": 4,
-	} {
-		if got, err := m.value(name); err != nil || got != want {
-			t.Errorf("value(%s) = %v, %v; want %v", name, got, err, want)
-		}
-	}
-	// A metric with labels, or none at all, is no single value.
-	for _, name := range []string{"usersvc_http_requests_total", "go_threads"} {
-		if _, err := m.value(name); err == nil {
-			t.Errorf("value(%s): no error", name)
-		}
-	}
-	all := m.sum("usersvc_http_requests_total", func(string) bool { return true })
-	if all != 1000+300+7+2+5 {
-		t.Errorf("sum of all requests = %v, want 1314", all)
-	}
-	// The label value with an escaped quote and a brace stays whole.
-	fivexx := m.sum("usersvc_http_requests_total", func(l string) bool { return strings.Contains(l, `code="5`) })
-	if fivexx != 9 {
-		t.Errorf("sum of 5xx = %v, want 9", fivexx)
-	}
-	if got := m["usersvc_http_requests_total"][3].labels; got != `code="500",method="PUT",route="a \"quoted\" } brace"` {
-		t.Errorf("labels = %s", got)
+	want := sample{heap: 8.8e6, goroutines: 41, fds: 31, poolConns: 4,
+		// Every series, then those with a 5xx code: the label value with an
+		// escaped quote and a brace stays whole.
+		requests: 1000 + 300 + 7 + 2 + 5, serverErrors: 9}
+	if s != want {
+		t.Errorf("readMetrics = %+v, want %+v", s, want)
 	}
 
+	// Without a gauge, or with one that has labels, there is no sample.
 	for _, text := range []string{
-		"go_goroutines\n",
-		"go_goroutines many\n",
-		`usersvc_http_requests_total{code="200" 1` + "\n",
-		"go_goroutines 1 2 3\n",
+		strings.Replace(metricsText, "go_goroutines 41", "", 1),
+		strings.Replace(metricsText, "go_goroutines 41", `go_goroutines{a="b"} 41`, 1),
 	} {
-		if _, err := parseMetrics([]byte(text)); err == nil {
-			t.Errorf("parseMetrics(%q): no error", text)
+		if err := readMetrics([]byte(text), &s); err == nil {
+			t.Errorf("readMetrics(%q): no error", text)
+		}
+	}
+	for _, line := range []string{
+		"go_threads\n",
+		"go_threads many\n",
+		`usersvc_http_requests_total{code="200" 1` + "\n",
+		"go_threads 1 2 3\n",
+	} {
+		if err := readMetrics([]byte(metricsText+line), &s); err == nil {
+			t.Errorf("readMetrics with %q: no error", line)
 		}
 	}
 }
@@ -288,7 +278,7 @@ func TestJudgeIdle(t *testing.T) {
 // the warm-up's end.
 func soakFixture() *soakResults {
 	res := &soakResults{
-		opts:    soakOptions{duration: time.Minute, interval: 10 * time.Second, warmup: 20 * time.Second, connections: 16, threads: 2, harnessOptions: harnessOptions{seed: 1000}, args: []string{"-duration", "1m"}},
+		opts:    soakOptions{duration: time.Minute, interval: 10 * time.Second, warmup: 20 * time.Second, harnessOptions: harnessOptions{seed: 1000, threads: 2, connections: 16}, args: []string{"-duration", "1m"}},
 		machine: machine{date: "2026-11-26T09:00:00Z", cores: "2"},
 		wrk:     wrkResult{Requests: 600_000, DurationUS: 60_000_000, P99US: 4000, Expected: 600_000},
 		answers: soakAnswers{Expect: map[string]int{"get": 200}, Answers: map[string]int64{"get 200": 600_000}},

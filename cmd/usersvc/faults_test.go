@@ -320,7 +320,7 @@ func TestFaultsUnderLoad(t *testing.T) {
 		clients        = 8
 		recoveryBound  = 2 * time.Second
 	)
-	dir, port := newPGDir(t), freePort(t)
+	dir, port := newPGDir(t), pgtest.FreePort(t)
 	pg := startPostgres(t, dir, port)
 	databaseURL := pg.URL("postgres")
 	pgtest.Migrate(t, databaseURL)
@@ -509,7 +509,7 @@ func TestFaultsUnderLoad(t *testing.T) {
 // 204 or 404.
 func TestRetryAfter503(t *testing.T) {
 	const requestTimeout = 2 * time.Second
-	dir, port := newPGDir(t), freePort(t)
+	dir, port := newPGDir(t), pgtest.FreePort(t)
 	pg := startPostgres(t, dir, port)
 	databaseURL := pg.URL("postgres")
 	pgtest.Migrate(t, databaseURL)

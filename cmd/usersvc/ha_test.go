@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/procfs"
 
 	"usersvc/internal/pglocal"
+	"usersvc/internal/pgtest"
 )
 
 // haRequestTimeout is the services' REQUEST_TIMEOUT.
@@ -122,14 +123,14 @@ func newFormation(t *testing.T, names ...string) *formation {
 	f := &formation{t: t, bin: pgAutoctlPath(t), nodes: map[string]*autoctl{}}
 	binDir := autoFailoverBinDir(t)
 	f.pgCtl = filepath.Join(binDir, "pg_ctl")
-	scratch, err := pglocal.NewScratch("usersvc-test-ha-")
+	scratchDir, err := pglocal.MkdirScratch("usersvc-test-ha-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { scratch.Remove() })
+	t.Cleanup(func() { os.RemoveAll(scratchDir) })
 	// pg_autoctl writes beside each data directory (base backups), so the
 	// directory that holds them belongs to the user PostgreSQL runs as.
-	f.dir = filepath.Join(scratch.Dir(), "formation")
+	f.dir = filepath.Join(scratchDir, "formation")
 	home := filepath.Join(f.dir, "home")
 	for _, dir := range []string{f.dir, home} {
 		if err := os.Mkdir(dir, 0o700); err != nil {
@@ -156,7 +157,7 @@ func newFormation(t *testing.T, names ...string) *formation {
 	})
 
 	began := time.Now()
-	f.monitor = &autoctl{name: "monitor", pgdata: filepath.Join(f.dir, "monitor"), port: freePort(t)}
+	f.monitor = &autoctl{name: "monitor", pgdata: filepath.Join(f.dir, "monitor"), port: pgtest.FreePort(t)}
 	f.run("create", "monitor", "--pgdata", f.monitor.pgdata, "--pgport", strconv.Itoa(f.monitor.port),
 		"--hostname", "127.0.0.1", "--auth", "trust", "--no-ssl", "--pgctl", f.pgCtl)
 	f.run("config", "set", "--pgdata", f.monitor.pgdata, "postgresql.listen_addresses", "127.0.0.1")
@@ -173,7 +174,7 @@ func newFormation(t *testing.T, names ...string) *formation {
 	monitor.Close(context.Background())
 
 	for i, name := range names {
-		n := &autoctl{name: name, pgdata: filepath.Join(f.dir, name), port: freePort(t)}
+		n := &autoctl{name: name, pgdata: filepath.Join(f.dir, name), port: pgtest.FreePort(t)}
 		f.nodes[name] = n
 		f.run("create", "postgres", "--pgdata", n.pgdata, "--pgport", strconv.Itoa(n.port),
 			"--hostname", "127.0.0.1", "--listen", "127.0.0.1", "--auth", "trust", "--no-ssl",
@@ -314,11 +315,7 @@ func descendants(t *testing.T, pid int) []int {
 // stop stops the nodes, then the monitor: pg_autoctl stops its
 // PostgreSQL on SIGTERM; what still runs after 20 s is killed.
 func (f *formation) stop() {
-	var all []*autoctl
-	for _, n := range f.nodes {
-		all = append(all, n)
-	}
-	for _, a := range append(all, f.monitor) {
+	for _, a := range append(slices.Collect(maps.Values(f.nodes)), f.monitor) {
 		if a == nil || !a.running() {
 			continue
 		}

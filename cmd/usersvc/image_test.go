@@ -36,6 +36,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pressly/goose/v3/lock"
+
+	"usersvc/internal/pgtest"
 )
 
 const (
@@ -142,7 +144,7 @@ func TestImage(t *testing.T) {
 	t.Run("config", testImageConfig)
 	t.Run("contents", testImageContents)
 
-	pg := startPostgres(t, newPGDir(t), freePort(t))
+	pg := startPostgres(t, newPGDir(t), pgtest.FreePort(t))
 	databaseURL := pg.URL("postgres")
 	t.Run("migrate", func(t *testing.T) { testImageMigrate(t, databaseURL) })
 	t.Run("serve", func(t *testing.T) { testImageServe(t, databaseURL) })
@@ -581,7 +583,7 @@ type container struct {
 // loopback. It is removed when the test ends.
 func startContainer(t *testing.T, databaseURL string, flags []string, args ...string) *container {
 	t.Helper()
-	c := &container{name: containerName(), addr: freeAddr(t)}
+	c := &container{name: containerName(), addr: pgtest.FreeAddr(t)}
 	run := append([]string{"run", "--detach", "--name", c.name}, runFlags...)
 	run = append(run, flags...)
 	run = append(run, "--env", "DATABASE_URL="+databaseURL, "--env", "HTTP_ADDR="+c.addr, testImage)

@@ -35,7 +35,7 @@ func TestKeyedCreatesUnderFaults(t *testing.T) {
 		requestTimeout = time.Second
 		clients        = 8
 	)
-	dir, port := newPGDir(t), freePort(t)
+	dir, port := newPGDir(t), pgtest.FreePort(t)
 	pg := startPostgres(t, dir, port)
 	databaseURL := pg.URL("postgres")
 	pgtest.Migrate(t, databaseURL)

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -120,20 +119,6 @@ func startPostgres(t *testing.T, dir string, port int) *pglocal.Server {
 	return pg
 }
 
-// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	_, port, err := net.SplitHostPort(freeAddr(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := strconv.Atoi(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
 // syncBuffer is a bytes.Buffer that run's goroutines may write while the
 // test reads it.
 type syncBuffer struct {
@@ -173,16 +158,6 @@ func setenv(t *testing.T, vars map[string]string) {
 			os.Unsetenv(k)
 		}
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // silentAddr returns the address of a listener that accepts every
@@ -243,7 +218,7 @@ func waitFor(t *testing.T, url string, timeout time.Duration, runErr <-chan erro
 // an empty database, uses it, reads its logs and metrics, and stops it as
 // a signal would.
 func TestRunServe(t *testing.T) {
-	addr := freeAddr(t)
+	addr := pgtest.FreeAddr(t)
 	databaseURL := pgtest.NewEmptyURL(t)
 	u, err := url.Parse(databaseURL)
 	if err != nil {
@@ -507,9 +482,9 @@ func TestRunErrors(t *testing.T) {
 		{"migrate without DATABASE_URL", []string{"migrate", "up"}, nil, "DATABASE_URL: required", 1},
 		{"migrate without a command", []string{"migrate"}, map[string]string{"DATABASE_URL": "postgres://localhost/x"}, "expected exactly one", 2},
 		{"migrate sideways", []string{"migrate", "sideways"}, map[string]string{"DATABASE_URL": "postgres://localhost/x"}, `unknown command "sideways"`, 2},
-		{"migrate to no database", []string{"migrate", "up"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@" + freeAddr(t) + "/x?connect_timeout=2"}, "migrate up", 1},
+		{"migrate to no database", []string{"migrate", "up"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2@" + pgtest.FreeAddr(t) + "/x?connect_timeout=2"}, "migrate up", 1},
 		{"healthcheck with arguments", []string{"healthcheck", "please"}, nil, "unexpected arguments", 2},
-		{"healthcheck with nothing listening", []string{"healthcheck"}, map[string]string{"HTTP_ADDR": freeAddr(t)}, "connection refused", 1},
+		{"healthcheck with nothing listening", []string{"healthcheck"}, map[string]string{"HTTP_ADDR": pgtest.FreeAddr(t)}, "connection refused", 1},
 		{"healthcheck with a bad address", []string{"healthcheck"}, map[string]string{"HTTP_ADDR": "8080"}, "HTTP_ADDR", 1},
 		{"malformed duration", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "REQUEST_TIMEOUT": "soon"}, "REQUEST_TIMEOUT", 1},
 		{"malformed bool", []string{"serve"}, map[string]string{"DATABASE_URL": "postgres://localhost/x", "AUTO_MIGRATE": "perhaps"}, "AUTO_MIGRATE", 1},

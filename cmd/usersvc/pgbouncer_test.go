@@ -34,6 +34,7 @@ import (
 	"github.com/pressly/goose/v3/lock"
 
 	"usersvc/internal/pglocal"
+	"usersvc/internal/pgtest"
 )
 
 const (
@@ -87,7 +88,7 @@ func startPgBouncer(t *testing.T, pgPort int) *bouncer {
 	if err != nil {
 		t.Fatalf("pgbouncer --version: %v", err)
 	}
-	b := &bouncer{port: freePort(t), version: strings.SplitN(string(out), "\n", 2)[0], logs: &syncBuffer{}}
+	b := &bouncer{port: pgtest.FreePort(t), version: strings.SplitN(string(out), "\n", 2)[0], logs: &syncBuffer{}}
 
 	dir, err := pglocal.MkdirScratch("usersvc-test-pgbouncer-")
 	if err != nil {
@@ -210,7 +211,7 @@ func startReplica(t *testing.T, bin string, env ...string) *replica {
 // launchReplica is startReplica without the wait.
 func launchReplica(t *testing.T, bin string, env ...string) *replica {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := pgtest.FreeAddr(t)
 	r := &replica{base: "http://" + addr, logs: &syncBuffer{}, exited: make(chan error, 1)}
 	r.cmd = exec.Command(bin, "serve")
 	r.cmd.Env = append(env, "HTTP_ADDR="+addr, "LOG_FORMAT=json", "DB_MAX_CONNS="+strconv.Itoa(replicaConns), "AUTH_TOKENS="+replicaToken)
@@ -418,7 +419,7 @@ func runUsersvc(t *testing.T, bin string, env []string, args ...string) (string,
 func TestPgBouncer(t *testing.T) {
 	pgBouncerPath(t) // first: says how to get it
 	bin := usersvcBinary(t)
-	pgPort := freePort(t)
+	pgPort := pgtest.FreePort(t)
 	pg := startPostgres(t, newPGDir(t), pgPort)
 	if _, err := direct(t, pg.URL("postgres")).Exec(context.Background(), "CREATE DATABASE usersvc"); err != nil {
 		t.Fatal(err)

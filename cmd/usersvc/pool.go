@@ -15,12 +15,17 @@ import (
 )
 
 // defaultMaxConns is the pool size for DB_MAX_CONNS=0: two connections per
-// core the service may use, at least 4. A request holds a connection only
-// for its query; on a 2-core machine with the database beside it, 2
-// connections lost a tenth of the writes, while 8 and 16 gained nothing
-// over 4 and raised p99 (docs/benchmarks.md).
+// core the service may use, at least 16. A write holds its connection
+// until its commit is flushed to disk, and commits that wait together
+// share a flush: with the data on a disk, fsync on and 16 clients on the
+// 2-core machine, 16 connections gave 2.4 times the POST /users and PUT
+// /users/{id} of 4 (0.75 of pgbench's inserts at 16 clients, against 0.32),
+// while GET /users/{id} lost 7 % and the page of 50 2 %, within the run's
+// noise (docs/benchmarks.md, "Data on a disk and the pool size"). Two per
+// core is what CPU-bound reads used when the data was in memory. Behind
+// PgBouncer, and with several replicas against max_connections, set it.
 func defaultMaxConns(procs int) int32 {
-	return int32(max(4, 2*procs))
+	return int32(max(16, 2*procs))
 }
 
 // newPool returns the connection pool for DATABASE_URL, with the

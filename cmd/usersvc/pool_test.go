@@ -112,7 +112,7 @@ func TestPoolSize(t *testing.T) {
 		}
 		pool.Close()
 	}
-	for procs, want := range map[int]int32{1: 4, 2: 4, 4: 8, 16: 32} {
+	for procs, want := range map[int]int32{1: 16, 2: 16, 8: 16, 16: 32} {
 		if got := defaultMaxConns(procs); got != want {
 			t.Errorf("defaultMaxConns(%d) = %d, want %d", procs, got, want)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"usersvc/internal/pglocal"
+	"usersvc/internal/pgtest"
 )
 
 // securitySQL returns the sql code blocks of the README's Security
@@ -76,7 +77,7 @@ func TestLeastPrivilege(t *testing.T) {
 	if len(blocks) != 2 {
 		t.Fatalf("README's Security section has %d sql blocks, want 2: the roles, then the grant after the first migration", len(blocks))
 	}
-	port := freePort(t)
+	port := pgtest.FreePort(t)
 	pg := startPostgres(t, newPGDir(t), port)
 	roleURL := func(role, password string) string {
 		return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/usersvc?sslmode=disable", role, password, port)
@@ -207,7 +208,7 @@ func TestLeastPrivilege(t *testing.T) {
 	if err := run(ctx, []string{"migrate", "down"}, &out, &out); err != nil {
 		t.Fatalf("migrate down as usersvc_owner = %v\n%s", err, out.String())
 	}
-	setenv(t, map[string]string{"DATABASE_URL": appURL, "AUTO_MIGRATE": "true", "HTTP_ADDR": freeAddr(t)})
+	setenv(t, map[string]string{"DATABASE_URL": appURL, "AUTO_MIGRATE": "true", "HTTP_ADDR": pgtest.FreeAddr(t)})
 	runCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var logs syncBuffer

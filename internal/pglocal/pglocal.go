@@ -1,9 +1,10 @@
 // Package pglocal starts a private PostgreSQL server from the server binaries
-// installed on the machine, for tests and for local development.
+// installed on the machine, for tests, local development and the benchmark.
 //
-// The server runs as a child process in its own session, so a Ctrl-C in the
-// terminal does not reach it; its owner decides when to stop it. When the
-// calling process runs as root, initdb and postgres run as the unprivileged
+// initdb creates the cluster and pg_ctl starts and stops the server, which
+// then runs detached in a session of its own, so a Ctrl-C in the terminal
+// does not reach it; its owner decides when to stop it. When the calling
+// process runs as root, initdb, pg_ctl and postgres run as the unprivileged
 // user "postgres" (or "nobody"), because PostgreSQL refuses to run as root.
 //
 // The superuser postgres connects without a password; every other role
@@ -16,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -27,8 +29,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 const (
@@ -38,29 +38,24 @@ const (
 	// maxSocketPath is the longest unix socket path PostgreSQL accepts
 	// (sizeof(sun_path) - 1), counting the ".s.PGSQL.<port>.lock" file.
 	maxSocketPath = 107
-	startTimeout  = 30 * time.Second
-	stopTimeout   = 30 * time.Second
-	killTimeout   = 5 * time.Second
-	pollInterval  = 10 * time.Millisecond
-	logTailBytes  = 4096
+	// timeout bounds a start, and each of pg_ctl's waits for a stop.
+	timeout      = 30 * time.Second
+	logTailBytes = 4096
 )
 
 // Options configures Start.
 type Options struct {
 	// Dir is the data directory. It is created, and initialised with initdb,
-	// when it is missing or has no PG_VERSION file.
+	// when it is missing or has no PG_VERSION file. The server's output is
+	// appended to server.log inside it.
 	Dir string
-	// Port is the TCP port on 127.0.0.1. Zero means no TCP listener: the
+	// Port is the TCP port on 127.0.0.1 (FreePort finds one). Zero means no TCP listener: the
 	// server is reachable through its unix socket only.
 	Port int
 	// Ephemeral trades durability for speed, for throwaway test servers:
 	// fsync, synchronous_commit and full_page_writes are off, max_connections
-	// is raised for parallel tests, dynamic shared memory lives in Dir, and
-	// the server is killed when the process that started it dies.
+	// is raised for parallel tests, and dynamic shared memory lives in Dir.
 	Ephemeral bool
-	// Log receives the server's output. When nil, the output is appended to
-	// server.log inside Dir.
-	Log io.Writer
 }
 
 // Server is a running PostgreSQL server.
@@ -69,22 +64,22 @@ type Server struct {
 	port    int    // the port number, also for a socket-only server
 	host    string // TCP address, empty for a socket-only server
 	sockDir string
+	pid     int // the postmaster's
 	reused  bool
 
 	// The fields below are set only for a server this process started.
-	cmd        *exec.Cmd
-	done       chan struct{} // closed once the postmaster has exited
-	waitErr    error         // the postmaster's exit status, valid after done
-	logTail    func() string // the end of the server's output since Start
-	ownSockDir bool          // sockDir was created by Start and is removed by Stop
+	binDir     string
+	cred       *syscall.Credential // who runs pg_ctl; nil for this process's user
+	ownSockDir bool                // sockDir was created by Start and is removed by Stop
+	scratch    *scratch            // removed by Stop, for StartScratch's servers
 	stopOnce   sync.Once
 	stopErr    error
 }
 
 // FindBinDir returns the directory that holds the PostgreSQL server binaries
-// (postgres and initdb). It looks in PATH, then in `pg_config --bindir`, then
-// in /usr/lib/postgresql/*/bin, highest version first. Returns an error that
-// says how to install them when none is found.
+// (postgres, initdb and pg_ctl). It looks in PATH, then in `pg_config
+// --bindir`, then in /usr/lib/postgresql/*/bin, highest version first.
+// Returns an error that says how to install them when none is found.
 func FindBinDir() (string, error) {
 	return findBinDir(os.Getenv("PATH"), "pg_config", "/usr/lib/postgresql/*/bin")
 }
@@ -118,7 +113,7 @@ func findBinDir(path, pgConfig, glob string) (string, error) {
 }
 
 func hasServerBinaries(dir string) bool {
-	for _, name := range []string{"postgres", "initdb"} {
+	for _, name := range []string{"postgres", "initdb", "pg_ctl"} {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
 			return false
@@ -148,15 +143,16 @@ func compareVersions(a, b string) int {
 
 // Start starts a PostgreSQL server on opts.Dir, running initdb first when
 // the directory holds no cluster, and returns once the server accepts
-// connections. ctx bounds the start-up only, not the server's life: call
-// Stop to stop it.
+// connections (pg_ctl start -w). ctx bounds the start-up only, not the
+// server's life: call Stop to stop it.
 //
-// When a live server already runs on opts.Dir, Start returns it with Reused
+// When a server already runs on opts.Dir, Start returns it with Reused
 // reporting true, whatever opts.Port says.
 //
 // Returns an error when no server binaries are found (see FindBinDir), when
-// initdb fails, or when the server exits or does not become ready within 30
-// seconds; the error then includes the tail of the server's log.
+// initdb fails, when a server runs on opts.Dir but is not ready, or when
+// the server does not start within 30 seconds; the error then includes the
+// tail of the server's log.
 func Start(ctx context.Context, opts Options) (*Server, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("start postgres: no data directory given")
@@ -165,50 +161,150 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
-
-	srv, err := findRunning(ctx, dir)
-	if err != nil {
-		return nil, fmt.Errorf("start postgres in %s: %w", dir, err)
-	}
-	if srv != nil {
-		return srv, nil
-	}
-
-	binDir, err := FindBinDir()
-	if err != nil {
-		return nil, err
-	}
-	cred, err := serverCredential()
-	if err != nil {
-		return nil, fmt.Errorf("start postgres in %s: %w", dir, err)
-	}
-	if err := prepareDir(dir, cred); err != nil {
-		return nil, fmt.Errorf("start postgres in %s: %w", dir, err)
-	}
-	if err := initdb(ctx, binDir, dir, cred, opts.Ephemeral); err != nil {
-		return nil, fmt.Errorf("start postgres in %s: %w", dir, err)
-	}
-	srv, err = startPostmaster(ctx, binDir, dir, cred, opts)
+	srv, err := start(ctx, dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("start postgres in %s: %w", dir, err)
 	}
 	return srv, nil
 }
 
-// ServerProcAttr returns the process attributes Start runs postgres with,
-// for other server programs that refuse to run as root, such as PgBouncer:
-// when this process runs as root, the program runs as the user "postgres",
-// or "nobody" when that does not exist; for an ephemeral server it is
-// killed when the thread that started it dies (Linux only). Returns an
-// error when running as root and neither user exists.
-func ServerProcAttr(ephemeral bool) (*syscall.SysProcAttr, error) {
+func start(ctx context.Context, dir string, opts Options) (*Server, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	binDir, err := FindBinDir()
+	if err != nil {
+		return nil, err
+	}
 	cred, err := serverCredential()
 	if err != nil {
 		return nil, err
 	}
-	return sysProcAttr(cred, ephemeral), nil
+	srv := &Server{dir: dir, port: opts.Port, binDir: binDir, cred: cred}
+	if running, err := srv.running(ctx); err != nil || running {
+		return srv, err
+	}
+	if err := prepareDir(dir, cred); err != nil {
+		return nil, err
+	}
+	if err := initdb(ctx, binDir, dir, cred, opts.Ephemeral); err != nil {
+		return nil, err
+	}
+
+	listen := ""
+	if opts.Port == 0 {
+		srv.port = socketOnlyPort
+	} else {
+		listen, srv.host = "127.0.0.1", "127.0.0.1"
+	}
+	if srv.sockDir, srv.ownSockDir, err = socketDir(dir, srv.port, cred); err != nil {
+		return nil, err
+	}
+	settings := []string{"listen_addresses=" + listen, "unix_socket_directories=" + srv.sockDir}
+	if opts.Ephemeral {
+		settings = append(settings, "fsync=off", "synchronous_commit=off", "full_page_writes=off", "max_connections=300",
+			// Segments in Dir, not in /dev/shm: removed with Dir even when
+			// the server was killed.
+			"dynamic_shared_memory_type=mmap")
+	}
+	// pg_ctl passes -o to postgres through a shell.
+	postgresArgs := "-p " + strconv.Itoa(srv.port)
+	for _, s := range settings {
+		postgresArgs += " -c '" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	}
+	logPath := filepath.Join(dir, "server.log")
+	var logStart int64
+	if fi, err := os.Stat(logPath); err == nil {
+		logStart = fi.Size()
+	}
+	adoptOrphans()
+	err = srv.pgCtl(ctx, "start", "-w", "-t", strconv.Itoa(int(timeout/time.Second)), "-l", logPath, "-o", postgresArgs)
+	if err == nil {
+		srv.pid, err = readPID(dir)
+	}
+	if err != nil {
+		// A postmaster that pg_ctl gave up waiting for may still be up.
+		srv.pgCtl(context.Background(), "stop", "-m", "immediate")
+		srv.removeSockDir()
+		return nil, fmt.Errorf("%w; server log:\n%s", err, fileTail(logPath, logStart))
+	}
+	return srv, nil
+}
+
+// running reports whether a server runs on s.dir (pg_ctl status) and, when
+// one does, fills s in from its postmaster.pid and marks it reused.
+// Returns an error when the server is not ready, or not answering.
+func (s *Server) running(ctx context.Context) (bool, error) {
+	if _, err := os.Stat(filepath.Join(s.dir, "postmaster.pid")); err != nil {
+		return false, nil
+	}
+	// A stale postmaster.pid, left by a server that was killed, is no
+	// server: postgres itself handles that on start.
+	if s.pgCtl(ctx, "status") != nil {
+		return false, nil
+	}
+	b, err := os.ReadFile(filepath.Join(s.dir, "postmaster.pid"))
+	if err != nil {
+		return false, err
+	}
+	// The lines of PostgreSQL's pidfile.h: 1 pid, 4 port, 5 socket
+	// directory, 6 first listen address, 8 status.
+	lines := append(strings.Split(string(b), "\n"), make([]string, 8)...)
+	if status := strings.TrimSpace(lines[7]); status != "ready" {
+		return false, fmt.Errorf("postgres runs but is not ready (%q): try again", status)
+	}
+	s.pid, _ = strconv.Atoi(strings.TrimSpace(lines[0]))
+	s.port, _ = strconv.Atoi(strings.TrimSpace(lines[3]))
+	s.sockDir = strings.TrimSpace(lines[4])
+	switch h := strings.TrimSpace(lines[5]); h {
+	case "":
+		s.host = ""
+	case "*", "0.0.0.0":
+		s.host = "127.0.0.1"
+	case "::":
+		s.host = "::1"
+	default:
+		s.host = h
+	}
+	s.reused = true
+	return true, nil
+}
+
+// readPID returns the postmaster's pid from dir/postmaster.pid.
+func readPID(dir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if err != nil {
+		return 0, err
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	return strconv.Atoi(strings.TrimSpace(first))
+}
+
+// pgCtl runs pg_ctl with args on the server's data directory, as the user
+// postgres runs as, in a session of its own, which the server it starts
+// inherits. Returns an error with pg_ctl's output when it fails.
+func (s *Server) pgCtl(ctx context.Context, args ...string) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(s.binDir, "pg_ctl"), append(args, "-D", s.dir)...)
+	cmd.Dir = s.dir // the caller's working directory may be closed to the server's user
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Setsid: true}
+	cmd.WaitDelay = time.Second
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_ctl %s: %w: %s", args[0], err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// ServerProcAttr returns the process attributes Start runs postgres with,
+// for other server programs that refuse to run as root, such as PgBouncer:
+// when this process runs as root, the program runs as the user "postgres",
+// or "nobody" when that does not exist; with dieWithParent it is killed
+// when the thread that started it dies (Linux only). Returns an error when
+// running as root and neither user exists.
+func ServerProcAttr(dieWithParent bool) (*syscall.SysProcAttr, error) {
+	cred, err := serverCredential()
+	if err != nil {
+		return nil, err
+	}
+	return sysProcAttr(cred, dieWithParent), nil
 }
 
 // serverCredential returns the credential to run the server binaries with:
@@ -304,15 +400,13 @@ func initdb(ctx context.Context, binDir, dir string, cred *syscall.Credential, e
 	}
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "initdb"), args...)
 	cmd.Dir = dir // the caller's working directory may be closed to the server's user
-	cmd.SysProcAttr = sysProcAttr(cred, ephemeral)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	// Interrupted, initdb removes what it made; killed, it would leave a
 	// broken cluster behind.
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 10 * time.Second
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("initdb: %w: %s", err, lastBytes(out.Bytes(), logTailBytes))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("initdb: %w: %s", err, out[max(0, len(out)-logTailBytes):])
 	}
 	// initdb made the file, as the server's user: truncating keeps its owner.
 	if err := os.WriteFile(filepath.Join(dir, "pg_hba.conf"), []byte(hbaConf), 0o600); err != nil {
@@ -354,210 +448,10 @@ func socketDir(dir string, port int, cred *syscall.Credential) (sockDir string, 
 	return sockDir, true, nil
 }
 
-// startPostmaster runs postgres on the cluster in dir and returns once it
-// accepts connections. Returns an error with the tail of the server's output
-// when it exits or is not ready before ctx ends.
-func startPostmaster(ctx context.Context, binDir, dir string, cred *syscall.Credential, opts Options) (*Server, error) {
-	srv := &Server{dir: dir, port: opts.Port, done: make(chan struct{})}
-	listen := ""
-	if opts.Port == 0 {
-		srv.port = socketOnlyPort
-	} else {
-		listen, srv.host = "127.0.0.1", "127.0.0.1"
+func (s *Server) removeSockDir() {
+	if s.ownSockDir {
+		os.RemoveAll(s.sockDir)
 	}
-	var err error
-	srv.sockDir, srv.ownSockDir, err = socketDir(dir, srv.port, cred)
-	if err != nil {
-		return nil, err
-	}
-	removeSockDir := func() {
-		if srv.ownSockDir {
-			os.RemoveAll(srv.sockDir)
-		}
-	}
-
-	args := []string{
-		"-D", dir,
-		"-p", strconv.Itoa(srv.port),
-		"-c", "listen_addresses=" + listen,
-		"-c", "unix_socket_directories=" + srv.sockDir,
-	}
-	if opts.Ephemeral {
-		args = append(args,
-			"-c", "fsync=off",
-			"-c", "synchronous_commit=off",
-			"-c", "full_page_writes=off",
-			"-c", "max_connections=300",
-			// Segments in Dir, not in /dev/shm: removed with Dir even when
-			// the server was killed.
-			"-c", "dynamic_shared_memory_type=mmap",
-		)
-	}
-	srv.cmd = exec.Command(filepath.Join(binDir, "postgres"), args...)
-	srv.cmd.Dir = dir
-	srv.cmd.SysProcAttr = sysProcAttr(cred, opts.Ephemeral)
-	srv.cmd.SysProcAttr.Setsid = true // keep terminal signals away from the server
-
-	if opts.Log != nil {
-		tail := &tailBuffer{}
-		w := io.MultiWriter(opts.Log, tail)
-		srv.cmd.Stdout, srv.cmd.Stderr = w, w
-		srv.logTail = tail.String
-		// Backends outliving a killed postmaster may hold the output pipe
-		// open; do not let them hold up Wait for long.
-		srv.cmd.WaitDelay = time.Second
-	} else {
-		// The server writes to the file itself, so its log outlives this
-		// process when the server does.
-		logPath := filepath.Join(dir, "server.log")
-		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			removeSockDir()
-			return nil, fmt.Errorf("open server log: %w", err)
-		}
-		defer f.Close() // the server has its own descriptor
-		offset, err := f.Seek(0, io.SeekEnd)
-		if err != nil {
-			removeSockDir()
-			return nil, fmt.Errorf("open server log: %w", err)
-		}
-		srv.cmd.Stdout, srv.cmd.Stderr = f, f
-		srv.logTail = func() string { return fileTail(logPath, offset) }
-	}
-
-	if err := srv.cmd.Start(); err != nil {
-		removeSockDir()
-		return nil, fmt.Errorf("run postgres: %w", err)
-	}
-	go func() {
-		srv.waitErr = srv.cmd.Wait()
-		close(srv.done)
-	}()
-
-	if err := srv.waitReady(ctx); err != nil {
-		srv.kill()
-		removeSockDir()
-		return nil, fmt.Errorf("%w; server output:\n%s", err, srv.logTail())
-	}
-	return srv, nil
-}
-
-// waitReady polls until the server reports itself ready in postmaster.pid
-// and accepts a connection. Returns an error when the server exits first or
-// ctx ends.
-func (s *Server) waitReady(ctx context.Context) error {
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	for {
-		pf, err := readPIDFile(s.dir)
-		if err == nil && pf.pid == s.cmd.Process.Pid && pf.status == "ready" {
-			if err := s.ping(ctx); err == nil {
-				return nil
-			}
-		}
-		select {
-		case <-s.done:
-			return fmt.Errorf("postgres exited during start-up: %v", s.waitErr)
-		case <-ctx.Done():
-			return fmt.Errorf("wait for postgres to accept connections: %w", ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
-// ping connects to the server's postgres database and disconnects.
-func (s *Server) ping(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	conn, err := pgconn.Connect(ctx, s.URL("postgres"))
-	if err != nil {
-		return err
-	}
-	return conn.Close(ctx)
-}
-
-// kill stops the server immediately and waits for it to exit.
-func (s *Server) kill() {
-	s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.done
-}
-
-// findRunning returns a Server for a live postmaster on dir, or nil when
-// there is none. A postmaster that is starting up is waited for, one that is
-// shutting down is waited out. Returns an error when a live postmaster does
-// not answer before ctx ends.
-func findRunning(ctx context.Context, dir string) (*Server, error) {
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	var lastErr error
-	for {
-		pf, err := readPIDFile(dir)
-		if err != nil || !processAlive(pf.pid) {
-			// No cluster, or a stale postmaster.pid: postgres handles that.
-			return nil, nil
-		}
-		if pf.port != 0 && pf.sockDir != "" || pf.host != "" {
-			srv := &Server{dir: dir, port: pf.port, host: pf.host, sockDir: pf.sockDir, reused: true}
-			if lastErr = srv.ping(ctx); lastErr == nil {
-				return srv, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("postgres (pid %d) runs but does not answer: %w", pf.pid, errors.Join(ctx.Err(), lastErr))
-		case <-tick.C:
-		}
-	}
-}
-
-func processAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
-
-// pidFile holds the lines of postmaster.pid that matter here.
-type pidFile struct {
-	pid     int
-	port    int
-	sockDir string
-	host    string // first listen address, empty when only the socket listens
-	status  string // "starting", "ready", "stopping" (PostgreSQL 10 and later)
-}
-
-// readPIDFile reads dir/postmaster.pid. Returns an error when the file is
-// missing or has no pid yet.
-func readPIDFile(dir string) (pidFile, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
-	if err != nil {
-		return pidFile{}, err
-	}
-	lines := strings.Split(string(b), "\n")
-	line := func(n int) string { // 1-based, as in PostgreSQL's pidfile.h
-		if n > len(lines) {
-			return ""
-		}
-		return strings.TrimSpace(lines[n-1])
-	}
-	var pf pidFile
-	if pf.pid, err = strconv.Atoi(line(1)); err != nil {
-		return pidFile{}, fmt.Errorf("read postmaster.pid: bad pid %q", line(1))
-	}
-	pf.port, _ = strconv.Atoi(line(4))
-	pf.sockDir = line(5)
-	switch h := line(6); h {
-	case "":
-	case "*", "0.0.0.0":
-		pf.host = "127.0.0.1"
-	case "::":
-		pf.host = "::1"
-	default:
-		pf.host = h
-	}
-	pf.status = line(8)
-	return pf, nil
 }
 
 // URL returns a postgres:// URL that connects to database as the superuser
@@ -582,73 +476,37 @@ func (s *Server) Dir() string { return s.dir }
 // starting it. Stop leaves a reused server running.
 func (s *Server) Reused() bool { return s.reused }
 
-// Stop shuts the server down (fast shutdown: open sessions are ended) and
-// waits for it to exit. A server that has not exited after 30 seconds is
-// sent SIGQUIT, then SIGKILL. Stop does nothing for a reused server, and
-// later calls return what the first returned. Returns an error when the
-// server could not be signalled or exited with a failure status.
+// Stop shuts the server down with pg_ctl stop -m fast (open sessions are
+// ended) and waits for it to exit; a server that has not exited after 30
+// seconds is stopped with -m immediate. Stop does nothing for a reused
+// server, and later calls return what the first returned. Returns an error
+// when the server was not running or did not stop in time.
 func (s *Server) Stop() error {
 	if s.reused {
 		return nil
 	}
 	s.stopOnce.Do(func() {
-		s.stopErr = s.stop()
-		if s.ownSockDir {
-			os.RemoveAll(s.sockDir)
+		t := strconv.Itoa(int(timeout / time.Second))
+		err := s.pgCtl(context.Background(), "stop", "-m", "fast", "-w", "-t", t)
+		stopped := err == nil
+		if !stopped && s.pgCtl(context.Background(), "status") == nil {
+			ierr := s.pgCtl(context.Background(), "stop", "-m", "immediate", "-w", "-t", t)
+			stopped, err = ierr == nil, errors.Join(err, ierr)
+		}
+		if stopped && s.pid > 0 {
+			// Ours to reap when adoptOrphans made it our child; ECHILD
+			// otherwise.
+			syscall.Wait4(s.pid, nil, 0, nil)
+		}
+		s.removeSockDir()
+		if s.scratch != nil {
+			err = errors.Join(err, s.scratch.remove())
+		}
+		if err != nil {
+			s.stopErr = fmt.Errorf("stop postgres in %s: %w", s.dir, err)
 		}
 	})
 	return s.stopErr
-}
-
-func (s *Server) stop() error {
-	select {
-	case <-s.done:
-		return fmt.Errorf("stop postgres: exited before stop: %v", s.waitErr)
-	default:
-	}
-	if err := s.cmd.Process.Signal(syscall.SIGINT); err != nil {
-		return fmt.Errorf("stop postgres: %w", err)
-	}
-	for _, step := range []struct {
-		wait time.Duration
-		next syscall.Signal
-	}{{stopTimeout, syscall.SIGQUIT}, {killTimeout, syscall.SIGKILL}} {
-		timer := time.NewTimer(step.wait)
-		select {
-		case <-s.done:
-			timer.Stop()
-			if s.waitErr != nil {
-				return fmt.Errorf("stop postgres: %w", s.waitErr)
-			}
-			return nil
-		case <-timer.C:
-			s.cmd.Process.Signal(step.next)
-		}
-	}
-	<-s.done
-	return fmt.Errorf("stop postgres: killed after %v: %v", stopTimeout+killTimeout, s.waitErr)
-}
-
-// tailBuffer keeps the last logTailBytes bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > 2*logTailBytes {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-logTailBytes:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(lastBytes(t.buf, logTailBytes))
 }
 
 // fileTail returns the last bytes of the file at path from offset on, or a
@@ -671,34 +529,13 @@ func fileTail(path string, offset int64) string {
 	return string(b)
 }
 
-func lastBytes(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
-	}
-	return b
-}
-
-// ScratchDir returns where throwaway data directories belong: /dev/shm when
-// the machine has it, since a memory-backed disk makes initdb and the tests
-// fast, else the temporary directory.
-func ScratchDir() string {
-	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
-		return "/dev/shm"
-	}
-	return os.TempDir()
-}
-
-// MkdirScratch creates a new directory named prefix followed by a random
-// string in ScratchDir, which the user that postgres runs as may enter.
-// The caller removes it.
-func MkdirScratch(prefix string) (string, error) {
-	dir, err := os.MkdirTemp(ScratchDir(), prefix)
+// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago: one
+// for Options.Port, or for anything else a test or a benchmark starts.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", err
+		return 0, fmt.Errorf("find a free port: %w", err)
 	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		os.RemoveAll(dir)
-		return "", err
-	}
-	return dir, nil
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -1,73 +1,77 @@
 package pglocal
 
 import (
+	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
 
 // TestScratch makes a scratch directory, then leaves one behind as a dead
-// process would, with a "server" (a sleep) still running in it: the next
-// NewScratch stops that process and removes the directory, and leaves the
-// live one alone.
+// process would, with a server still running in it: the next StartScratch
+// stops that server and removes the directory, and leaves the live one
+// alone; its own server's Stop removes its directory.
 func TestScratch(t *testing.T) {
 	prefix := fmt.Sprintf("pglocal-scratch-test-%d-", os.Getpid())
-	live, err := NewScratch(prefix)
+	live, err := newScratch(ScratchDir(), prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer live.Remove()
-	if fi, err := os.Stat(filepath.Join(live.Dir(), scratchLock)); err != nil || fi.IsDir() {
+	defer live.remove()
+	if fi, err := os.Stat(filepath.Join(live.dir, scratchLock)); err != nil || fi.IsDir() {
 		t.Fatalf("new scratch directory has no lock file: %v", err)
 	}
 
 	// An abandoned directory: its lock file is held by no one.
-	abandoned, err := MkdirScratch(prefix)
+	abandoned, err := os.MkdirTemp(ScratchDir(), prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(abandoned)
+	if err := os.Chmod(abandoned, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(abandoned, scratchLock), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	server := exec.Command("sleep", "60")
-	if err := server.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { server.Wait(); close(exited) }()
-	defer server.Process.Kill()
-	data := filepath.Join(abandoned, "data")
-	if err := os.Mkdir(data, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(data, "postmaster.pid"), fmt.Appendf(nil, "%d\n%s\n", server.Process.Pid, data), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	next, err := NewScratch(prefix)
+	server, err := Start(t.Context(), Options{Dir: filepath.Join(abandoned, "data"), Ephemeral: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer next.Remove()
+	defer server.Stop() // should the reaper fail
+
+	next, err := StartScratch(t.Context(), "", prefix, Options{Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Stop()
 	if _, err := os.Stat(abandoned); !os.IsNotExist(err) {
 		t.Errorf("the abandoned directory is still there (%v)", err)
 	}
-	select {
-	case <-exited:
-	case <-time.After(5 * time.Second):
-		t.Error("the server in the abandoned directory still runs")
+	for deadline := time.Now().Add(5 * time.Second); !errors.Is(syscall.Kill(server.pid, 0), syscall.ESRCH); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Error("the server in the abandoned directory still runs")
+			break
+		}
 	}
-	if _, err := os.Stat(live.Dir()); err != nil {
+	if _, err := os.Stat(live.dir); err != nil {
 		t.Errorf("the live directory is gone: %v", err)
 	}
-	if err := live.Remove(); err != nil {
+
+	nextDir := filepath.Dir(next.Dir())
+	if err := next.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(live.Dir()); !os.IsNotExist(err) {
-		t.Errorf("Remove left the directory (%v)", err)
+	if _, err := os.Stat(nextDir); !os.IsNotExist(err) {
+		t.Errorf("Stop left StartScratch's directory (%v)", err)
+	}
+	if err := live.remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(live.dir); !os.IsNotExist(err) {
+		t.Errorf("remove left the directory (%v)", err)
 	}
 }

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -84,18 +83,11 @@ func setUp() (*server, func() error) {
 		return fromURL(u), noop
 	}
 
-	scratch, err := pglocal.NewScratch(dirPrefix)
+	pg, err := pglocal.StartScratch(context.Background(), "", dirPrefix, pglocal.Options{Ephemeral: true})
 	if err != nil {
 		return &server{err: fmt.Errorf("start test database: %w", err)}, noop
 	}
-	pg, err := pglocal.Start(context.Background(), pglocal.Options{Dir: filepath.Join(scratch.Dir(), "data"), Ephemeral: true})
-	if err != nil {
-		scratch.Remove()
-		return &server{err: fmt.Errorf("start test database: %w", err)}, noop
-	}
-	stop := func() error {
-		return errors.Join(pg.Stop(), scratch.Remove())
-	}
+	stop := pg.Stop
 	if fuzzCoordinator() {
 		// go test -fuzz runs the test binary again for each fuzzing worker,
 		// with this process's environment: they create their databases on
@@ -277,4 +269,21 @@ func (migrator) Migrate(ctx context.Context, db *sql.DB, _ pgtestdb.Config) erro
 		return fmt.Errorf("apply migrations: %w", err)
 	}
 	return nil
+}
+
+// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago; the
+// test fails at once when there is none.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	port, err := pglocal.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// FreeAddr returns FreePort's port as an address, 127.0.0.1:port.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	return fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 }
