@@ -51,6 +51,7 @@ type attempt struct {
 	body       []byte
 	err        error
 	reused     bool
+	replayed   bool // Idempotent-Replayed: true
 	start, end time.Time
 }
 
@@ -66,6 +67,11 @@ func (a attempt) String() string {
 // send sends one request with c and returns what it got. It is safe to call
 // from any goroutine.
 func send(c *http.Client, method, url, body string) attempt {
+	return sendWith(c, method, url, body, nil)
+}
+
+// sendWith is send with header added to the request.
+func sendWith(c *http.Client, method, url, body string, header http.Header) attempt {
 	var reused atomic.Bool
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused.Store(info.Reused) }}
 	ctx := httptrace.WithClientTrace(context.Background(), trace)
@@ -78,10 +84,14 @@ func send(c *http.Client, method, url, body string) attempt {
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	for name, values := range header {
+		req.Header[name] = values
+	}
 	a.start = time.Now()
 	res, err := c.Do(req)
 	if err == nil {
 		a.status, a.retryAfter = res.StatusCode, res.Header.Get("Retry-After")
+		a.replayed = res.Header.Get("Idempotent-Replayed") == "true"
 		a.body, err = io.ReadAll(res.Body)
 		res.Body.Close()
 		if a.status >= 400 && err == nil {
@@ -189,8 +199,13 @@ func (l *load) setPhase(phase string) { l.phase.Store(&phase) }
 
 // do sends a request and records what it got under the current phase.
 func (l *load) do(op, name, method, path, body string) attempt {
+	return l.doWith(op, name, method, path, body, nil)
+}
+
+// doWith is do with header added to the request.
+func (l *load) doWith(op, name, method, path, body string, header http.Header) attempt {
 	phase := *l.phase.Load()
-	a := send(l.client, method, l.base+path, body)
+	a := sendWith(l.client, method, l.base+path, body, header)
 	a.op, a.name = op, name
 	l.mu.Lock()
 	l.attempts[phase] = append(l.attempts[phase], a)
@@ -489,8 +504,9 @@ func TestFaultsUnderLoad(t *testing.T) {
 // TestRetryAfter503 shows what a 503 means for a write: it may have
 // happened or not, and a retry of the same request settles it. A create
 // retried gets 201 or 400 duplicate_name, and the table never holds two
-// users of a name; a rename retried gets 200; a delete retried gets 204 or
-// 404.
+// users of a name, while one retried with its Idempotency-Key gets the 201
+// the first attempt lost; a rename retried gets 200; a delete retried gets
+// 204 or 404.
 func TestRetryAfter503(t *testing.T) {
 	const requestTimeout = 2 * time.Second
 	dir, port := newPGDir(t), pgtest.FreePort(t)
@@ -516,14 +532,19 @@ func TestRetryAfter503(t *testing.T) {
 	s.eventually(t, "GET", "/readyz", "", 200, 10*time.Second)
 	client := &http.Client{Timeout: 30 * time.Second}
 	t.Cleanup(client.CloseIdleConnections)
-	do := func(method, path, body string) attempt {
+	doWith := func(method, path, body string, header http.Header) attempt {
 		t.Helper()
-		a := send(client, method, s.base+path, body)
+		a := sendWith(client, method, s.base+path, body, header)
 		if a.err != nil {
 			t.Fatalf("%s %s: %v", method, path, a.err)
 		}
 		return a
 	}
+	do := func(method, path, body string) attempt {
+		t.Helper()
+		return doWith(method, path, body, nil)
+	}
+	keyed := http.Header{"Idempotency-Key": {"acknowledged late"}}
 	want := func(what string, a attempt, status int, code string) {
 		t.Helper()
 		if a.status != status || a.code != code {
@@ -549,14 +570,18 @@ func TestRetryAfter503(t *testing.T) {
 		// 503. (Cancelled in that wait, PostgreSQL keeps the commit.)
 		syncStandby(t, admin, databaseURL, "nobody")
 		var wg sync.WaitGroup
-		results := make([]attempt, 3)
-		reqs := []struct{ method, path, body string }{
-			{"POST", "/users", nameBody("acknowledged late")},
-			{"PUT", fmt.Sprintf("/users/%d", renamee.ID), nameBody("renamed")},
-			{"DELETE", fmt.Sprintf("/users/%d", deletee.ID), ""},
+		results := make([]attempt, 4)
+		reqs := []struct {
+			method, path, body string
+			header             http.Header
+		}{
+			{"POST", "/users", nameBody("acknowledged late"), nil},
+			{"PUT", fmt.Sprintf("/users/%d", renamee.ID), nameBody("renamed"), nil},
+			{"DELETE", fmt.Sprintf("/users/%d", deletee.ID), "", nil},
+			{"POST", "/users", nameBody("acknowledged late, with a key"), keyed},
 		}
 		for i, req := range reqs {
-			wg.Go(func() { results[i] = do(req.method, req.path, req.body) })
+			wg.Go(func() { results[i] = doWith(req.method, req.path, req.body, req.header) })
 		}
 		wg.Wait()
 		for i, req := range reqs {
@@ -574,14 +599,22 @@ func TestRetryAfter503(t *testing.T) {
 			_, created := table["acknowledged late"]
 			_, renamed := table["renamed"]
 			_, notDeleted := table["deletee"]
-			if created && renamed && !notDeleted {
+			_, keyedCreated := table["acknowledged late, with a key"]
+			if created && renamed && !notDeleted && keyedCreated {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("10s after the 503s: created %v, renamed %v, deleted %v; want all three done", created, renamed, !notDeleted)
+				t.Fatalf("10s after the 503s: created %v, renamed %v, deleted %v, created with a key %v; want all four done", created, renamed, !notDeleted, keyedCreated)
 			}
 		}
 		want("POST /users, retried", do("POST", "/users", nameBody("acknowledged late")), 400, "duplicate_name")
+		// With its key, the retry gets the answer the first attempt lost.
+		replay := doWith("POST", "/users", nameBody("acknowledged late, with a key"), keyed)
+		want("POST /users with its key, retried", replay, 201, "")
+		var u apiUser
+		if err := json.Unmarshal(replay.body, &u); err != nil || !replay.replayed || !sameUser(u, table["acknowledged late, with a key"]) {
+			t.Errorf("POST /users with its key, retried: %s, replayed %v; want the user the first attempt created, %+v, replayed", replay.body, replay.replayed, table["acknowledged late, with a key"])
+		}
 		found := do("GET", "/users?name=acknowledged%20late", "")
 		var users []apiUser
 		if err := json.Unmarshal(found.body, &users); err != nil || len(users) != 1 || !sameUser(users[0], table["acknowledged late"]) {

@@ -65,19 +65,30 @@ func (s *serving) stop(t *testing.T, within time.Duration) error {
 // it took; a transport error fails the test.
 func (s *serving) request(t *testing.T, method, path, body string) (int, time.Duration) {
 	t.Helper()
+	start := time.Now()
+	status, _ := s.requestWith(t, method, path, body, nil)
+	return status, time.Since(start)
+}
+
+// requestWith is request with header added, and returns the status and the
+// response's header.
+func (s *serving) requestWith(t *testing.T, method, path, body string, header http.Header) (int, http.Header) {
+	t.Helper()
 	req, err := http.NewRequest(method, s.base+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	start := time.Now()
+	for name, values := range header {
+		req.Header[name] = values
+	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	io.Copy(io.Discard, res.Body)
 	res.Body.Close()
-	return res.StatusCode, time.Since(start)
+	return res.StatusCode, res.Header
 }
 
 // eventually polls method path until it answers want, or fails the test.

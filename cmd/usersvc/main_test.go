@@ -26,6 +26,7 @@ import (
 	"usersvc/internal/config"
 	"usersvc/internal/pglocal"
 	"usersvc/internal/pgtest"
+	"usersvc/migrations"
 )
 
 // testVersion is stamped into the binary the tests build.
@@ -285,8 +286,8 @@ func TestRunServe(t *testing.T) {
 	}
 	if start := findRecord(logs, "msg", "listening"); start != nil {
 		db := config.Config{DatabaseURL: databaseURL}.DatabaseHost()
-		if start["version"] != buildVersion() || start["addr"] != addr || start["db"] != db || start["schema_version"] != float64(1) || start["auth_tokens"] != float64(0) {
-			t.Errorf("start-up line = %v, want version %s, addr %s, db %s, schema_version 1, auth_tokens 0", start, buildVersion(), addr, db)
+		if start["version"] != buildVersion() || start["addr"] != addr || start["db"] != db || start["schema_version"] != float64(migrations.Latest()) || start["auth_tokens"] != float64(0) {
+			t.Errorf("start-up line = %v, want version %s, addr %s, db %s, schema_version %d, auth_tokens 0", start, buildVersion(), addr, db, migrations.Latest())
 		}
 	}
 	if warning := findRecord(logs, "msg", authOffWarning); warning == nil || warning["level"] != "WARN" {
@@ -460,15 +461,16 @@ func TestRunMigrateCycle(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"migrate", "status"}, []string{"00001_create_users.sql", "pending"}},
-		{[]string{"migrate", "up"}, []string{"applied 00001_create_users.sql", "schema version 1 (latest embedded: 1)"}},
-		{[]string{"migrate", "up"}, []string{"no pending migrations", "schema version 1"}},
-		{[]string{"migrate", "status"}, []string{"00001_create_users.sql", "applied"}},
+		{[]string{"migrate", "status"}, []string{"00001_create_users.sql", "00002_idempotency_keys.sql", "pending"}},
+		{[]string{"migrate", "up"}, []string{"applied 00001_create_users.sql", "applied 00002_idempotency_keys.sql", "schema version 2 (latest embedded: 2)"}},
+		{[]string{"migrate", "up"}, []string{"no pending migrations", "schema version 2"}},
+		{[]string{"migrate", "status"}, []string{"00001_create_users.sql", "00002_idempotency_keys.sql", "applied"}},
+		{[]string{"migrate", "down"}, []string{"rolled back 00002_idempotency_keys.sql", "schema version 1"}},
 		{[]string{"migrate", "down"}, []string{"rolled back 00001_create_users.sql", "schema version 0"}},
 		{[]string{"migrate", "down"}, []string{"no migration to roll back", "schema version 0"}},
-		{[]string{"migrate", "up"}, []string{"applied 00001_create_users.sql", "schema version 1"}},
-		{[]string{"migrate", "version"}, []string{"schema version 1 (latest embedded: 1)"}},
-		{[]string{"migrate", "redo"}, []string{"rolled back 00001_create_users.sql", "applied 00001_create_users.sql", "schema version 1"}},
+		{[]string{"migrate", "up"}, []string{"applied 00001_create_users.sql", "applied 00002_idempotency_keys.sql", "schema version 2"}},
+		{[]string{"migrate", "version"}, []string{"schema version 2 (latest embedded: 2)"}},
+		{[]string{"migrate", "redo"}, []string{"rolled back 00002_idempotency_keys.sql", "applied 00002_idempotency_keys.sql", "schema version 2"}},
 	}
 	for _, step := range steps {
 		var stdout, stderr bytes.Buffer

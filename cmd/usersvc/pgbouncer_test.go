@@ -436,8 +436,8 @@ func TestPgBouncer(t *testing.T) {
 		checkMigrateRefused(t, bin, pgb, directURL)
 	})
 	out, status := runUsersvc(t, bin, []string{"DATABASE_URL=" + directURL}, "migrate", "up")
-	if status != 0 || !strings.Contains(out, "schema version 1") {
-		t.Fatalf("usersvc migrate up against PostgreSQL: exit status %d, want 0 and schema version 1", status)
+	if status != 0 || !strings.Contains(out, "schema version 2") {
+		t.Fatalf("usersvc migrate up against PostgreSQL: exit status %d, want 0 and schema version 2", status)
 	}
 
 	// exec is the setting README recommends; the other two work too.

@@ -132,6 +132,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	defer stopStarting()
 	started := make(chan error, 1)
 	go func() { started <- startDatabase(startCtx, cfg, pool, logger) }()
+	stopPurging := startPurging(ctx, server.NewKeyPurger(logger, db.New(pool), cfg.IdempotencyTTL, cfg.RequestTimeout))
+	defer stopPurging()
 
 	var failed error
 wait:
@@ -159,6 +161,7 @@ wait:
 	if started != nil {
 		<-started
 	}
+	stopPurging()
 	if err := shutDown(cfg, handler, srv, serveErr, logger); err != nil {
 		return errors.Join(failed, err)
 	}
@@ -185,6 +188,21 @@ func startDatabase(ctx context.Context, cfg config.Config, pool pinger, logger *
 		logger.WarnContext(ctx, "database not reachable yet", slog.String("db", cfg.DatabaseHost()), slog.Any("err", err))
 	}
 	return nil
+}
+
+// startPurging runs p until ctx is done or the returned function is
+// called, which waits for it to return and may be called again.
+func startPurging(ctx context.Context, p *server.KeyPurger) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // shutDown stops serving within SHUTDOWN_TIMEOUT: /readyz turns 503 at

@@ -36,6 +36,7 @@ func TestDefaults(t *testing.T) {
 		RequestTimeout:   5 * time.Second,
 		BodyTimeout:      10 * time.Second,
 		ShutdownTimeout:  15 * time.Second,
+		IdempotencyTTL:   24 * time.Hour,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load() = %+v, want %+v", got, want)
@@ -61,6 +62,7 @@ func TestLoad(t *testing.T) {
 		"AUTO_MIGRATE":       "true",
 		"DEBUG_ADDR":         "127.0.0.1:6060",
 		"METRICS_ADDR":       ":9090",
+		"IDEMPOTENCY_TTL":    "1h30m",
 	})
 	got, err := Load()
 	if err != nil {
@@ -81,6 +83,7 @@ func TestLoad(t *testing.T) {
 		AutoMigrate:      true,
 		DebugAddr:        "127.0.0.1:6060",
 		MetricsAddr:      ":9090",
+		IdempotencyTTL:   90 * time.Minute,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load() = %+v, want %+v", got, want)
@@ -108,6 +111,9 @@ func TestLoadRejects(t *testing.T) {
 		{"SHUTDOWN_DELAY", "-1s"},
 		{"SHUTDOWN_DELAY", "15s"}, // not less than the default SHUTDOWN_TIMEOUT
 		{"AUTO_MIGRATE", "yes please"},
+		{"IDEMPOTENCY_TTL", "0"},
+		{"IDEMPOTENCY_TTL", "-1h"},
+		{"IDEMPOTENCY_TTL", "a day"},
 		{"DATABASE_URL", "postgres://u:hunter2@[::1"},
 		{"DATABASE_READ_URL", "postgres://u:hunter2@[::1"},
 	} {
@@ -124,7 +130,7 @@ func TestLoadRejects(t *testing.T) {
 
 func TestVariables(t *testing.T) {
 	got := strings.Join(Variables(), " ")
-	want := "DATABASE_URL DATABASE_READ_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS DB_CONNECT_TIMEOUT REQUEST_TIMEOUT BODY_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR AUTH_TOKENS AUTH_TOKENS_FILE"
+	want := "DATABASE_URL DATABASE_READ_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS DB_CONNECT_TIMEOUT REQUEST_TIMEOUT BODY_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR IDEMPOTENCY_TTL AUTH_TOKENS AUTH_TOKENS_FILE"
 	if got != want {
 		t.Errorf("Variables() = %s, want %s", got, want)
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json/v2"
 	"errors"
@@ -382,5 +383,88 @@ func TestHostileFraming(t *testing.T) {
 		if n := s.usersNamed(t, smuggledName); n != 0 {
 			t.Fatalf("%s: the smuggled request ran: %d users named %q", tt.name, n, smuggledName)
 		}
+	}
+}
+
+// TestHostileHeaders sends hostile values of the headers the service reads
+// itself (Idempotency-Key, If-Match, If-None-Match), one by one, and wants
+// the exact status and code of each, and nothing changed by any refused.
+func TestHostileHeaders(t *testing.T) {
+	t.Parallel()
+	s := newTestServer(t)
+	u := s.createUser("target")
+	path := userPath(u.ID)
+	current := s.get(path).header.Get(etagHeader)
+	manyTags := strings.Repeat(`"1-1", W/"x", `, 1000) + current
+
+	const js = "application/json"
+	tests := []struct {
+		name           string
+		method, target string
+		header         http.Header
+		status         int
+		code           string // "" for a success
+	}{
+		{"Idempotency-Key of 10 KiB", "POST", "/users", keyHeader(strings.Repeat("k", 10<<10)), 400, codeValidationFailed},
+		{"Idempotency-Key of SQL", "POST", "/users", keyHeader(`'); DROP TABLE idempotency_keys;--`), 201, ""},
+		{"Idempotency-Key of invalid UTF-8", "POST", "/users", keyHeader("k\xff\xfe"), 400, codeValidationFailed},
+		{"Idempotency-Key of 255 escaped backslashes", "POST", "/users", keyHeader(`"` + strings.Repeat(`\\`, 255) + `"`), 201, ""},
+		{"Idempotency-Key of 256 escaped backslashes", "POST", "/users", keyHeader(`"` + strings.Repeat(`\\`, 256) + `"`), 400, codeValidationFailed},
+		{"Idempotency-Key of HTML", "POST", "/users", keyHeader(`<script>alert(1)</script>`), 201, ""},
+		{"Idempotency-Key in 100 headers", "POST", "/users", keyHeader(strings.Split(strings.Repeat("k,", 100), ",")[:100]...), 400, codeValidationFailed},
+		{"If-Match of 1,001 tags, the last current", "GET", path, ifMatch(manyTags), 200, ""},
+		{"If-None-Match of 1,001 tags, the last current", "GET", path, ifNoneMatch(manyTags), 304, ""},
+		{"If-Match past int64", "PUT", path, ifMatch(fmt.Sprintf(`"%d-99999999999999999999999"`, u.ID)), 412, codePreconditionFailed},
+		{"If-Match with a negative time", "PUT", path, ifMatch(fmt.Sprintf(`"%d--5"`, u.ID)), 412, codePreconditionFailed},
+		{"If-Match with a leading zero", "PUT", path, ifMatch(strings.Replace(current, "-", "-0", 1)), 412, codePreconditionFailed},
+		{"If-Match of invalid UTF-8 in quotes", "DELETE", path, ifMatch("\"\xff\xfe\""), 412, codePreconditionFailed},
+		{"If-Match of an empty tag", "DELETE", path, ifMatch(`""`), 412, codePreconditionFailed},
+		{"If-Match of only commas", "DELETE", path, ifMatch(" , ,"), 412, codePreconditionFailed},
+		{"If-Match with a lowercase w/", "PUT", path, ifMatch(`w/` + current), 400, codeValidationFailed},
+		{"If-Match with a space inside the tag", "PUT", path, ifMatch(`"a b"`), 400, codeValidationFailed},
+		{"If-Match of SQL", "PUT", path, ifMatch(`' OR 1=1 --`), 400, codeValidationFailed},
+		{"If-Match * twice", "PUT", path, ifMatch("*", "*"), 400, codeValidationFailed},
+		{"If-None-Match unterminated", "GET", path, ifNoneMatch(`"abc`), 400, codeValidationFailed},
+		{"If-None-Match of 10 KiB of W/", "GET", path, ifNoneMatch(strings.Repeat("W/", 5<<10)), 400, codeValidationFailed},
+	}
+	for i, tt := range tests {
+		what := tt.method + " " + tt.name
+		var body io.Reader
+		contentType := ""
+		if tt.method == "POST" || tt.method == "PUT" {
+			contentType, body = js, strings.NewReader(fmt.Sprintf(`{"name":"hostile %d"}`, i))
+		}
+		r := s.doWith(tt.method, tt.target, contentType, body, tt.header)
+		if tt.code == "" {
+			if r.status != tt.status {
+				t.Errorf("%s: status = %d, want %d; body %.300s", what, r.status, tt.status, r.body)
+			}
+			continue
+		}
+		p := wantProblem(t, what, r, tt.status, tt.code)
+		if tt.code == codeValidationFailed && (len(p.Errors) != 1 || p.Errors[0].In != "header") {
+			t.Errorf("%s: errors = %+v, want one for a header", what, p.Errors)
+		}
+	}
+
+	// The refused requests changed nothing; the keys were stored as sent.
+	if got := s.get(path); got.status != http.StatusOK || got.header.Get(etagHeader) != current {
+		t.Errorf("GET %s after the hostile headers: %d, ETag %s; want 200 and %s, unchanged", path, got.status, got.header.Get(etagHeader), current)
+	}
+	var stored [][]byte
+	rows, err := s.pool.Query(t.Context(), "SELECT key_digest FROM idempotency_keys ORDER BY user_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var d []byte
+		if err := rows.Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, d)
+	}
+	want := [][]byte{anonymousKey(`'); DROP TABLE idempotency_keys;--`), anonymousKey(strings.Repeat(`\`, 255)), anonymousKey(`<script>alert(1)</script>`)}
+	if !slices.EqualFunc(stored, want, bytes.Equal) {
+		t.Errorf("stored key digests %x, want those of the keys as sent, %x", stored, want)
 	}
 }

@@ -37,6 +37,9 @@ const (
 	codeInvalidRequest       = "invalid_request"
 	codeHeadersTooLarge      = "headers_too_large"
 	codeExpectationFailed    = "expectation_failed"
+	codePreconditionFailed   = "precondition_failed"
+	codeIdempotencyKeyInUse  = "idempotency_key_in_use"
+	codeIdempotencyKeyReused = "idempotency_key_reused"
 	codeUnavailable          = "unavailable"
 	codeInternal             = "internal"
 )
@@ -64,6 +67,9 @@ var problemKinds = map[string]struct {
 	codeInvalidRequest:       {http.StatusBadRequest, "Invalid request"},
 	codeHeadersTooLarge:      {http.StatusRequestHeaderFieldsTooLarge, "Request headers too large"},
 	codeExpectationFailed:    {http.StatusExpectationFailed, "Expectation failed"},
+	codePreconditionFailed:   {http.StatusPreconditionFailed, "Precondition failed"},
+	codeIdempotencyKeyInUse:  {http.StatusConflict, "Idempotency key in use"},
+	codeIdempotencyKeyReused: {http.StatusUnprocessableEntity, "Idempotency key reused"},
 	codeUnavailable:          {http.StatusServiceUnavailable, "Service unavailable"},
 	codeInternal:             {http.StatusInternalServerError, "Internal error"},
 }
@@ -85,7 +91,7 @@ type problem struct {
 
 // fieldError says what is wrong with one input.
 type fieldError struct {
-	In     string `json:"in"` // body, query or path
+	In     string `json:"in"` // body, query, path or header
 	Field  string `json:"field"`
 	Detail string `json:"detail"`
 }
@@ -313,7 +319,7 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 	}
 	h := w.Header()
 	switch e.code {
-	case codeUnavailable:
+	case codeUnavailable, codeIdempotencyKeyInUse:
 		h.Set("Retry-After", "1")
 	case codeUnauthorized:
 		h.Set("WWW-Authenticate", e.challenge)

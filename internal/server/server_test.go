@@ -100,6 +100,22 @@ func (s *testServer) do(method, target, contentType string, body io.Reader) resp
 // send sends a request and returns the response unchecked. It is safe to
 // call from other goroutines than the test's.
 func (s *testServer) send(method, target, contentType string, body io.Reader) (*http.Request, response, error) {
+	return s.sendWith(method, target, contentType, body, nil)
+}
+
+// doWith is do with header added to the request.
+func (s *testServer) doWith(method, target, contentType string, body io.Reader, header http.Header) response {
+	s.t.Helper()
+	req, r, err := s.sendWith(method, target, contentType, body, header)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.check(req, r)
+	return r
+}
+
+// sendWith is send with header added to the request.
+func (s *testServer) sendWith(method, target, contentType string, body io.Reader, header http.Header) (*http.Request, response, error) {
 	req, err := http.NewRequest(method, s.url+target, body)
 	if err != nil {
 		return nil, response{}, fmt.Errorf("%s %s: %w", method, target, err)
@@ -107,8 +123,10 @@ func (s *testServer) send(method, target, contentType string, body io.Reader) (*
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	for name, values := range s.header {
-		req.Header[name] = values
+	for _, h := range []http.Header{s.header, header} {
+		for name, values := range h {
+			req.Header[name] = values
+		}
 	}
 	client := s.client
 	if client == nil {

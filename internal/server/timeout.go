@@ -136,6 +136,30 @@ func (s timedStore) DeleteUser(ctx context.Context, id int64) (int64, error) {
 	return s.store.DeleteUser(ctx, id)
 }
 
+func (s timedStore) CreateUserIdempotently(ctx context.Context, arg db.CreateUserIdempotentlyParams) (db.CreateUserIdempotentlyRow, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return s.store.CreateUserIdempotently(ctx, arg)
+}
+
+func (s timedStore) GetIdempotencyKey(ctx context.Context, keyDigest []byte) (db.GetIdempotencyKeyRow, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return s.store.GetIdempotencyKey(ctx, keyDigest)
+}
+
+func (s timedStore) RenameUserIf(ctx context.Context, arg db.RenameUserIfParams) (db.RenameUserIfRow, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return s.store.RenameUserIf(ctx, arg)
+}
+
+func (s timedStore) DeleteUserIf(ctx context.Context, arg db.DeleteUserIfParams) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return s.store.DeleteUserIf(ctx, arg)
+}
+
 // timedProbe is timedReader for /readyz's calls.
 type timedProbe struct {
 	database databaseProbe
