@@ -79,10 +79,7 @@ func TestFaultsUnderLoad(t *testing.T) {
 			if a.status == http.StatusServiceUnavailable {
 				// Retry-After says 1 s; these clients are more eager, so
 				// that the test sees recovery soon, but not a busy loop.
-				select {
-				case <-l.stop:
-				case <-time.After(20 * time.Millisecond):
-				}
+				l.pause(20 * time.Millisecond)
 			}
 		}
 	})

@@ -95,10 +95,7 @@ func TestKeyedCreatesUnderFaults(t *testing.T) {
 				}
 				// Retry-After says 1 s; these clients are more eager, so
 				// that the test sees many retries, but not a busy loop.
-				select {
-				case <-l.stop:
-				case <-time.After(20 * time.Millisecond):
-				}
+				l.pause(20 * time.Millisecond)
 			}
 		}
 	})

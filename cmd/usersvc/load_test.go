@@ -212,6 +212,14 @@ func (l *load) run(n int, client func(i int)) {
 	}
 }
 
+// pause waits d, or until the load is stopped.
+func (l *load) pause(d time.Duration) {
+	select {
+	case <-l.stop:
+	case <-time.After(d):
+	}
+}
+
 // stopped reports whether finish was called.
 func (l *load) stopped() bool {
 	select {
