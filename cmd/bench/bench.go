@@ -293,9 +293,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 					return err
 				}
 				sr.wrk, sr.mem = append(sr.wrk, r), append(sr.mem, mem)
-				logf("round %d/%d, scenario %d %s: %.0f req/s, p50 %s, p99 %s, errors %d, RSS %s",
+				logf("round %d/%d, scenario %d %s: %.0f req/s, p50 %s, p99 %s, errors %d, RSS %s, service CPU %.1f µs/request",
 					round, o.reps, sr.n, sr.label(), r.reqPerSec(), fmtUS(r.P50US), fmtUS(r.P99US),
-					r.errors(sr.expectStatus), fmtMiB(mem.rss))
+					r.errors(sr.expectStatus), fmtMiB(mem.rss), perOp(r.cpu.service, r.Requests))
 			}
 			sr := variants[0]
 			if sr.pgbench == "" {
