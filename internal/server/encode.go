@@ -24,13 +24,6 @@ const (
 	maxBodyBytes = 1 << 20
 )
 
-// contentTypes are the Content-Type header values encode sets, shared by
-// every response (see nosniff).
-var contentTypes = map[string][]string{
-	jsonContentType:    {jsonContentType},
-	problemContentType: {problemContentType},
-}
-
 // encode writes v as JSON with the given status. The body is marshalled
 // before any header is written, so a failure still becomes a clean 500.
 func encode(w http.ResponseWriter, r *http.Request, logger *slog.Logger, status int, contentType string, v any) {
@@ -41,12 +34,8 @@ func encode(w http.ResponseWriter, r *http.Request, logger *slog.Logger, status 
 		body = []byte(`{"type":"urn:usersvc:problem:internal","title":"Internal error","status":500,"detail":"the server failed to encode the response","code":"internal"}`)
 	}
 	h := w.Header()
-	ct, ok := contentTypes[contentType]
-	if !ok {
-		ct = []string{contentType}
-	}
-	h["Content-Type"] = ct
-	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	h.Set("Content-Type", contentType)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 }
