@@ -19,15 +19,18 @@ import (
 
 // Defines values for FieldErrorIn.
 const (
-	FieldErrorInBody  FieldErrorIn = "body"
-	FieldErrorInPath  FieldErrorIn = "path"
-	FieldErrorInQuery FieldErrorIn = "query"
+	FieldErrorInBody   FieldErrorIn = "body"
+	FieldErrorInHeader FieldErrorIn = "header"
+	FieldErrorInPath   FieldErrorIn = "path"
+	FieldErrorInQuery  FieldErrorIn = "query"
 )
 
 // Valid indicates whether the value is a known member of the FieldErrorIn enum.
 func (e FieldErrorIn) Valid() bool {
 	switch e {
 	case FieldErrorInBody:
+		return true
+	case FieldErrorInHeader:
 		return true
 	case FieldErrorInPath:
 		return true
@@ -41,11 +44,19 @@ func (e FieldErrorIn) Valid() bool {
 // Defines values for ProblemCode.
 const (
 	ProblemCodeDuplicateName        ProblemCode = "duplicate_name"
+	ProblemCodeExpectationFailed    ProblemCode = "expectation_failed"
+	ProblemCodeHeadersTooLarge      ProblemCode = "headers_too_large"
+	ProblemCodeIdempotencyKeyInUse  ProblemCode = "idempotency_key_in_use"
+	ProblemCodeIdempotencyKeyReused ProblemCode = "idempotency_key_reused"
 	ProblemCodeInternal             ProblemCode = "internal"
 	ProblemCodeInvalidJSON          ProblemCode = "invalid_json"
+	ProblemCodeInvalidRequest       ProblemCode = "invalid_request"
+	ProblemCodeLengthRequired       ProblemCode = "length_required"
 	ProblemCodeMethodNotAllowed     ProblemCode = "method_not_allowed"
 	ProblemCodeNotFound             ProblemCode = "not_found"
 	ProblemCodePayloadTooLarge      ProblemCode = "payload_too_large"
+	ProblemCodePreconditionFailed   ProblemCode = "precondition_failed"
+	ProblemCodeRequestTimeout       ProblemCode = "request_timeout"
 	ProblemCodeURITooLong           ProblemCode = "uri_too_long"
 	ProblemCodeUnauthorized         ProblemCode = "unauthorized"
 	ProblemCodeUnavailable          ProblemCode = "unavailable"
@@ -58,15 +69,31 @@ func (e ProblemCode) Valid() bool {
 	switch e {
 	case ProblemCodeDuplicateName:
 		return true
+	case ProblemCodeExpectationFailed:
+		return true
+	case ProblemCodeHeadersTooLarge:
+		return true
+	case ProblemCodeIdempotencyKeyInUse:
+		return true
+	case ProblemCodeIdempotencyKeyReused:
+		return true
 	case ProblemCodeInternal:
 		return true
 	case ProblemCodeInvalidJSON:
+		return true
+	case ProblemCodeInvalidRequest:
+		return true
+	case ProblemCodeLengthRequired:
 		return true
 	case ProblemCodeMethodNotAllowed:
 		return true
 	case ProblemCodeNotFound:
 		return true
 	case ProblemCodePayloadTooLarge:
+		return true
+	case ProblemCodePreconditionFailed:
+		return true
+	case ProblemCodeRequestTimeout:
 		return true
 	case ProblemCodeURITooLong:
 		return true
@@ -131,7 +158,7 @@ type FieldError struct {
 	// Detail What is wrong with it, for a human.
 	Detail string `json:"detail"`
 
-	// Field The body field, query parameter or path parameter name.
+	// Field The body field, query parameter, path parameter or header name.
 	Field string `json:"field"`
 
 	// In Where the offending value was.
@@ -265,6 +292,15 @@ type ValidationProblem struct {
 // After defines model for After.
 type After = int64
 
+// IdempotencyKey defines model for IdempotencyKey.
+type IdempotencyKey = string
+
+// IfMatch defines model for IfMatch.
+type IfMatch = string
+
+// IfNoneMatch defines model for IfNoneMatch.
+type IfNoneMatch = string
+
 // Limit defines model for Limit.
 type Limit = int
 
@@ -276,8 +312,80 @@ type BadRequest struct {
 	union json.RawMessage
 }
 
+// IdempotencyKeyInUse defines model for IdempotencyKeyInUse.
+type IdempotencyKeyInUse struct {
+	Code ProblemCode `json:"code"`
+
+	// Detail An explanation of this occurrence, for a human.
+	Detail string `json:"detail"`
+
+	// Errors What is wrong with each invalid input; present exactly when `code` is `validation_failed`.
+	Errors *[]FieldError `json:"errors,omitempty"`
+
+	// Instance The request path.
+	Instance *string `json:"instance,omitempty"`
+
+	// RequestID The request's id, also in the `X-Request-ID` response header and
+	// in every log line of the request: quote it when reporting a
+	// problem.
+	RequestID *string       `json:"request_id,omitempty"`
+	Status    ProblemStatus `json:"status"`
+
+	// Title A short summary of the problem type; the same for every occurrence.
+	Title string      `json:"title"`
+	Type  ProblemType `json:"type"`
+}
+
+// IdempotencyKeyReused defines model for IdempotencyKeyReused.
+type IdempotencyKeyReused struct {
+	Code ProblemCode `json:"code"`
+
+	// Detail An explanation of this occurrence, for a human.
+	Detail string `json:"detail"`
+
+	// Errors What is wrong with each invalid input; present exactly when `code` is `validation_failed`.
+	Errors *[]FieldError `json:"errors,omitempty"`
+
+	// Instance The request path.
+	Instance *string `json:"instance,omitempty"`
+
+	// RequestID The request's id, also in the `X-Request-ID` response header and
+	// in every log line of the request: quote it when reporting a
+	// problem.
+	RequestID *string       `json:"request_id,omitempty"`
+	Status    ProblemStatus `json:"status"`
+
+	// Title A short summary of the problem type; the same for every occurrence.
+	Title string      `json:"title"`
+	Type  ProblemType `json:"type"`
+}
+
 // InternalError defines model for InternalError.
 type InternalError struct {
+	Code ProblemCode `json:"code"`
+
+	// Detail An explanation of this occurrence, for a human.
+	Detail string `json:"detail"`
+
+	// Errors What is wrong with each invalid input; present exactly when `code` is `validation_failed`.
+	Errors *[]FieldError `json:"errors,omitempty"`
+
+	// Instance The request path.
+	Instance *string `json:"instance,omitempty"`
+
+	// RequestID The request's id, also in the `X-Request-ID` response header and
+	// in every log line of the request: quote it when reporting a
+	// problem.
+	RequestID *string       `json:"request_id,omitempty"`
+	Status    ProblemStatus `json:"status"`
+
+	// Title A short summary of the problem type; the same for every occurrence.
+	Title string      `json:"title"`
+	Type  ProblemType `json:"type"`
+}
+
+// LengthRequired defines model for LengthRequired.
+type LengthRequired struct {
 	Code ProblemCode `json:"code"`
 
 	// Detail An explanation of this occurrence, for a human.
@@ -350,6 +458,54 @@ type NotFound struct {
 
 // PayloadTooLarge defines model for PayloadTooLarge.
 type PayloadTooLarge struct {
+	Code ProblemCode `json:"code"`
+
+	// Detail An explanation of this occurrence, for a human.
+	Detail string `json:"detail"`
+
+	// Errors What is wrong with each invalid input; present exactly when `code` is `validation_failed`.
+	Errors *[]FieldError `json:"errors,omitempty"`
+
+	// Instance The request path.
+	Instance *string `json:"instance,omitempty"`
+
+	// RequestID The request's id, also in the `X-Request-ID` response header and
+	// in every log line of the request: quote it when reporting a
+	// problem.
+	RequestID *string       `json:"request_id,omitempty"`
+	Status    ProblemStatus `json:"status"`
+
+	// Title A short summary of the problem type; the same for every occurrence.
+	Title string      `json:"title"`
+	Type  ProblemType `json:"type"`
+}
+
+// PreconditionFailed defines model for PreconditionFailed.
+type PreconditionFailed struct {
+	Code ProblemCode `json:"code"`
+
+	// Detail An explanation of this occurrence, for a human.
+	Detail string `json:"detail"`
+
+	// Errors What is wrong with each invalid input; present exactly when `code` is `validation_failed`.
+	Errors *[]FieldError `json:"errors,omitempty"`
+
+	// Instance The request path.
+	Instance *string `json:"instance,omitempty"`
+
+	// RequestID The request's id, also in the `X-Request-ID` response header and
+	// in every log line of the request: quote it when reporting a
+	// problem.
+	RequestID *string       `json:"request_id,omitempty"`
+	Status    ProblemStatus `json:"status"`
+
+	// Title A short summary of the problem type; the same for every occurrence.
+	Title string      `json:"title"`
+	Type  ProblemType `json:"type"`
+}
+
+// RequestTimeout defines model for RequestTimeout.
+type RequestTimeout struct {
 	Code ProblemCode `json:"code"`
 
 	// Detail An explanation of this occurrence, for a human.
@@ -489,6 +645,67 @@ type ListUsersParams struct {
 	// repeated query parameters and a query string of more than 16
 	// parameters.
 	Name *NameFilter `form:"name,omitempty" json:"name,omitempty"`
+}
+
+// CreateUserParams defines parameters for CreateUser.
+type CreateUserParams struct {
+	// IdempotencyKey Makes the create safe to retry; see the idempotent creates section
+	// of the API description. 1 to 255 characters of printable ASCII,
+	// bare or as a quoted string; anything else, or the header twice,
+	// answers 400 `validation_failed` with `in: header`.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// DeleteUserParams defines parameters for DeleteUser.
+type DeleteUserParams struct {
+	// IfMatch `*`, or a comma-separated list of entity tags: a write proceeds,
+	// and a read answers, only if one names the user's current `ETag`
+	// (strong comparison: a weak tag never matches); else 412.
+	IfMatch *IfMatch `json:"If-Match,omitempty"`
+
+	// IfNoneMatch `*`, or a comma-separated list of entity tags (weak comparison).
+	// When one names the user's current `ETag` (`*`: any), `GET` and
+	// `HEAD` answer 304 and `PUT` and `DELETE` 412.
+	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
+}
+
+// GetUserParams defines parameters for GetUser.
+type GetUserParams struct {
+	// IfMatch `*`, or a comma-separated list of entity tags: a write proceeds,
+	// and a read answers, only if one names the user's current `ETag`
+	// (strong comparison: a weak tag never matches); else 412.
+	IfMatch *IfMatch `json:"If-Match,omitempty"`
+
+	// IfNoneMatch `*`, or a comma-separated list of entity tags (weak comparison).
+	// When one names the user's current `ETag` (`*`: any), `GET` and
+	// `HEAD` answer 304 and `PUT` and `DELETE` 412.
+	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
+}
+
+// HeadUserParams defines parameters for HeadUser.
+type HeadUserParams struct {
+	// IfMatch `*`, or a comma-separated list of entity tags: a write proceeds,
+	// and a read answers, only if one names the user's current `ETag`
+	// (strong comparison: a weak tag never matches); else 412.
+	IfMatch *IfMatch `json:"If-Match,omitempty"`
+
+	// IfNoneMatch `*`, or a comma-separated list of entity tags (weak comparison).
+	// When one names the user's current `ETag` (`*`: any), `GET` and
+	// `HEAD` answer 304 and `PUT` and `DELETE` 412.
+	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
+}
+
+// UpdateUserParams defines parameters for UpdateUser.
+type UpdateUserParams struct {
+	// IfMatch `*`, or a comma-separated list of entity tags: a write proceeds,
+	// and a read answers, only if one names the user's current `ETag`
+	// (strong comparison: a weak tag never matches); else 412.
+	IfMatch *IfMatch `json:"If-Match,omitempty"`
+
+	// IfNoneMatch `*`, or a comma-separated list of entity tags (weak comparison).
+	// When one names the user's current `ETag` (`*`: any), `GET` and
+	// `HEAD` answer 304 and `PUT` and `DELETE` 412.
+	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
 }
 
 // CreateUserJSONRequestBody defines body for CreateUser for application/json ContentType.
@@ -727,40 +944,46 @@ type ClientInterface interface {
 	//
 	// Creates a user from `{"name": ...}`. The body must be
 	// `application/json`, at most 1 MiB, a single JSON object with exactly
-	// the field `name`. Answers 201 with the stored user and its URL in
-	// `Location`.
+	// the field `name`. Answers 201 with the stored user, its URL in
+	// `Location` and its `ETag`. With an `Idempotency-Key`, see the
+	// idempotent creates section of the API description.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /users (the `CreateUser` operationId).
-	CreateUserWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	CreateUserWithBody(ctx context.Context, params *CreateUserParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateUser Create a user.
 	//
 	// Creates a user from `{"name": ...}`. The body must be
 	// `application/json`, at most 1 MiB, a single JSON object with exactly
-	// the field `name`. Answers 201 with the stored user and its URL in
-	// `Location`.
+	// the field `name`. Answers 201 with the stored user, its URL in
+	// `Location` and its `ETag`. With an `Idempotency-Key`, see the
+	// idempotent creates section of the API description.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /users (the `CreateUser` operationId).
-	CreateUser(ctx context.Context, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	CreateUser(ctx context.Context, params *CreateUserParams, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeleteUser Delete a user.
 	//
 	// Deletes the user: 204, with no body. A user already deleted, or
-	// never created, answers 404. Its name is free for another user.
+	// never created, answers 404. Its name is free for another user. With
+	// `If-Match` or `If-None-Match`, deletes only if the user's current
+	// `ETag` satisfies them (412 otherwise).
 	//
 	// Corresponds with DELETE /users/{id} (the `DeleteUser` operationId).
-	DeleteUser(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*http.Response, error)
+	DeleteUser(ctx context.Context, id UserID, params *DeleteUserParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetUser Get one user.
 	//
-	// Answers 200 with the user, or 404 when no user has this id.
+	// Answers 200 with the user and its `ETag`, or 404 when no user has
+	// this id; 304 when `If-None-Match` names the `ETag`, 412 when
+	// `If-Match` does not.
 	//
 	// Corresponds with GET /users/{id} (the `GetUser` operationId).
-	GetUser(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*http.Response, error)
+	GetUser(ctx context.Context, id UserID, params *GetUserParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// HeadUser Check that a user exists.
 	//
@@ -771,27 +994,31 @@ type ClientInterface interface {
 	// what happened.
 	//
 	// Corresponds with HEAD /users/{id} (the `HeadUser` operationId).
-	HeadUser(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*http.Response, error)
+	HeadUser(ctx context.Context, id UserID, params *HeadUserParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// UpdateUserWithBody Rename a user.
 	//
 	// Replaces the user's name. Same body rules as create. `updated_at`
-	// changes; `id` and `created_at` do not.
+	// and the `ETag` change; `id` and `created_at` do not. With `If-Match`
+	// or `If-None-Match`, renames only if the user's current `ETag`
+	// satisfies them (412 otherwise).
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with PUT /users/{id} (the `UpdateUser` operationId).
-	UpdateUserWithBody(ctx context.Context, id UserID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	UpdateUserWithBody(ctx context.Context, id UserID, params *UpdateUserParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// UpdateUser Rename a user.
 	//
 	// Replaces the user's name. Same body rules as create. `updated_at`
-	// changes; `id` and `created_at` do not.
+	// and the `ETag` change; `id` and `created_at` do not. With `If-Match`
+	// or `If-None-Match`, renames only if the user's current `ETag`
+	// satisfies them (412 otherwise).
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with PUT /users/{id} (the `UpdateUser` operationId).
-	UpdateUser(ctx context.Context, id UserID, body UpdateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	UpdateUser(ctx context.Context, id UserID, params *UpdateUserParams, body UpdateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // GetRoot Redirect to the reference page.
@@ -923,14 +1150,15 @@ func (c *Client) ListUsers(ctx context.Context, params *ListUsersParams, reqEdit
 //
 // Creates a user from `{"name": ...}`. The body must be
 // `application/json`, at most 1 MiB, a single JSON object with exactly
-// the field `name`. Answers 201 with the stored user and its URL in
-// `Location`.
+// the field `name`. Answers 201 with the stored user, its URL in
+// `Location` and its `ETag`. With an `Idempotency-Key`, see the
+// idempotent creates section of the API description.
 //
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /users (the `CreateUser` operationId).
-func (c *Client) CreateUserWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewCreateUserRequestWithBody(c.Server, contentType, body)
+func (c *Client) CreateUserWithBody(ctx context.Context, params *CreateUserParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateUserRequestWithBody(c.Server, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -945,14 +1173,15 @@ func (c *Client) CreateUserWithBody(ctx context.Context, contentType string, bod
 //
 // Creates a user from `{"name": ...}`. The body must be
 // `application/json`, at most 1 MiB, a single JSON object with exactly
-// the field `name`. Answers 201 with the stored user and its URL in
-// `Location`.
+// the field `name`. Answers 201 with the stored user, its URL in
+// `Location` and its `ETag`. With an `Idempotency-Key`, see the
+// idempotent creates section of the API description.
 //
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /users (the `CreateUser` operationId).
-func (c *Client) CreateUser(ctx context.Context, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewCreateUserRequest(c.Server, body)
+func (c *Client) CreateUser(ctx context.Context, params *CreateUserParams, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateUserRequest(c.Server, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -966,11 +1195,13 @@ func (c *Client) CreateUser(ctx context.Context, body CreateUserJSONRequestBody,
 // DeleteUser Delete a user.
 //
 // Deletes the user: 204, with no body. A user already deleted, or
-// never created, answers 404. Its name is free for another user.
+// never created, answers 404. Its name is free for another user. With
+// `If-Match` or `If-None-Match`, deletes only if the user's current
+// `ETag` satisfies them (412 otherwise).
 //
 // Corresponds with DELETE /users/{id} (the `DeleteUser` operationId).
-func (c *Client) DeleteUser(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewDeleteUserRequest(c.Server, id)
+func (c *Client) DeleteUser(ctx context.Context, id UserID, params *DeleteUserParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteUserRequest(c.Server, id, params)
 	if err != nil {
 		return nil, err
 	}
@@ -983,11 +1214,13 @@ func (c *Client) DeleteUser(ctx context.Context, id UserID, reqEditors ...Reques
 
 // GetUser Get one user.
 //
-// Answers 200 with the user, or 404 when no user has this id.
+// Answers 200 with the user and its `ETag`, or 404 when no user has
+// this id; 304 when `If-None-Match` names the `ETag`, 412 when
+// `If-Match` does not.
 //
 // Corresponds with GET /users/{id} (the `GetUser` operationId).
-func (c *Client) GetUser(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewGetUserRequest(c.Server, id)
+func (c *Client) GetUser(ctx context.Context, id UserID, params *GetUserParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetUserRequest(c.Server, id, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1007,8 +1240,8 @@ func (c *Client) GetUser(ctx context.Context, id UserID, reqEditors ...RequestEd
 // what happened.
 //
 // Corresponds with HEAD /users/{id} (the `HeadUser` operationId).
-func (c *Client) HeadUser(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewHeadUserRequest(c.Server, id)
+func (c *Client) HeadUser(ctx context.Context, id UserID, params *HeadUserParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHeadUserRequest(c.Server, id, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1022,13 +1255,15 @@ func (c *Client) HeadUser(ctx context.Context, id UserID, reqEditors ...RequestE
 // UpdateUserWithBody Rename a user.
 //
 // Replaces the user's name. Same body rules as create. `updated_at`
-// changes; `id` and `created_at` do not.
+// and the `ETag` change; `id` and `created_at` do not. With `If-Match`
+// or `If-None-Match`, renames only if the user's current `ETag`
+// satisfies them (412 otherwise).
 //
 // Takes any type of body and a specified content type.
 //
 // Corresponds with PUT /users/{id} (the `UpdateUser` operationId).
-func (c *Client) UpdateUserWithBody(ctx context.Context, id UserID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewUpdateUserRequestWithBody(c.Server, id, contentType, body)
+func (c *Client) UpdateUserWithBody(ctx context.Context, id UserID, params *UpdateUserParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateUserRequestWithBody(c.Server, id, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -1042,13 +1277,15 @@ func (c *Client) UpdateUserWithBody(ctx context.Context, id UserID, contentType 
 // UpdateUser Rename a user.
 //
 // Replaces the user's name. Same body rules as create. `updated_at`
-// changes; `id` and `created_at` do not.
+// and the `ETag` change; `id` and `created_at` do not. With `If-Match`
+// or `If-None-Match`, renames only if the user's current `ETag`
+// satisfies them (412 otherwise).
 //
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with PUT /users/{id} (the `UpdateUser` operationId).
-func (c *Client) UpdateUser(ctx context.Context, id UserID, body UpdateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewUpdateUserRequest(c.Server, id, body)
+func (c *Client) UpdateUser(ctx context.Context, id UserID, params *UpdateUserParams, body UpdateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateUserRequest(c.Server, id, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -1273,18 +1510,18 @@ func NewListUsersRequest(server string, params *ListUsersParams) (*http.Request,
 }
 
 // NewCreateUserRequest calls the generic CreateUser builder with application/json body
-func NewCreateUserRequest(server string, body CreateUserJSONRequestBody) (*http.Request, error) {
+func NewCreateUserRequest(server string, params *CreateUserParams, body CreateUserJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewCreateUserRequestWithBody(server, "application/json", bodyReader)
+	return NewCreateUserRequestWithBody(server, params, "application/json", bodyReader)
 }
 
 // NewCreateUserRequestWithBody constructs an http.Request for the CreateUser method, with any body, and a specified content type
-func NewCreateUserRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+func NewCreateUserRequestWithBody(server string, params *CreateUserParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	serverURL, err := url.Parse(server)
@@ -1309,11 +1546,26 @@ func NewCreateUserRequestWithBody(server string, contentType string, body io.Rea
 
 	req.Header.Add("Content-Type", contentType)
 
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewDeleteUserRequest constructs an http.Request for the DeleteUser method
-func NewDeleteUserRequest(server string, id UserID) (*http.Request, error) {
+func NewDeleteUserRequest(server string, id UserID, params *DeleteUserParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -1343,11 +1595,37 @@ func NewDeleteUserRequest(server string, id UserID) (*http.Request, error) {
 		return nil, err
 	}
 
+	if params != nil {
+
+		if params.IfMatch != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "If-Match", *params.IfMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-Match", headerParam0)
+		}
+
+		if params.IfNoneMatch != nil {
+			var headerParam1 string
+
+			headerParam1, err = runtime.StyleParamWithOptions("simple", false, "If-None-Match", *params.IfNoneMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-None-Match", headerParam1)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewGetUserRequest constructs an http.Request for the GetUser method
-func NewGetUserRequest(server string, id UserID) (*http.Request, error) {
+func NewGetUserRequest(server string, id UserID, params *GetUserParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -1377,11 +1655,37 @@ func NewGetUserRequest(server string, id UserID) (*http.Request, error) {
 		return nil, err
 	}
 
+	if params != nil {
+
+		if params.IfMatch != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "If-Match", *params.IfMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-Match", headerParam0)
+		}
+
+		if params.IfNoneMatch != nil {
+			var headerParam1 string
+
+			headerParam1, err = runtime.StyleParamWithOptions("simple", false, "If-None-Match", *params.IfNoneMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-None-Match", headerParam1)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewHeadUserRequest constructs an http.Request for the HeadUser method
-func NewHeadUserRequest(server string, id UserID) (*http.Request, error) {
+func NewHeadUserRequest(server string, id UserID, params *HeadUserParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -1411,22 +1715,48 @@ func NewHeadUserRequest(server string, id UserID) (*http.Request, error) {
 		return nil, err
 	}
 
+	if params != nil {
+
+		if params.IfMatch != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "If-Match", *params.IfMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-Match", headerParam0)
+		}
+
+		if params.IfNoneMatch != nil {
+			var headerParam1 string
+
+			headerParam1, err = runtime.StyleParamWithOptions("simple", false, "If-None-Match", *params.IfNoneMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-None-Match", headerParam1)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewUpdateUserRequest calls the generic UpdateUser builder with application/json body
-func NewUpdateUserRequest(server string, id UserID, body UpdateUserJSONRequestBody) (*http.Request, error) {
+func NewUpdateUserRequest(server string, id UserID, params *UpdateUserParams, body UpdateUserJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewUpdateUserRequestWithBody(server, id, "application/json", bodyReader)
+	return NewUpdateUserRequestWithBody(server, id, params, "application/json", bodyReader)
 }
 
 // NewUpdateUserRequestWithBody constructs an http.Request for the UpdateUser method, with any body, and a specified content type
-func NewUpdateUserRequestWithBody(server string, id UserID, contentType string, body io.Reader) (*http.Request, error) {
+func NewUpdateUserRequestWithBody(server string, id UserID, params *UpdateUserParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -1457,6 +1787,32 @@ func NewUpdateUserRequestWithBody(server string, id UserID, contentType string, 
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IfMatch != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "If-Match", *params.IfMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-Match", headerParam0)
+		}
+
+		if params.IfNoneMatch != nil {
+			var headerParam1 string
+
+			headerParam1, err = runtime.StyleParamWithOptions("simple", false, "If-None-Match", *params.IfNoneMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-None-Match", headerParam1)
+		}
+
+	}
 
 	return req, nil
 }
@@ -1586,44 +1942,50 @@ type ClientWithResponsesInterface interface {
 	//
 	// Creates a user from `{"name": ...}`. The body must be
 	// `application/json`, at most 1 MiB, a single JSON object with exactly
-	// the field `name`. Answers 201 with the stored user and its URL in
-	// `Location`.
+	// the field `name`. Answers 201 with the stored user, its URL in
+	// `Location` and its `ETag`. With an `Idempotency-Key`, see the
+	// idempotent creates section of the API description.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /users (the `CreateUser` operationId).
-	CreateUserWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateUserResponse, error)
+	CreateUserWithBodyWithResponse(ctx context.Context, params *CreateUserParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateUserResponse, error)
 
 	// CreateUserWithResponse Create a user.
 	//
 	// Creates a user from `{"name": ...}`. The body must be
 	// `application/json`, at most 1 MiB, a single JSON object with exactly
-	// the field `name`. Answers 201 with the stored user and its URL in
-	// `Location`.
+	// the field `name`. Answers 201 with the stored user, its URL in
+	// `Location` and its `ETag`. With an `Idempotency-Key`, see the
+	// idempotent creates section of the API description.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /users (the `CreateUser` operationId).
-	CreateUserWithResponse(ctx context.Context, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateUserResponse, error)
+	CreateUserWithResponse(ctx context.Context, params *CreateUserParams, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateUserResponse, error)
 
 	// DeleteUserWithResponse Delete a user.
 	//
 	// Deletes the user: 204, with no body. A user already deleted, or
-	// never created, answers 404. Its name is free for another user.
+	// never created, answers 404. Its name is free for another user. With
+	// `If-Match` or `If-None-Match`, deletes only if the user's current
+	// `ETag` satisfies them (412 otherwise).
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /users/{id} (the `DeleteUser` operationId).
-	DeleteUserWithResponse(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*DeleteUserResponse, error)
+	DeleteUserWithResponse(ctx context.Context, id UserID, params *DeleteUserParams, reqEditors ...RequestEditorFn) (*DeleteUserResponse, error)
 
 	// GetUserWithResponse Get one user.
 	//
-	// Answers 200 with the user, or 404 when no user has this id.
+	// Answers 200 with the user and its `ETag`, or 404 when no user has
+	// this id; 304 when `If-None-Match` names the `ETag`, 412 when
+	// `If-Match` does not.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /users/{id} (the `GetUser` operationId).
-	GetUserWithResponse(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*GetUserResponse, error)
+	GetUserWithResponse(ctx context.Context, id UserID, params *GetUserParams, reqEditors ...RequestEditorFn) (*GetUserResponse, error)
 
 	// HeadUserWithResponse Check that a user exists.
 	//
@@ -1636,27 +1998,31 @@ type ClientWithResponsesInterface interface {
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with HEAD /users/{id} (the `HeadUser` operationId).
-	HeadUserWithResponse(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*HeadUserResponse, error)
+	HeadUserWithResponse(ctx context.Context, id UserID, params *HeadUserParams, reqEditors ...RequestEditorFn) (*HeadUserResponse, error)
 
 	// UpdateUserWithBodyWithResponse Rename a user.
 	//
 	// Replaces the user's name. Same body rules as create. `updated_at`
-	// changes; `id` and `created_at` do not.
+	// and the `ETag` change; `id` and `created_at` do not. With `If-Match`
+	// or `If-None-Match`, renames only if the user's current `ETag`
+	// satisfies them (412 otherwise).
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PUT /users/{id} (the `UpdateUser` operationId).
-	UpdateUserWithBodyWithResponse(ctx context.Context, id UserID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateUserResponse, error)
+	UpdateUserWithBodyWithResponse(ctx context.Context, id UserID, params *UpdateUserParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateUserResponse, error)
 
 	// UpdateUserWithResponse Rename a user.
 	//
 	// Replaces the user's name. Same body rules as create. `updated_at`
-	// changes; `id` and `created_at` do not.
+	// and the `ETag` change; `id` and `created_at` do not. With `If-Match`
+	// or `If-None-Match`, renames only if the user's current `ETag`
+	// satisfies them (412 otherwise).
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PUT /users/{id} (the `UpdateUser` operationId).
-	UpdateUserWithResponse(ctx context.Context, id UserID, body UpdateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateUserResponse, error)
+	UpdateUserWithResponse(ctx context.Context, id UserID, params *UpdateUserParams, body UpdateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateUserResponse, error)
 }
 
 // GetRootResponse302Headers the declared response headers of an HTTP 302 response for GetRoot
@@ -1674,6 +2040,8 @@ type GetRootResponse struct {
 	HTTPResponse *http.Response
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1687,6 +2055,11 @@ type GetRootResponse struct {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetRootResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetRootResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -1743,6 +2116,8 @@ type GetDocsResponse struct {
 	HTTPResponse *http.Response
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1756,6 +2131,11 @@ type GetDocsResponse struct {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetDocsResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetDocsResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -1809,6 +2189,8 @@ type GetHealthResponse struct {
 	JSON200 *StatusOK
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1825,6 +2207,11 @@ func (r GetHealthResponse) GetJSON200() *StatusOK {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetHealthResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetHealthResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -1876,6 +2263,8 @@ type GetMetricsResponse struct {
 	HTTPResponse *http.Response
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1887,6 +2276,11 @@ type GetMetricsResponse struct {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetMetricsResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetMetricsResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -1945,6 +2339,8 @@ type GetReadinessResponse struct {
 	JSON200 *StatusOK
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1965,6 +2361,11 @@ func (r GetReadinessResponse) GetJSON200() *StatusOK {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetReadinessResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetReadinessResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -2042,6 +2443,8 @@ type ListUsersResponse struct {
 	ApplicationProblemJSON401 *Unauthorized
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -2076,6 +2479,11 @@ func (r ListUsersResponse) GetApplicationProblemJSON401() *Unauthorized {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r ListUsersResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r ListUsersResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -2124,7 +2532,14 @@ func (r ListUsersResponse) ContentType() string {
 
 // CreateUserResponse201Headers the declared response headers of an HTTP 201 response for CreateUser
 type CreateUserResponse201Headers struct {
-	Location string
+	ETag               string
+	IdempotentReplayed *string
+	Location           string
+}
+
+// CreateUserResponse400Headers the declared response headers of an HTTP 400 response for CreateUser
+type CreateUserResponse400Headers struct {
+	IdempotentReplayed *string
 }
 
 // CreateUserResponse401Headers the declared response headers of an HTTP 401 response for CreateUser
@@ -2135,6 +2550,11 @@ type CreateUserResponse401Headers struct {
 // CreateUserResponse405Headers the declared response headers of an HTTP 405 response for CreateUser
 type CreateUserResponse405Headers struct {
 	Allow string
+}
+
+// CreateUserResponse409Headers the declared response headers of an HTTP 409 response for CreateUser
+type CreateUserResponse409Headers struct {
+	RetryAfter int
 }
 
 // CreateUserResponse503Headers the declared response headers of an HTTP 503 response for CreateUser
@@ -2153,22 +2573,34 @@ type CreateUserResponse struct {
 	ApplicationProblemJSON401 *Unauthorized
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationProblemJSON408 *RequestTimeout
+	// ApplicationProblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationProblemJSON409 *IdempotencyKeyInUse
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
 	// ApplicationProblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationProblemJSON413 *PayloadTooLarge
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
 	ApplicationProblemJSON415 *UnsupportedMediaType
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *IdempotencyKeyReused
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
 	ApplicationProblemJSON500 *InternalError
 	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationProblemJSON503 *Unavailable
 	// Headers201 the parsed response headers for an HTTP 201 response
 	Headers201 *CreateUserResponse201Headers
+	// Headers400 the parsed response headers for an HTTP 400 response
+	Headers400 *CreateUserResponse400Headers
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *CreateUserResponse401Headers
 	// Headers405 the parsed response headers for an HTTP 405 response
 	Headers405 *CreateUserResponse405Headers
+	// Headers409 the parsed response headers for an HTTP 409 response
+	Headers409 *CreateUserResponse409Headers
 	// Headers503 the parsed response headers for an HTTP 503 response
 	Headers503 *CreateUserResponse503Headers
 }
@@ -2193,6 +2625,21 @@ func (r CreateUserResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
 }
 
+// GetApplicationProblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r CreateUserResponse) GetApplicationProblemJSON408() *RequestTimeout {
+	return r.ApplicationProblemJSON408
+}
+
+// GetApplicationProblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r CreateUserResponse) GetApplicationProblemJSON409() *IdempotencyKeyInUse {
+	return r.ApplicationProblemJSON409
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r CreateUserResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
+}
+
 // GetApplicationProblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
 func (r CreateUserResponse) GetApplicationProblemJSON413() *PayloadTooLarge {
 	return r.ApplicationProblemJSON413
@@ -2206,6 +2653,11 @@ func (r CreateUserResponse) GetApplicationProblemJSON414() *URITooLong {
 // GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
 func (r CreateUserResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
 	return r.ApplicationProblemJSON415
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r CreateUserResponse) GetApplicationProblemJSON422() *IdempotencyKeyReused {
+	return r.ApplicationProblemJSON422
 }
 
 // GetApplicationProblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
@@ -2273,6 +2725,10 @@ type DeleteUserResponse struct {
 	ApplicationProblemJSON404 *NotFound
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
+	// ApplicationProblemJSON412 the response for an HTTP 412 `application/problem+json` response
+	ApplicationProblemJSON412 *PreconditionFailed
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -2305,6 +2761,16 @@ func (r DeleteUserResponse) GetApplicationProblemJSON404() *NotFound {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r DeleteUserResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r DeleteUserResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
+}
+
+// GetApplicationProblemJSON412 returns the response for an HTTP 412 `application/problem+json` response
+func (r DeleteUserResponse) GetApplicationProblemJSON412() *PreconditionFailed {
+	return r.ApplicationProblemJSON412
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -2351,6 +2817,16 @@ func (r DeleteUserResponse) ContentType() string {
 	return ""
 }
 
+// GetUserResponse200Headers the declared response headers of an HTTP 200 response for GetUser
+type GetUserResponse200Headers struct {
+	ETag string
+}
+
+// GetUserResponse304Headers the declared response headers of an HTTP 304 response for GetUser
+type GetUserResponse304Headers struct {
+	ETag string
+}
+
 // GetUserResponse401Headers the declared response headers of an HTTP 401 response for GetUser
 type GetUserResponse401Headers struct {
 	WWWAuthenticate string
@@ -2379,12 +2855,20 @@ type GetUserResponse struct {
 	ApplicationProblemJSON404 *NotFound
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
+	// ApplicationProblemJSON412 the response for an HTTP 412 `application/problem+json` response
+	ApplicationProblemJSON412 *PreconditionFailed
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
 	ApplicationProblemJSON414 *URITooLong
 	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
 	ApplicationProblemJSON500 *InternalError
 	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationProblemJSON503 *Unavailable
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *GetUserResponse200Headers
+	// Headers304 the parsed response headers for an HTTP 304 response
+	Headers304 *GetUserResponse304Headers
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *GetUserResponse401Headers
 	// Headers405 the parsed response headers for an HTTP 405 response
@@ -2416,6 +2900,16 @@ func (r GetUserResponse) GetApplicationProblemJSON404() *NotFound {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r GetUserResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r GetUserResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
+}
+
+// GetApplicationProblemJSON412 returns the response for an HTTP 412 `application/problem+json` response
+func (r GetUserResponse) GetApplicationProblemJSON412() *PreconditionFailed {
+	return r.ApplicationProblemJSON412
 }
 
 // GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
@@ -2465,6 +2959,12 @@ func (r GetUserResponse) ContentType() string {
 // HeadUserResponse200Headers the declared response headers of an HTTP 200 response for HeadUser
 type HeadUserResponse200Headers struct {
 	ContentLength int
+	ETag          string
+}
+
+// HeadUserResponse304Headers the declared response headers of an HTTP 304 response for HeadUser
+type HeadUserResponse304Headers struct {
+	ETag string
 }
 
 // HeadUserResponse401Headers the declared response headers of an HTTP 401 response for HeadUser
@@ -2487,6 +2987,8 @@ type HeadUserResponse struct {
 	HTTPResponse *http.Response
 	// Headers200 the parsed response headers for an HTTP 200 response
 	Headers200 *HeadUserResponse200Headers
+	// Headers304 the parsed response headers for an HTTP 304 response
+	Headers304 *HeadUserResponse304Headers
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *HeadUserResponse401Headers
 	// Headers405 the parsed response headers for an HTTP 405 response
@@ -2524,6 +3026,16 @@ func (r HeadUserResponse) ContentType() string {
 	return ""
 }
 
+// UpdateUserResponse200Headers the declared response headers of an HTTP 200 response for UpdateUser
+type UpdateUserResponse200Headers struct {
+	ETag string
+}
+
+// UpdateUserResponse400Headers the declared response headers of an HTTP 400 response for UpdateUser
+type UpdateUserResponse400Headers struct {
+	IdempotentReplayed *string
+}
+
 // UpdateUserResponse401Headers the declared response headers of an HTTP 401 response for UpdateUser
 type UpdateUserResponse401Headers struct {
 	WWWAuthenticate string
@@ -2552,6 +3064,12 @@ type UpdateUserResponse struct {
 	ApplicationProblemJSON404 *NotFound
 	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
 	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON408 the response for an HTTP 408 `application/problem+json` response
+	ApplicationProblemJSON408 *RequestTimeout
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
+	// ApplicationProblemJSON412 the response for an HTTP 412 `application/problem+json` response
+	ApplicationProblemJSON412 *PreconditionFailed
 	// ApplicationProblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationProblemJSON413 *PayloadTooLarge
 	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
@@ -2562,6 +3080,10 @@ type UpdateUserResponse struct {
 	ApplicationProblemJSON500 *InternalError
 	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationProblemJSON503 *Unavailable
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *UpdateUserResponse200Headers
+	// Headers400 the parsed response headers for an HTTP 400 response
+	Headers400 *UpdateUserResponse400Headers
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *UpdateUserResponse401Headers
 	// Headers405 the parsed response headers for an HTTP 405 response
@@ -2593,6 +3115,21 @@ func (r UpdateUserResponse) GetApplicationProblemJSON404() *NotFound {
 // GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
 func (r UpdateUserResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
 	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON408 returns the response for an HTTP 408 `application/problem+json` response
+func (r UpdateUserResponse) GetApplicationProblemJSON408() *RequestTimeout {
+	return r.ApplicationProblemJSON408
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r UpdateUserResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
+}
+
+// GetApplicationProblemJSON412 returns the response for an HTTP 412 `application/problem+json` response
+func (r UpdateUserResponse) GetApplicationProblemJSON412() *PreconditionFailed {
+	return r.ApplicationProblemJSON412
 }
 
 // GetApplicationProblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
@@ -2766,14 +3303,15 @@ func (c *ClientWithResponses) ListUsersWithResponse(ctx context.Context, params 
 //
 // Creates a user from `{"name": ...}`. The body must be
 // `application/json`, at most 1 MiB, a single JSON object with exactly
-// the field `name`. Answers 201 with the stored user and its URL in
-// `Location`.
+// the field `name`. Answers 201 with the stored user, its URL in
+// `Location` and its `ETag`. With an `Idempotency-Key`, see the
+// idempotent creates section of the API description.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /users (the `CreateUser` operationId).
-func (c *ClientWithResponses) CreateUserWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateUserResponse, error) {
-	rsp, err := c.CreateUserWithBody(ctx, contentType, body, reqEditors...)
+func (c *ClientWithResponses) CreateUserWithBodyWithResponse(ctx context.Context, params *CreateUserParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateUserResponse, error) {
+	rsp, err := c.CreateUserWithBody(ctx, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2784,14 +3322,15 @@ func (c *ClientWithResponses) CreateUserWithBodyWithResponse(ctx context.Context
 //
 // Creates a user from `{"name": ...}`. The body must be
 // `application/json`, at most 1 MiB, a single JSON object with exactly
-// the field `name`. Answers 201 with the stored user and its URL in
-// `Location`.
+// the field `name`. Answers 201 with the stored user, its URL in
+// `Location` and its `ETag`. With an `Idempotency-Key`, see the
+// idempotent creates section of the API description.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /users (the `CreateUser` operationId).
-func (c *ClientWithResponses) CreateUserWithResponse(ctx context.Context, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateUserResponse, error) {
-	rsp, err := c.CreateUser(ctx, body, reqEditors...)
+func (c *ClientWithResponses) CreateUserWithResponse(ctx context.Context, params *CreateUserParams, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateUserResponse, error) {
+	rsp, err := c.CreateUser(ctx, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2801,13 +3340,15 @@ func (c *ClientWithResponses) CreateUserWithResponse(ctx context.Context, body C
 // DeleteUserWithResponse Delete a user.
 //
 // Deletes the user: 204, with no body. A user already deleted, or
-// never created, answers 404. Its name is free for another user.
+// never created, answers 404. Its name is free for another user. With
+// `If-Match` or `If-None-Match`, deletes only if the user's current
+// `ETag` satisfies them (412 otherwise).
 //
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /users/{id} (the `DeleteUser` operationId).
-func (c *ClientWithResponses) DeleteUserWithResponse(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*DeleteUserResponse, error) {
-	rsp, err := c.DeleteUser(ctx, id, reqEditors...)
+func (c *ClientWithResponses) DeleteUserWithResponse(ctx context.Context, id UserID, params *DeleteUserParams, reqEditors ...RequestEditorFn) (*DeleteUserResponse, error) {
+	rsp, err := c.DeleteUser(ctx, id, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2816,13 +3357,15 @@ func (c *ClientWithResponses) DeleteUserWithResponse(ctx context.Context, id Use
 
 // GetUserWithResponse Get one user.
 //
-// Answers 200 with the user, or 404 when no user has this id.
+// Answers 200 with the user and its `ETag`, or 404 when no user has
+// this id; 304 when `If-None-Match` names the `ETag`, 412 when
+// `If-Match` does not.
 //
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /users/{id} (the `GetUser` operationId).
-func (c *ClientWithResponses) GetUserWithResponse(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*GetUserResponse, error) {
-	rsp, err := c.GetUser(ctx, id, reqEditors...)
+func (c *ClientWithResponses) GetUserWithResponse(ctx context.Context, id UserID, params *GetUserParams, reqEditors ...RequestEditorFn) (*GetUserResponse, error) {
+	rsp, err := c.GetUser(ctx, id, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2840,8 +3383,8 @@ func (c *ClientWithResponses) GetUserWithResponse(ctx context.Context, id UserID
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with HEAD /users/{id} (the `HeadUser` operationId).
-func (c *ClientWithResponses) HeadUserWithResponse(ctx context.Context, id UserID, reqEditors ...RequestEditorFn) (*HeadUserResponse, error) {
-	rsp, err := c.HeadUser(ctx, id, reqEditors...)
+func (c *ClientWithResponses) HeadUserWithResponse(ctx context.Context, id UserID, params *HeadUserParams, reqEditors ...RequestEditorFn) (*HeadUserResponse, error) {
+	rsp, err := c.HeadUser(ctx, id, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2851,13 +3394,15 @@ func (c *ClientWithResponses) HeadUserWithResponse(ctx context.Context, id UserI
 // UpdateUserWithBodyWithResponse Rename a user.
 //
 // Replaces the user's name. Same body rules as create. `updated_at`
-// changes; `id` and `created_at` do not.
+// and the `ETag` change; `id` and `created_at` do not. With `If-Match`
+// or `If-None-Match`, renames only if the user's current `ETag`
+// satisfies them (412 otherwise).
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PUT /users/{id} (the `UpdateUser` operationId).
-func (c *ClientWithResponses) UpdateUserWithBodyWithResponse(ctx context.Context, id UserID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateUserResponse, error) {
-	rsp, err := c.UpdateUserWithBody(ctx, id, contentType, body, reqEditors...)
+func (c *ClientWithResponses) UpdateUserWithBodyWithResponse(ctx context.Context, id UserID, params *UpdateUserParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateUserResponse, error) {
+	rsp, err := c.UpdateUserWithBody(ctx, id, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2867,13 +3412,15 @@ func (c *ClientWithResponses) UpdateUserWithBodyWithResponse(ctx context.Context
 // UpdateUserWithResponse Rename a user.
 //
 // Replaces the user's name. Same body rules as create. `updated_at`
-// changes; `id` and `created_at` do not.
+// and the `ETag` change; `id` and `created_at` do not. With `If-Match`
+// or `If-None-Match`, renames only if the user's current `ETag`
+// satisfies them (412 otherwise).
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PUT /users/{id} (the `UpdateUser` operationId).
-func (c *ClientWithResponses) UpdateUserWithResponse(ctx context.Context, id UserID, body UpdateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateUserResponse, error) {
-	rsp, err := c.UpdateUser(ctx, id, body, reqEditors...)
+func (c *ClientWithResponses) UpdateUserWithResponse(ctx context.Context, id UserID, params *UpdateUserParams, body UpdateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateUserResponse, error) {
+	rsp, err := c.UpdateUser(ctx, id, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2903,6 +3450,13 @@ func ParseGetRootResponse(rsp *http.Response) (*GetRootResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -2966,6 +3520,13 @@ func ParseGetDocsResponse(rsp *http.Response) (*GetDocsResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -3037,6 +3598,13 @@ func ParseGetHealthResponse(rsp *http.Response) (*GetHealthResponse, error) {
 		}
 		response.ApplicationProblemJSON405 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3089,6 +3657,13 @@ func ParseGetMetricsResponse(rsp *http.Response) (*GetMetricsResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -3149,6 +3724,13 @@ func ParseGetReadinessResponse(rsp *http.Response) (*GetReadinessResponse, error
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -3240,6 +3822,13 @@ func ParseListUsersResponse(rsp *http.Response) (*ListUsersResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -3352,6 +3941,27 @@ func ParseCreateUserResponse(rsp *http.Response) (*CreateUserResponse, error) {
 		}
 		response.ApplicationProblemJSON405 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest RequestTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest IdempotencyKeyInUse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest PayloadTooLarge
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3373,6 +3983,13 @@ func ParseCreateUserResponse(rsp *http.Response) (*CreateUserResponse, error) {
 		}
 		response.ApplicationProblemJSON415 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest IdempotencyKeyReused
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest InternalError
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3392,6 +4009,20 @@ func ParseCreateUserResponse(rsp *http.Response) (*CreateUserResponse, error) {
 	switch {
 	case rsp.StatusCode == 201:
 		var headers CreateUserResponse201Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
 		if values := rsp.Header.Values("Location"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
@@ -3400,6 +4031,16 @@ func ParseCreateUserResponse(rsp *http.Response) (*CreateUserResponse, error) {
 			headers.Location = value
 		}
 		response.Headers201 = &headers
+	case rsp.StatusCode == 400:
+		var headers CreateUserResponse400Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		response.Headers400 = &headers
 	case rsp.StatusCode == 401:
 		var headers CreateUserResponse401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
@@ -3420,6 +4061,16 @@ func ParseCreateUserResponse(rsp *http.Response) (*CreateUserResponse, error) {
 			headers.Allow = value
 		}
 		response.Headers405 = &headers
+	case rsp.StatusCode == 409:
+		var headers CreateUserResponse409Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers409 = &headers
 	case rsp.StatusCode == 503:
 		var headers CreateUserResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
@@ -3479,6 +4130,20 @@ func ParseDeleteUserResponse(rsp *http.Response) (*DeleteUserResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 412:
+		var dest PreconditionFailed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON412 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
@@ -3560,6 +4225,9 @@ func ParseGetUserResponse(rsp *http.Response) (*GetUserResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case rsp.StatusCode == 304:
+		break // No content-type
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
 		var dest ValidationFailed
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3588,6 +4256,20 @@ func ParseGetUserResponse(rsp *http.Response) (*GetUserResponse, error) {
 		}
 		response.ApplicationProblemJSON405 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 412:
+		var dest PreconditionFailed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON412 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
 		var dest URITooLong
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3612,6 +4294,26 @@ func ParseGetUserResponse(rsp *http.Response) (*GetUserResponse, error) {
 	}
 
 	switch {
+	case rsp.StatusCode == 200:
+		var headers GetUserResponse200Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 304:
+		var headers GetUserResponse304Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
+		response.Headers304 = &headers
 	case rsp.StatusCode == 401:
 		var headers GetUserResponse401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
@@ -3670,7 +4372,24 @@ func ParseHeadUserResponse(rsp *http.Response) (*HeadUserResponse, error) {
 			}
 			headers.ContentLength = value
 		}
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
 		response.Headers200 = &headers
+	case rsp.StatusCode == 304:
+		var headers HeadUserResponse304Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
+		response.Headers304 = &headers
 	case rsp.StatusCode == 401:
 		var headers HeadUserResponse401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
@@ -3755,6 +4474,27 @@ func ParseUpdateUserResponse(rsp *http.Response) (*UpdateUserResponse, error) {
 		}
 		response.ApplicationProblemJSON405 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest RequestTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 412:
+		var dest PreconditionFailed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON412 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest PayloadTooLarge
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3793,6 +4533,26 @@ func ParseUpdateUserResponse(rsp *http.Response) (*UpdateUserResponse, error) {
 	}
 
 	switch {
+	case rsp.StatusCode == 200:
+		var headers UpdateUserResponse200Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 400:
+		var headers UpdateUserResponse400Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		response.Headers400 = &headers
 	case rsp.StatusCode == 401:
 		var headers UpdateUserResponse401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {

@@ -14,7 +14,7 @@
 // For example:
 //
 //	c, err := client.New("http://usersvc:8080", client.WithBearerToken(token))
-//	res, err := c.CreateUserWithResponse(ctx, client.UserInput{Name: "alice"})
+//	res, err := c.CreateUserWithResponse(ctx, nil, client.UserInput{Name: "alice"})
 //	if e, ok := errors.AsType[*client.Error](err); ok && e.Code == client.ProblemCodeDuplicateName {
 //		// another user has this name
 //	}

@@ -68,7 +68,7 @@ func TestErrorWithoutProblem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.GetUserWithResponse(t.Context(), 1)
+	_, err = c.GetUserWithResponse(t.Context(), 1, nil)
 	e, ok := errors.AsType[*Error](err)
 	if !ok {
 		t.Fatalf("GetUser through a failing proxy: %v, want an *Error", err)

@@ -6,7 +6,18 @@ package db
 
 import (
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
+
+type IdempotencyKey struct {
+	KeyDigest     []byte
+	Request       []byte
+	Status        int16
+	UserID        pgtype.Int8
+	UserCreatedAt pgtype.Timestamptz
+	CreatedAt     time.Time
+}
 
 type User struct {
 	ID        int64

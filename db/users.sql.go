@@ -7,6 +7,9 @@ package db
 
 import (
 	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 const CreateUser = `-- name: CreateUser :one
@@ -28,6 +31,83 @@ func (q *Queries) CreateUser(ctx context.Context, name string) (User, error) {
 	return i, err
 }
 
+const CreateUserIdempotently = `-- name: CreateUserIdempotently :one
+WITH claim AS (
+    SELECT pg_try_advisory_xact_lock($1::bigint) AS claimed
+),
+created AS (
+    INSERT INTO users (name)
+    SELECT $2
+    FROM claim
+    WHERE claim.claimed
+    ON CONFLICT (name) DO NOTHING
+    RETURNING id, name, created_at, updated_at
+),
+recorded AS (
+    INSERT INTO idempotency_keys (key_digest, request, status, user_id, user_created_at)
+    SELECT $3, $4,
+           CASE WHEN created.id IS NULL THEN 400 ELSE 201 END,
+           created.id, created.created_at
+    FROM claim LEFT JOIN created ON true
+    WHERE claim.claimed
+    RETURNING status
+)
+SELECT claim.claimed,
+       recorded.status AS recorded_status,
+       created.id, created.name, created.created_at, created.updated_at
+FROM claim
+LEFT JOIN recorded ON true
+LEFT JOIN created ON true
+`
+
+type CreateUserIdempotentlyParams struct {
+	LockID    int64
+	Name      string
+	KeyDigest []byte
+	Request   []byte
+}
+
+type CreateUserIdempotentlyRow struct {
+	Claimed        bool
+	RecordedStatus pgtype.Int2
+	ID             pgtype.Int8
+	Name           pgtype.Text
+	CreatedAt      pgtype.Timestamptz
+	UpdatedAt      pgtype.Timestamptz
+}
+
+// CreateUserIdempotently is CreateUser for a request with an Idempotency-Key,
+// in one statement, and so one transaction: a user created and the key's
+// record exist together or not at all. Unless the key is claimed by a
+// statement still running (claimed false: nothing done), it inserts the
+// user, or nothing when the name is taken, and records the outcome: 201
+// with the user, or 400. The advisory lock on lock_id, 64 bits of the key's
+// digest, is that claim, held until the statement ends. Fails with SQLSTATE
+// 23505 on idempotency_keys_pkey, having done nothing, when the key has a
+// record already: GetIdempotencyKey reads it. Looking first cost every
+// first request a lookup for the sake of the rare retry: with it, this
+// statement took PostgreSQL 94 µs of CPU where a plain create took 46;
+// without it (and with the one-column key and the BRIN index of migration
+// 00002), 78 (minimum of 8 runs of 5,000 in a row, the backend's CPU time).
+func (q *Queries) CreateUserIdempotently(ctx context.Context, arg CreateUserIdempotentlyParams) (CreateUserIdempotentlyRow, error) {
+	row := q.db.QueryRow(ctx, CreateUserIdempotently,
+		arg.LockID,
+		arg.Name,
+		arg.KeyDigest,
+		arg.Request,
+	)
+	var i CreateUserIdempotentlyRow
+	err := row.Scan(
+		&i.Claimed,
+		&i.RecordedStatus,
+		&i.ID,
+		&i.Name,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+	)
+	return i, err
+}
+
 const DeleteUser = `-- name: DeleteUser :execrows
 DELETE FROM users
 WHERE id = $1
@@ -40,6 +120,49 @@ func (q *Queries) DeleteUser(ctx context.Context, id int64) (int64, error) {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const DeleteUserIf = `-- name: DeleteUserIf :one
+WITH target AS (
+    SELECT id, updated_at
+    FROM users
+    WHERE users.id = $1
+    FOR UPDATE
+),
+deleted AS (
+    DELETE FROM users
+    USING target
+    WHERE users.id = target.id
+      -- The preconditions, as in RenameUserIf.
+      AND ($2::boolean OR target.updated_at = ANY($3::timestamptz[]))
+      AND target.updated_at <> ALL($4::timestamptz[])
+    RETURNING users.id
+)
+SELECT EXISTS (SELECT FROM deleted) AS deleted
+FROM target
+`
+
+type DeleteUserIfParams struct {
+	ID        int64
+	MatchAny  bool
+	Match     []time.Time
+	NoneMatch []time.Time
+}
+
+// DeleteUserIf is DeleteUser under a request's preconditions, as
+// RenameUserIf decides them. Returns pgx.ErrNoRows for a user that does not
+// exist; else whether it was deleted, false when a precondition failed and
+// nothing changed.
+func (q *Queries) DeleteUserIf(ctx context.Context, arg DeleteUserIfParams) (bool, error) {
+	row := q.db.QueryRow(ctx, DeleteUserIf,
+		arg.ID,
+		arg.MatchAny,
+		arg.Match,
+		arg.NoneMatch,
+	)
+	var deleted bool
+	err := row.Scan(&deleted)
+	return deleted, err
 }
 
 const GetUser = `-- name: GetUser :one
@@ -162,6 +285,72 @@ func (q *Queries) RenameUser(ctx context.Context, arg RenameUserParams) (User, e
 	row := q.db.QueryRow(ctx, RenameUser, arg.Name, arg.ID)
 	var i User
 	err := row.Scan(
+		&i.ID,
+		&i.Name,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+	)
+	return i, err
+}
+
+const RenameUserIf = `-- name: RenameUserIf :one
+WITH target AS (
+    SELECT id, updated_at
+    FROM users
+    WHERE users.id = $1
+    FOR UPDATE
+),
+renamed AS (
+    UPDATE users
+    SET name = $2,
+        updated_at = greatest(now(), users.updated_at + interval '1 microsecond')
+    FROM target
+    WHERE users.id = target.id
+      -- The preconditions, as in DeleteUserIf.
+      AND ($3::boolean OR target.updated_at = ANY($4::timestamptz[]))
+      AND target.updated_at <> ALL($5::timestamptz[])
+    RETURNING users.id, users.name, users.created_at, users.updated_at
+)
+SELECT (renamed.id IS NOT NULL)::boolean AS renamed,
+       renamed.id, renamed.name, renamed.created_at, renamed.updated_at
+FROM target
+LEFT JOIN renamed ON true
+`
+
+type RenameUserIfParams struct {
+	ID        int64
+	Name      string
+	MatchAny  bool
+	Match     []time.Time
+	NoneMatch []time.Time
+}
+
+type RenameUserIfRow struct {
+	Renamed   bool
+	ID        pgtype.Int8
+	Name      pgtype.Text
+	CreatedAt pgtype.Timestamptz
+	UpdatedAt pgtype.Timestamptz
+}
+
+// RenameUserIf is RenameUser under a request's preconditions, decided and
+// written in one statement under the row's lock: it renames only when the
+// user's updated_at (its ETag) is one of match, or match_any is set (no
+// If-Match, or *), and is none of none_match. Returns pgx.ErrNoRows for a
+// user that does not exist; else renamed, false when a precondition failed
+// and nothing changed, and the user as renamed. A taken name fails with
+// SQLSTATE 23505.
+func (q *Queries) RenameUserIf(ctx context.Context, arg RenameUserIfParams) (RenameUserIfRow, error) {
+	row := q.db.QueryRow(ctx, RenameUserIf,
+		arg.ID,
+		arg.Name,
+		arg.MatchAny,
+		arg.Match,
+		arg.NoneMatch,
+	)
+	var i RenameUserIfRow
+	err := row.Scan(
+		&i.Renamed,
 		&i.ID,
 		&i.Name,
 		&i.CreatedAt,

@@ -56,8 +56,8 @@ func TestConcurrentUp(t *testing.T) {
 		}
 		total += applied[i]
 	}
-	if total != 1 {
-		t.Errorf("%d concurrent Up calls applied %v migrations, want 1 in all", n, applied)
+	if want := int(migrations.Latest()); total != want {
+		t.Errorf("%d concurrent Up calls applied %v migrations, want %d in all", n, applied, want)
 	}
 	var rows int
 	if err := openDB(t, url).QueryRow("SELECT count(*) FROM goose_db_version WHERE version_id = 1").Scan(&rows); err != nil {

@@ -42,3 +42,97 @@ RETURNING id, name, created_at, updated_at;
 -- DeleteUser deletes a user and returns how many rows went (0 or 1).
 DELETE FROM users
 WHERE id = $1;
+
+-- name: CreateUserIdempotently :one
+-- CreateUserIdempotently is CreateUser for a request with an Idempotency-Key,
+-- in one statement, and so one transaction: a user created and the key's
+-- record exist together or not at all. Unless the key is claimed by a
+-- statement still running (claimed false: nothing done), it inserts the
+-- user, or nothing when the name is taken, and records the outcome: 201
+-- with the user, or 400. The advisory lock on lock_id, 64 bits of the key's
+-- digest, is that claim, held until the statement ends. Fails with SQLSTATE
+-- 23505 on idempotency_keys_pkey, having done nothing, when the key has a
+-- record already: GetIdempotencyKey reads it. Looking first cost every
+-- first request a lookup for the sake of the rare retry: with it, this
+-- statement took PostgreSQL 94 µs of CPU where a plain create took 46;
+-- without it (and with the one-column key and the BRIN index of migration
+-- 00002), 78 (minimum of 8 runs of 5,000 in a row, the backend's CPU time).
+WITH claim AS (
+    SELECT pg_try_advisory_xact_lock(sqlc.arg(lock_id)::bigint) AS claimed
+),
+created AS (
+    INSERT INTO users (name)
+    SELECT sqlc.arg(name)
+    FROM claim
+    WHERE claim.claimed
+    ON CONFLICT (name) DO NOTHING
+    RETURNING id, name, created_at, updated_at
+),
+recorded AS (
+    INSERT INTO idempotency_keys (key_digest, request, status, user_id, user_created_at)
+    SELECT sqlc.arg(key_digest), sqlc.arg(request),
+           CASE WHEN created.id IS NULL THEN 400 ELSE 201 END,
+           created.id, created.created_at
+    FROM claim LEFT JOIN created ON true
+    WHERE claim.claimed
+    RETURNING status
+)
+SELECT claim.claimed,
+       recorded.status AS recorded_status,
+       created.id, created.name, created.created_at, created.updated_at
+FROM claim
+LEFT JOIN recorded ON true
+LEFT JOIN created ON true;
+
+-- name: RenameUserIf :one
+-- RenameUserIf is RenameUser under a request's preconditions, decided and
+-- written in one statement under the row's lock: it renames only when the
+-- user's updated_at (its ETag) is one of match, or match_any is set (no
+-- If-Match, or *), and is none of none_match. Returns pgx.ErrNoRows for a
+-- user that does not exist; else renamed, false when a precondition failed
+-- and nothing changed, and the user as renamed. A taken name fails with
+-- SQLSTATE 23505.
+WITH target AS (
+    SELECT id, updated_at
+    FROM users
+    WHERE users.id = sqlc.arg(id)
+    FOR UPDATE
+),
+renamed AS (
+    UPDATE users
+    SET name = sqlc.arg(name),
+        updated_at = greatest(now(), users.updated_at + interval '1 microsecond')
+    FROM target
+    WHERE users.id = target.id
+      -- The preconditions, as in DeleteUserIf.
+      AND (sqlc.arg(match_any)::boolean OR target.updated_at = ANY(sqlc.arg(match)::timestamptz[]))
+      AND target.updated_at <> ALL(sqlc.arg(none_match)::timestamptz[])
+    RETURNING users.id, users.name, users.created_at, users.updated_at
+)
+SELECT (renamed.id IS NOT NULL)::boolean AS renamed,
+       renamed.id, renamed.name, renamed.created_at, renamed.updated_at
+FROM target
+LEFT JOIN renamed ON true;
+
+-- name: DeleteUserIf :one
+-- DeleteUserIf is DeleteUser under a request's preconditions, as
+-- RenameUserIf decides them. Returns pgx.ErrNoRows for a user that does not
+-- exist; else whether it was deleted, false when a precondition failed and
+-- nothing changed.
+WITH target AS (
+    SELECT id, updated_at
+    FROM users
+    WHERE users.id = sqlc.arg(id)
+    FOR UPDATE
+),
+deleted AS (
+    DELETE FROM users
+    USING target
+    WHERE users.id = target.id
+      -- The preconditions, as in RenameUserIf.
+      AND (sqlc.arg(match_any)::boolean OR target.updated_at = ANY(sqlc.arg(match)::timestamptz[]))
+      AND target.updated_at <> ALL(sqlc.arg(none_match)::timestamptz[])
+    RETURNING users.id
+)
+SELECT EXISTS (SELECT FROM deleted) AS deleted
+FROM target;

@@ -198,7 +198,7 @@ func TestParseOptions(t *testing.T) {
 	}
 	o := defaults
 	if o.duration != 10*time.Second || o.reps != 3 || o.seed != 100_000 || o.deepRows != 1_000_000 ||
-		!slices.Equal(o.pgbenchClients, []int{2, 4, 8, 16}) || !slices.Equal(o.scenarios, []int{1, 2, 3, 4, 5, 6}) {
+		!slices.Equal(o.pgbenchClients, []int{2, 4, 8, 16}) || !slices.Equal(o.scenarios, []int{1, 2, 3, 4, 5, 6, 7}) {
 		t.Errorf("defaults = %+v", o)
 	}
 
@@ -245,7 +245,7 @@ func TestParseOptions(t *testing.T) {
 		{"-reps", "0"},
 		{"-seed", "10"},
 		{"-deep-rows", "50000"}, // fewer than -seed
-		{"-scenarios", "7"},
+		{"-scenarios", "8"},
 		{"-pgbench-clients", "four"},
 		{"-env", "NOEQUALS"},
 		{"-threads", "4", "-connections", "2"},

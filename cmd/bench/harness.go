@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -93,7 +92,7 @@ func startHarness(ctx context.Context, ho harnessOptions, logf func(string, ...a
 			return nil, fmt.Errorf("start postgres: %w", err)
 		}
 	}
-	port, err := freePort()
+	port, err := pglocal.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -130,16 +129,6 @@ func (h *harness) stop() error {
 		err = errors.Join(err, os.RemoveAll(h.tmp))
 	}
 	return err
-}
-
-// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // exec runs the statements on a new connection to the server's database
@@ -306,7 +295,7 @@ func (h *harness) startService(ctx context.Context, bin string, extra []string) 
 			return err
 		}
 	}
-	port, err := freePort()
+	port, err := pglocal.FreePort()
 	if err != nil {
 		return err
 	}

@@ -78,7 +78,7 @@ type options struct {
 	reps           int           // rounds: every scenario runs once per round
 	deepRows       int           // rows in the table for the deep-page comparison
 	pgbenchClients []int         // pgbench client counts to try; the best one counts
-	scenarios      []int         // which of 1 to 6 to run
+	scenarios      []int         // which of 1 to 7 to run
 	sweepKey       string        // a service setting to sweep, or ""
 	sweepValues    []string      // its values: each scenario runs once per value
 	harnessOptions               // seed: rows in the table for scenarios 1 to 6
@@ -101,7 +101,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.seed, "seed", 100_000, "users in the table for the scenarios")
 	fs.IntVar(&o.deepRows, "deep-rows", 1_000_000, "users in the table for the deep-page comparison; 0 skips it")
 	clients := fs.String("pgbench-clients", "2,4,8,16", "pgbench client counts to try, comma-separated; each scenario's best counts")
-	only := fs.String("scenarios", "1,2,3,4,5,6", "scenarios to run, comma-separated")
+	only := fs.String("scenarios", "1,2,3,4,5,6,7", "scenarios to run, comma-separated")
 	sweep := fs.String("sweep", "", "`KEY=V1,V2,...`: run each scenario once per value of the service's setting KEY, in each round, e.g. DB_MAX_CONNS=4,8,16")
 	if err := o.harnessOptions.parse(fs, args, stderr, "benchmark, or binaries, comma-separated, to compare in each round",
 		"usage: bench [-quick] [flags]\n\nRuns the load benchmark and prints a markdown report; see docs/benchmarks.md."); err != nil {

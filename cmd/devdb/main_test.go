@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"usersvc/internal/pglocal"
+	"usersvc/internal/pgtest"
 )
 
 // helperEnv makes the test binary act as the command devdb runs; see
@@ -80,17 +80,6 @@ func dataDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return filepath.Join(dir, "data")
-}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func pipe(t *testing.T) (r, w *os.File) {
@@ -181,7 +170,7 @@ func TestRunCommandExitStatus(t *testing.T) {
 		t.Run(strconv.Itoa(tt.status), func(t *testing.T) {
 			t.Parallel()
 			dir := dataDir(t)
-			args := append([]string{"-dir", dir, "-port", strconv.Itoa(freePort(t)), "--"}, helperCommand()...)
+			args := append([]string{"-dir", dir, "-port", strconv.Itoa(pgtest.FreePort(t)), "--"}, helperCommand()...)
 			d := start(t, args...)
 			line := readLine(t, d.stderr, "devdb's first line")
 			url := readLine(t, d.stdout, "DATABASE_URL from the command")

@@ -103,7 +103,7 @@ func TestServeWithTokensFile(t *testing.T) {
 // moves to its own listener, where it needs no token, and is gone from the
 // API's, where it is a path like any unknown one: protected.
 func TestServeMetricsAddr(t *testing.T) {
-	metricsAddr := freeAddr(t)
+	metricsAddr := pgtest.FreeAddr(t)
 	s := startServe(t, map[string]string{
 		"DATABASE_URL": pgtest.NewURL(t),
 		"METRICS_ADDR": metricsAddr,

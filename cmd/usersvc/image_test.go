@@ -36,6 +36,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pressly/goose/v3/lock"
+
+	"usersvc/internal/pgtest"
 )
 
 const (
@@ -142,7 +144,7 @@ func TestImage(t *testing.T) {
 	t.Run("config", testImageConfig)
 	t.Run("contents", testImageContents)
 
-	pg := startPostgres(t, newPGDir(t), freePort(t))
+	pg := startPostgres(t, newPGDir(t), pgtest.FreePort(t))
 	databaseURL := pg.URL("postgres")
 	t.Run("migrate", func(t *testing.T) { testImageMigrate(t, databaseURL) })
 	t.Run("serve", func(t *testing.T) { testImageServe(t, databaseURL) })
@@ -581,7 +583,7 @@ type container struct {
 // loopback. It is removed when the test ends.
 func startContainer(t *testing.T, databaseURL string, flags []string, args ...string) *container {
 	t.Helper()
-	c := &container{name: containerName(), addr: freeAddr(t)}
+	c := &container{name: containerName(), addr: pgtest.FreeAddr(t)}
 	run := append([]string{"run", "--detach", "--name", c.name}, runFlags...)
 	run = append(run, flags...)
 	run = append(run, "--env", "DATABASE_URL="+databaseURL, "--env", "HTTP_ADDR="+c.addr, testImage)
@@ -690,8 +692,8 @@ func testImageMigrate(t *testing.T, databaseURL string) {
 		t.Errorf("migrate up: exit status %s, output %q; want 0 and applied 00001_create_users.sql", exit, logs)
 	}
 
-	if out, status := runOnce(t, databaseURL, "migrate", "version"); status != 0 || !strings.Contains(out, "schema version 1 (latest embedded: 1)") {
-		t.Errorf("usersvc migrate version: exit status %d, output %q; want 0 and schema version 1 (latest embedded: 1)", status, out)
+	if out, status := runOnce(t, databaseURL, "migrate", "version"); status != 0 || !strings.Contains(out, "schema version 2 (latest embedded: 2)") {
+		t.Errorf("usersvc migrate version: exit status %d, output %q; want 0 and schema version 2 (latest embedded: 2)", status, out)
 	}
 }
 

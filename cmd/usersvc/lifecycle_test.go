@@ -28,7 +28,7 @@ type serving struct {
 // and waits for /healthz.
 func startServe(t *testing.T, env map[string]string) *serving {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := pgtest.FreeAddr(t)
 	env["HTTP_ADDR"] = addr
 	env["LOG_FORMAT"] = "json"
 	setenv(t, env)
@@ -65,19 +65,30 @@ func (s *serving) stop(t *testing.T, within time.Duration) error {
 // it took; a transport error fails the test.
 func (s *serving) request(t *testing.T, method, path, body string) (int, time.Duration) {
 	t.Helper()
+	start := time.Now()
+	status, _ := s.requestWith(t, method, path, body, nil)
+	return status, time.Since(start)
+}
+
+// requestWith is request with header added, and returns the status and the
+// response's header.
+func (s *serving) requestWith(t *testing.T, method, path, body string, header http.Header) (int, http.Header) {
+	t.Helper()
 	req, err := http.NewRequest(method, s.base+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	start := time.Now()
+	for name, values := range header {
+		req.Header[name] = values
+	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	io.Copy(io.Discard, res.Body)
 	res.Body.Close()
-	return res.StatusCode, time.Since(start)
+	return res.StatusCode, res.Header
 }
 
 // eventually polls method path until it answers want, or fails the test.
@@ -100,7 +111,7 @@ func (s *serving) eventually(t *testing.T, method, path, body string, want int, 
 // AUTO_MIGRATE, then starts, stops and restarts the database under it.
 func TestDatabaseComesAndGoes(t *testing.T) {
 	const requestTimeout = 2 * time.Second
-	dir, port := newPGDir(t), freePort(t)
+	dir, port := newPGDir(t), pgtest.FreePort(t)
 	s := startServe(t, map[string]string{
 		"DATABASE_URL":    fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port),
 		"AUTO_MIGRATE":    "true",
@@ -368,7 +379,7 @@ func TestAutoMigrateFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	setenv(t, map[string]string{"DATABASE_URL": databaseURL, "HTTP_ADDR": freeAddr(t), "AUTO_MIGRATE": "true"})
+	setenv(t, map[string]string{"DATABASE_URL": databaseURL, "HTTP_ADDR": pgtest.FreeAddr(t), "AUTO_MIGRATE": "true"})
 	done := make(chan error, 1)
 	go func() { done <- run(context.Background(), []string{"serve"}, io.Discard, io.Discard) }()
 	select {
@@ -383,7 +394,7 @@ func TestAutoMigrateFailure(t *testing.T) {
 
 // TestDebugAddr checks that profiles are served on DEBUG_ADDR, and only there.
 func TestDebugAddr(t *testing.T) {
-	debugAddr := freeAddr(t)
+	debugAddr := pgtest.FreeAddr(t)
 	s := startServe(t, map[string]string{"DATABASE_URL": pgtest.NewURL(t), "DEBUG_ADDR": debugAddr})
 	res, err := http.Get("http://" + debugAddr + "/debug/pprof/goroutine?debug=1")
 	if err != nil {
@@ -410,7 +421,7 @@ func TestDebugAddr(t *testing.T) {
 // waits for a database that never comes: serve stops cleanly, exit 0.
 func TestStopWhileWaitingForDatabase(t *testing.T) {
 	s := startServe(t, map[string]string{
-		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", freePort(t)),
+		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", pgtest.FreePort(t)),
 		"AUTO_MIGRATE": "true",
 	})
 	if err := s.stop(t, 10*time.Second); err != nil {

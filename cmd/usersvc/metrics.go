@@ -4,9 +4,13 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"usersvc/internal/metrics"
 )
+
+// scrapeTimeout bounds reading a scrape's request and writing its answer.
+const scrapeTimeout = 15 * time.Second
 
 // startMetrics serves m at /metrics on addr (METRICS_ADDR) until the
 // returned function is called, which closes the listener and waits for the
@@ -18,8 +22,8 @@ func startMetrics(ctx context.Context, addr string, m *metrics.Metrics, logger *
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      readTimeout,
+		ReadTimeout:       scrapeTimeout,
+		WriteTimeout:      scrapeTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),

@@ -8,9 +8,14 @@ import "usersvc/db"
 // of the queries in package db (make generate writes this list).
 var preparedQueries = []string{
 	db.CreateUser,
+	db.CreateUserIdempotently,
 	db.DeleteUser,
+	db.DeleteUserIf,
+	db.GetIdempotencyKey,
 	db.GetUser,
 	db.ListUsers,
 	db.ListUsersByName,
+	db.PurgeIdempotencyKeys,
 	db.RenameUser,
+	db.RenameUserIf,
 }

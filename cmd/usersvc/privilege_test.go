@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"usersvc/internal/pglocal"
+	"usersvc/internal/pgtest"
 )
 
 // securitySQL returns the sql code blocks of the README's Security
@@ -75,7 +77,7 @@ func TestLeastPrivilege(t *testing.T) {
 	if len(blocks) != 2 {
 		t.Fatalf("README's Security section has %d sql blocks, want 2: the roles, then the grant after the first migration", len(blocks))
 	}
-	port := freePort(t)
+	port := pgtest.FreePort(t)
 	pg := startPostgres(t, newPGDir(t), port)
 	roleURL := func(role, password string) string {
 		return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/usersvc?sslmode=disable", role, password, port)
@@ -91,8 +93,9 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 	psql(t, ownerURL, blocks[1])
 
-	// serve as the app role: the whole API.
-	s := startServe(t, map[string]string{"DATABASE_URL": appURL})
+	// serve as the app role: the whole API. Keys expire after a second, so
+	// that the purge runs as the app role too.
+	s := startServe(t, map[string]string{"DATABASE_URL": appURL, "IDEMPOTENCY_TTL": "1s"})
 	s.eventually(t, "GET", "/readyz", "", 200, 10*time.Second)
 	for _, step := range []struct {
 		method, path, body string
@@ -114,16 +117,59 @@ func TestLeastPrivilege(t *testing.T) {
 			t.Errorf("%s %s as usersvc_app: status = %d, want %d; log:\n%s", step.method, step.path, status, step.want, s.logs.String())
 		}
 	}
-	if err := s.stop(t, 15*time.Second); err != nil {
-		t.Errorf("serve as usersvc_app = %v, want nil", err)
+	// A keyed create and its replay; conditional writes; the purge.
+	var tags []string
+	for _, step := range []struct {
+		method, path, body string
+		header             http.Header
+		want               int
+	}{
+		{"POST", "/users", `{"name":"carol"}`, http.Header{"Idempotency-Key": {"k"}}, 201},
+		{"POST", "/users", `{"name":"carol"}`, http.Header{"Idempotency-Key": {"k"}}, 201},
+		{"POST", "/users", `{"name":"carl"}`, http.Header{"Idempotency-Key": {"k"}}, 422},
+		{"PUT", "/users/5", `{"name":"caroline"}`, http.Header{"If-Match": {"<tag 0>"}}, 200},
+		{"PUT", "/users/5", `{"name":"carolina"}`, http.Header{"If-Match": {"<tag 0>"}}, 412},
+		{"GET", "/users/5", "", http.Header{"If-None-Match": {"<tag 3>"}}, 304},
+		{"DELETE", "/users/5", "", http.Header{"If-Match": {"<tag 3>"}}, 204},
+	} {
+		for i, tag := range tags {
+			for _, values := range step.header {
+				if values[0] == fmt.Sprintf("<tag %d>", i) {
+					values[0] = tag
+				}
+			}
+		}
+		status, header := s.requestWith(t, step.method, step.path, step.body, step.header)
+		if status != step.want {
+			t.Errorf("%s %s with %v as usersvc_app: status = %d, want %d; log:\n%s", step.method, step.path, step.header, status, step.want, s.logs.String())
+		}
+		tags = append(tags, header.Get("ETag"))
 	}
-
-	// The app role changes rows, not the schema or goose's bookkeeping.
+	if tags[1] != tags[0] || tags[0] == "" {
+		t.Errorf("the keyed create's ETag %q, its replay's %q: want one, the same", tags[0], tags[1])
+	}
 	app, err := pgx.Connect(ctx, appURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer app.Close(ctx)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var keys int
+		if err := app.QueryRow(ctx, "SELECT count(*) FROM idempotency_keys").Scan(&keys); err != nil {
+			t.Fatal(err)
+		}
+		if keys == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d idempotency keys left 10 s after they expired: serve purges them as usersvc_app; log:\n%s", keys, s.logs.String())
+		}
+	}
+	if err := s.stop(t, 15*time.Second); err != nil {
+		t.Errorf("serve as usersvc_app = %v, want nil", err)
+	}
+
+	// The app role changes rows, not the schema or goose's bookkeeping.
 	for _, stmt := range []string{
 		"DROP TABLE users",
 		"TRUNCATE users",
@@ -136,6 +182,9 @@ func TestLeastPrivilege(t *testing.T) {
 		"DROP TABLE goose_db_version",
 		"DELETE FROM goose_db_version",
 		"INSERT INTO goose_db_version (version_id, is_applied) VALUES (99, true)",
+		"DROP TABLE idempotency_keys",
+		"TRUNCATE idempotency_keys",
+		"ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey",
 	} {
 		_, err := app.Exec(ctx, stmt)
 		if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != pgerrcode.InsufficientPrivilege {
@@ -143,8 +192,8 @@ func TestLeastPrivilege(t *testing.T) {
 		}
 	}
 	var tables int
-	if err := app.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&tables); err != nil || tables != 2 {
-		t.Errorf("public tables after the attempts: %d (%v), want users and goose_db_version", tables, err)
+	if err := app.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&tables); err != nil || tables != 3 {
+		t.Errorf("public tables after the attempts: %d (%v), want users, idempotency_keys and goose_db_version", tables, err)
 	}
 
 	// AUTO_MIGRATE as the app role: with nothing pending there is nothing
@@ -159,7 +208,7 @@ func TestLeastPrivilege(t *testing.T) {
 	if err := run(ctx, []string{"migrate", "down"}, &out, &out); err != nil {
 		t.Fatalf("migrate down as usersvc_owner = %v\n%s", err, out.String())
 	}
-	setenv(t, map[string]string{"DATABASE_URL": appURL, "AUTO_MIGRATE": "true", "HTTP_ADDR": freeAddr(t)})
+	setenv(t, map[string]string{"DATABASE_URL": appURL, "AUTO_MIGRATE": "true", "HTTP_ADDR": pgtest.FreeAddr(t)})
 	runCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var logs syncBuffer

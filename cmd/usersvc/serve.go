@@ -22,14 +22,18 @@ import (
 
 // HTTP server limits. Requests are small JSON documents, so these are
 // generous for clients and still bound what a slow or hostile one can hold.
+// newHTTPServer derives the read and write timeouts from them.
 const (
 	readHeaderTimeout = 5 * time.Second
-	readTimeout       = 15 * time.Second
-	idleTimeout       = 60 * time.Second
-	maxHeaderBytes    = 64 << 10
-	// writeTimeoutMargin is added to REQUEST_TIMEOUT: a response may wait
-	// that long for the database, and then still has to be written.
-	writeTimeoutMargin = 5 * time.Second
+	// idleTimeout is above the 60 s idle timeout of common load balancers
+	// (AWS's, for one), which must close an idle connection before the
+	// server does: else the balancer may send a request on a connection
+	// the server is closing, and its client gets a 502.
+	idleTimeout    = 75 * time.Second
+	maxHeaderBytes = 64 << 10
+	// writeMargin is the time an answer has to be written once it is
+	// ready: the largest, a page of 1,000 users, is about 150 KB.
+	writeMargin = 5 * time.Second
 )
 
 // authOffWarning is logged at start when no token is configured.
@@ -79,6 +83,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	opts := server.Options{
 		RequestTimeout:   cfg.RequestTimeout,
+		BodyTimeout:      cfg.BodyTimeout,
 		SchemaVersion:    migrations.Latest(),
 		Metrics:          m,
 		MetricsElsewhere: cfg.MetricsAddr != "",
@@ -119,7 +124,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(handler.Listener(ln)) }()
 
 	// Beside the server, which answers /readyz with 503 until the database
 	// is reachable and migrated.
@@ -127,6 +132,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	defer stopStarting()
 	started := make(chan error, 1)
 	go func() { started <- startDatabase(startCtx, cfg, pool, logger) }()
+	stopPurging := startPurging(ctx, server.NewKeyPurger(logger, db.New(pool), cfg.IdempotencyTTL, cfg.RequestTimeout))
+	defer stopPurging()
 
 	var failed error
 wait:
@@ -154,6 +161,7 @@ wait:
 	if started != nil {
 		<-started
 	}
+	stopPurging()
 	if err := shutDown(cfg, handler, srv, serveErr, logger); err != nil {
 		return errors.Join(failed, err)
 	}
@@ -180,6 +188,21 @@ func startDatabase(ctx context.Context, cfg config.Config, pool pinger, logger *
 		logger.WarnContext(ctx, "database not reachable yet", slog.String("db", cfg.DatabaseHost()), slog.Any("err", err))
 	}
 	return nil
+}
+
+// startPurging runs p until ctx is done or the returned function is
+// called, which waits for it to return and may be called again.
+func startPurging(ctx context.Context, p *server.KeyPurger) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // shutDown stops serving within SHUTDOWN_TIMEOUT: /readyz turns 503 at
@@ -240,17 +263,36 @@ func tuneGC(lookupEnv func(string) (string, bool)) int {
 // newHTTPServer returns the server for handler with every limit set.
 // Requests' contexts descend from ctx but are not cancelled with it, so
 // that a signal lets the requests in flight finish.
+//
+// No timeout of the server may cut off an answer the service may still
+// give. Once a request's headers are in (within readHeaderTimeout of its
+// first byte), its body has BODY_TIMEOUT to arrive, then the database has
+// REQUEST_TIMEOUT, and the answer writeMargin to be written:
+//
+//   - WriteTimeout, which net/http counts from the end of the headers, is
+//     BODY_TIMEOUT + REQUEST_TIMEOUT + writeMargin: 20 s by default;
+//   - ReadTimeout, counted from the first byte, is readHeaderTimeout +
+//     BODY_TIMEOUT (15 s): the whole request as read. The handler sets the
+//     body's own deadline, BODY_TIMEOUT after the end of the headers, which
+//     comes no later, and answers 408 at it; net/http lifts the deadline
+//     once the body is in, so neither cuts the database's time or the
+//     answer;
+//   - IdleTimeout runs only between requests.
 func newHTTPServer(ctx context.Context, cfg config.Config, handler http.Handler, logger *slog.Logger) *http.Server {
+	writeTimeout := cfg.BodyTimeout + cfg.RequestTimeout + writeMargin
 	return &http.Server{
 		Addr:              cfg.HTTPAddr,
 		Handler:           handler,
 		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      cfg.RequestTimeout + writeTimeoutMargin,
+		ReadTimeout:       readHeaderTimeout + cfg.BodyTimeout,
+		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		// "OPTIONS *" goes to the handler, which answers it as any request
+		// that matches no route, rather than net/http's bare 200.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		BaseContext:                  func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 }
 

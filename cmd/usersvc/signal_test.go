@@ -19,7 +19,7 @@ func TestSignalsStopGracefully(t *testing.T) {
 
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
-			addr := freeAddr(t)
+			addr := pgtest.FreeAddr(t)
 			var logs syncBuffer
 			cmd := exec.Command(bin, "serve")
 			cmd.Env = append(os.Environ(), "DATABASE_URL="+databaseURL, "HTTP_ADDR="+addr, "SHUTDOWN_TIMEOUT=10s", "LOG_FORMAT=json")

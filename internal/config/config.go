@@ -40,6 +40,9 @@ type Config struct {
 	DBConnectTimeout time.Duration `envconfig:"DB_CONNECT_TIMEOUT" default:"10s"`
 	// RequestTimeout bounds every database call a request makes.
 	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"5s"`
+	// BodyTimeout bounds the time a request's body may take to arrive
+	// after its headers.
+	BodyTimeout time.Duration `envconfig:"BODY_TIMEOUT" default:"10s"`
 	// ShutdownTimeout bounds the graceful shutdown after SIGINT or SIGTERM,
 	// ShutdownDelay included.
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
@@ -56,6 +59,9 @@ type Config struct {
 	// serves /metrics, which HTTPAddr then does not. Empty: /metrics is
 	// served on HTTPAddr.
 	MetricsAddr string `envconfig:"METRICS_ADDR"`
+	// IdempotencyTTL is how long the outcome of a POST /users with an
+	// Idempotency-Key is kept for its retries; serve purges older ones.
+	IdempotencyTTL time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
 	// AuthTokens are the bearer tokens the API's routes accept: AUTH_TOKENS
 	// split at commas, or the lines of the file AUTH_TOKENS_FILE names. Load
 	// reads and checks them (see readTokens). Empty: the API needs no token.
@@ -122,8 +128,14 @@ func (c Config) validate() error {
 	if c.RequestTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("REQUEST_TIMEOUT: %s is not positive", c.RequestTimeout))
 	}
+	if c.BodyTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("BODY_TIMEOUT: %s is not positive", c.BodyTimeout))
+	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("SHUTDOWN_TIMEOUT: %s is not positive", c.ShutdownTimeout))
+	}
+	if c.IdempotencyTTL <= 0 {
+		errs = append(errs, fmt.Errorf("IDEMPOTENCY_TTL: %s is not positive", c.IdempotencyTTL))
 	}
 	if c.ShutdownDelay < 0 || (c.ShutdownTimeout > 0 && c.ShutdownDelay >= c.ShutdownTimeout) {
 		errs = append(errs, fmt.Errorf("SHUTDOWN_DELAY: %s must be at least 0 and less than SHUTDOWN_TIMEOUT (%s)", c.ShutdownDelay, c.ShutdownTimeout))

@@ -34,7 +34,9 @@ func TestDefaults(t *testing.T) {
 		LogFormat:        "json",
 		DBConnectTimeout: 10 * time.Second,
 		RequestTimeout:   5 * time.Second,
+		BodyTimeout:      10 * time.Second,
 		ShutdownTimeout:  15 * time.Second,
+		IdempotencyTTL:   24 * time.Hour,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load() = %+v, want %+v", got, want)
@@ -54,11 +56,13 @@ func TestLoad(t *testing.T) {
 		"DB_MAX_CONNS":       "12",
 		"DB_CONNECT_TIMEOUT": "3s",
 		"REQUEST_TIMEOUT":    "750ms",
+		"BODY_TIMEOUT":       "2s",
 		"SHUTDOWN_TIMEOUT":   "1m",
 		"SHUTDOWN_DELAY":     "5s",
 		"AUTO_MIGRATE":       "true",
 		"DEBUG_ADDR":         "127.0.0.1:6060",
 		"METRICS_ADDR":       ":9090",
+		"IDEMPOTENCY_TTL":    "1h30m",
 	})
 	got, err := Load()
 	if err != nil {
@@ -73,11 +77,13 @@ func TestLoad(t *testing.T) {
 		DBMaxConns:       12,
 		DBConnectTimeout: 3 * time.Second,
 		RequestTimeout:   750 * time.Millisecond,
+		BodyTimeout:      2 * time.Second,
 		ShutdownTimeout:  time.Minute,
 		ShutdownDelay:    5 * time.Second,
 		AutoMigrate:      true,
 		DebugAddr:        "127.0.0.1:6060",
 		MetricsAddr:      ":9090",
+		IdempotencyTTL:   90 * time.Minute,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load() = %+v, want %+v", got, want)
@@ -99,10 +105,15 @@ func TestLoadRejects(t *testing.T) {
 		{"DB_CONNECT_TIMEOUT", "10"},
 		{"REQUEST_TIMEOUT", "5"},
 		{"REQUEST_TIMEOUT", "-1s"},
+		{"BODY_TIMEOUT", "0s"},
+		{"BODY_TIMEOUT", "soon"},
 		{"SHUTDOWN_TIMEOUT", "0"},
 		{"SHUTDOWN_DELAY", "-1s"},
 		{"SHUTDOWN_DELAY", "15s"}, // not less than the default SHUTDOWN_TIMEOUT
 		{"AUTO_MIGRATE", "yes please"},
+		{"IDEMPOTENCY_TTL", "0"},
+		{"IDEMPOTENCY_TTL", "-1h"},
+		{"IDEMPOTENCY_TTL", "a day"},
 		{"DATABASE_URL", "postgres://u:hunter2@[::1"},
 		{"DATABASE_READ_URL", "postgres://u:hunter2@[::1"},
 	} {
@@ -119,7 +130,7 @@ func TestLoadRejects(t *testing.T) {
 
 func TestVariables(t *testing.T) {
 	got := strings.Join(Variables(), " ")
-	want := "DATABASE_URL DATABASE_READ_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS DB_CONNECT_TIMEOUT REQUEST_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR AUTH_TOKENS AUTH_TOKENS_FILE"
+	want := "DATABASE_URL DATABASE_READ_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS DB_CONNECT_TIMEOUT REQUEST_TIMEOUT BODY_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR IDEMPOTENCY_TTL AUTH_TOKENS AUTH_TOKENS_FILE"
 	if got != want {
 		t.Errorf("Variables() = %s, want %s", got, want)
 	}

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -48,7 +49,7 @@ type Options struct {
 	// when it is missing or has no PG_VERSION file. The server's output is
 	// appended to server.log inside it.
 	Dir string
-	// Port is the TCP port on 127.0.0.1. Zero means no TCP listener: the
+	// Port is the TCP port on 127.0.0.1 (FreePort finds one). Zero means no TCP listener: the
 	// server is reachable through its unix socket only.
 	Port int
 	// Ephemeral trades durability for speed, for throwaway test servers:
@@ -526,4 +527,15 @@ func fileTail(path string, offset int64) string {
 		return fmt.Sprintf("(read server log: %v)", err)
 	}
 	return string(b)
+}
+
+// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago: one
+// for Options.Port, or for anything else a test or a benchmark starts.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -29,15 +29,14 @@ func testDir(t *testing.T) string {
 	return dir
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// freePort is FreePort for a test, which fails when there is none.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 func startServer(t *testing.T, opts Options) *Server {

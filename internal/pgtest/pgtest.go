@@ -270,3 +270,20 @@ func (migrator) Migrate(ctx context.Context, db *sql.DB, _ pgtestdb.Config) erro
 	}
 	return nil
 }
+
+// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago; the
+// test fails at once when there is none.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	port, err := pglocal.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// FreeAddr returns FreePort's port as an address, 127.0.0.1:port.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	return fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+}

@@ -70,21 +70,9 @@ func refused(challenge, detail string) *apiError {
 // token at all, with error="invalid_token" when it sent a wrong, empty or
 // doubled one.
 func (a authenticator) check(r *http.Request) *apiError {
-	values := r.Header["Authorization"]
-	switch {
-	case len(values) == 0:
-		return refused(challengeMissing, "this route needs a bearer token: send Authorization: Bearer <token>")
-	case len(values) > 1:
-		return refused(challengeInvalid, "send one Authorization header, not several")
-	}
-	scheme, token, _ := strings.Cut(values[0], " ")
-	if !strings.EqualFold(scheme, "Bearer") {
-		// RFC 6750 3.1: another scheme gets the plain challenge.
-		return refused(challengeMissing, "this route needs a bearer token: send Authorization: Bearer <token>; no other scheme is accepted")
-	}
-	token = strings.TrimLeft(token, " ")
-	if token == "" {
-		return refused(challengeInvalid, "the Authorization header has no token after Bearer")
+	token, err := bearerToken(r)
+	if err != nil {
+		return err
 	}
 	got := sha256.Sum256([]byte(token))
 	match := 0
@@ -95,4 +83,27 @@ func (a authenticator) check(r *http.Request) *apiError {
 		return refused(challengeInvalid, "the bearer token is not valid")
 	}
 	return nil
+}
+
+// bearerToken returns the token of r's one Authorization header of scheme
+// Bearer (in any case), or the unauthorized *apiError that check answers
+// when there is none.
+func bearerToken(r *http.Request) (string, *apiError) {
+	values := r.Header["Authorization"]
+	switch {
+	case len(values) == 0:
+		return "", refused(challengeMissing, "this route needs a bearer token: send Authorization: Bearer <token>")
+	case len(values) > 1:
+		return "", refused(challengeInvalid, "send one Authorization header, not several")
+	}
+	scheme, token, _ := strings.Cut(values[0], " ")
+	if !strings.EqualFold(scheme, "Bearer") {
+		// RFC 6750 3.1: another scheme gets the plain challenge.
+		return "", refused(challengeMissing, "this route needs a bearer token: send Authorization: Bearer <token>; no other scheme is accepted")
+	}
+	token = strings.TrimLeft(token, " ")
+	if token == "" {
+		return "", refused(challengeInvalid, "the Authorization header has no token after Bearer")
+	}
+	return token, nil
 }

@@ -61,7 +61,7 @@ func TestClient(t *testing.T) {
 	}
 	c := newClient(client.WithBearerToken(tokenNew))
 
-	created, err := c.CreateUserWithResponse(ctx, client.UserInput{Name: "  alice\t"})
+	created, err := c.CreateUserWithResponse(ctx, nil, client.UserInput{Name: "  alice\t"})
 	if err != nil || created.StatusCode() != http.StatusCreated {
 		t.Fatalf("CreateUser alice: %v, %v; want 201", created, err)
 	}
@@ -70,9 +70,9 @@ func TestClient(t *testing.T) {
 		t.Errorf("CreateUser alice: %+v at %q, want alice at /users/%d", alice, created.Headers201.Location, alice.ID)
 	}
 
-	_, err = c.CreateUserWithResponse(ctx, client.UserInput{Name: "alice"})
+	_, err = c.CreateUserWithResponse(ctx, nil, client.UserInput{Name: "alice"})
 	wantClientError(t, "CreateUser alice again", err, http.StatusBadRequest, client.ProblemCodeDuplicateName)
-	_, err = c.CreateUserWithResponse(ctx, client.UserInput{Name: " "})
+	_, err = c.CreateUserWithResponse(ctx, nil, client.UserInput{Name: " "})
 	e := wantClientError(t, "CreateUser blank", err, http.StatusBadRequest, client.ProblemCodeValidationFailed)
 	if e.Errors == nil || len(*e.Errors) != 1 || (*e.Errors)[0].In != client.FieldErrorInBody || (*e.Errors)[0].Field != "name" {
 		t.Errorf("CreateUser blank: errors %v, want one for the body's name", e.Errors)
@@ -80,7 +80,7 @@ func TestClient(t *testing.T) {
 
 	users := []client.User{alice}
 	for _, name := range []string{"bob", "carol", "dave", "erin"} {
-		res, err := c.CreateUserWithResponse(ctx, client.UserInput{Name: name})
+		res, err := c.CreateUserWithResponse(ctx, nil, client.UserInput{Name: name})
 		if err != nil {
 			t.Fatalf("CreateUser %s: %v", name, err)
 		}
@@ -118,35 +118,63 @@ func TestClient(t *testing.T) {
 		t.Errorf("AllUsers named carol: %v, want %v", listed, users[2:3])
 	}
 
-	got, err := c.GetUserWithResponse(ctx, alice.ID)
+	got, err := c.GetUserWithResponse(ctx, alice.ID, nil)
 	if err != nil || !equalUser(*got.JSON200, alice) {
 		t.Errorf("GetUser alice: %v, %v; want %v", got, err, alice)
 	}
-	head, err := c.HeadUserWithResponse(ctx, alice.ID)
+	head, err := c.HeadUserWithResponse(ctx, alice.ID, nil)
 	if err != nil || head.StatusCode() != http.StatusOK || head.Headers200.ContentLength != len(got.Body) {
 		t.Errorf("HeadUser alice: %v, %v; want 200 with Content-Length %d", head, err, len(got.Body))
 	}
 
-	renamed, err := c.UpdateUserWithResponse(ctx, alice.ID, client.UserInput{Name: "alicia"})
+	renamed, err := c.UpdateUserWithResponse(ctx, alice.ID, nil, client.UserInput{Name: "alicia"})
 	if err != nil {
 		t.Fatalf("UpdateUser alicia: %v", err)
 	}
 	if r := *renamed.JSON200; r.ID != alice.ID || r.Name != "alicia" || !r.CreatedAt.Equal(alice.CreatedAt) || r.UpdatedAt.Before(alice.UpdatedAt) {
 		t.Errorf("UpdateUser alicia: %+v, want alice %+v renamed", r, alice)
 	}
-	_, err = c.UpdateUserWithResponse(ctx, users[1].ID, client.UserInput{Name: "alicia"})
+	_, err = c.UpdateUserWithResponse(ctx, users[1].ID, nil, client.UserInput{Name: "alicia"})
 	wantClientError(t, "UpdateUser bob to alicia", err, http.StatusBadRequest, client.ProblemCodeDuplicateName)
 
-	deleted, err := c.DeleteUserWithResponse(ctx, alice.ID)
+	// Safe writes, through the headers the client types: a keyed create
+	// replayed, the key refused for another name, a conditional rename, a
+	// stale one refused, a 304.
+	key := "8e03978e-40d5-43e8-bc93-6894a57f9324"
+	keyed := &client.CreateUserParams{IdempotencyKey: &key}
+	first, err := c.CreateUserWithResponse(ctx, keyed, client.UserInput{Name: "frank"})
+	if err != nil || first.Headers201 == nil || first.Headers201.IdempotentReplayed != nil || first.Headers201.ETag == "" {
+		t.Fatalf("CreateUser frank with a key: %v, %v; want 201 with an ETag, not replayed", first, err)
+	}
+	again, err := c.CreateUserWithResponse(ctx, keyed, client.UserInput{Name: "frank"})
+	if err != nil || again.Headers201 == nil || again.Headers201.IdempotentReplayed == nil || *again.Headers201.IdempotentReplayed != "true" ||
+		!equalUser(*again.JSON201, *first.JSON201) || again.Headers201.ETag != first.Headers201.ETag {
+		t.Errorf("CreateUser frank with the key again: %v, %v; want %v replayed", again, err, first.JSON201)
+	}
+	_, err = c.CreateUserWithResponse(ctx, keyed, client.UserInput{Name: "grace"})
+	wantClientError(t, "CreateUser grace with frank's key", err, http.StatusUnprocessableEntity, client.ProblemCodeIdempotencyKeyReused)
+	frank, stale := first.JSON201.ID, first.Headers201.ETag
+	rename, err := c.UpdateUserWithResponse(ctx, frank, &client.UpdateUserParams{IfMatch: &stale}, client.UserInput{Name: "franklin"})
+	if err != nil || rename.Headers200 == nil || rename.Headers200.ETag == stale {
+		t.Fatalf("UpdateUser frank with If-Match: %v, %v; want 200 with a new ETag", rename, err)
+	}
+	_, err = c.UpdateUserWithResponse(ctx, frank, &client.UpdateUserParams{IfMatch: &stale}, client.UserInput{Name: "frankie"})
+	wantClientError(t, "UpdateUser frank with a stale If-Match", err, http.StatusPreconditionFailed, client.ProblemCodePreconditionFailed)
+	current := rename.Headers200.ETag
+	if res, err := c.GetUserWithResponse(ctx, frank, &client.GetUserParams{IfNoneMatch: &current}); err != nil || res.StatusCode() != http.StatusNotModified || res.Headers304.ETag != current {
+		t.Errorf("GetUser frank with If-None-Match: %v, %v; want 304 with ETag %s", res, err, current)
+	}
+
+	deleted, err := c.DeleteUserWithResponse(ctx, alice.ID, nil)
 	if err != nil || deleted.StatusCode() != http.StatusNoContent {
 		t.Errorf("DeleteUser alice: %v, %v; want 204", deleted, err)
 	}
-	_, err = c.GetUserWithResponse(ctx, alice.ID)
+	_, err = c.GetUserWithResponse(ctx, alice.ID, nil)
 	wantClientError(t, "GetUser deleted", err, http.StatusNotFound, client.ProblemCodeNotFound)
-	_, err = c.DeleteUserWithResponse(ctx, alice.ID)
+	_, err = c.DeleteUserWithResponse(ctx, alice.ID, nil)
 	wantClientError(t, "DeleteUser deleted", err, http.StatusNotFound, client.ProblemCodeNotFound)
 	// A HEAD has no body: its error has the status, and the request id.
-	_, err = c.HeadUserWithResponse(ctx, alice.ID)
+	_, err = c.HeadUserWithResponse(ctx, alice.ID, nil)
 	if e := wantClientError(t, "HeadUser deleted", err, http.StatusNotFound, ""); e.RequestID == nil {
 		t.Errorf("HeadUser deleted: no request id in %v", e)
 	}
@@ -173,7 +201,7 @@ func TestGeneratedClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.CreateUserWithResponse(ctx, client.UserInput{Name: "alice"}); err != nil {
+	if _, err := c.CreateUserWithResponse(ctx, nil, client.UserInput{Name: "alice"}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -181,7 +209,7 @@ func TestGeneratedClient(t *testing.T) {
 	// that the union's discriminator picks.
 	problem400 := func(name string) any {
 		t.Helper()
-		res, err := c.CreateUserWithResponse(ctx, client.UserInput{Name: name})
+		res, err := c.CreateUserWithResponse(ctx, nil, client.UserInput{Name: name})
 		if err != nil || res.ApplicationProblemJSON400 == nil {
 			t.Fatalf("CreateUser %q: %v, %v; want a 400 problem", name, res, err)
 		}
@@ -198,7 +226,7 @@ func TestGeneratedClient(t *testing.T) {
 		t.Errorf("CreateUser with no name: %#v, want a ValidationProblem with one error", p)
 	}
 
-	head, err := c.HeadUserWithResponse(ctx, 1<<40)
+	head, err := c.HeadUserWithResponse(ctx, 1<<40, nil)
 	if err != nil || head.StatusCode() != http.StatusNotFound {
 		t.Errorf("HeadUser of no one: %v, %v; want 404", head, err)
 	}

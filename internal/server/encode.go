@@ -93,7 +93,8 @@ var errBodyTooLarge = &apiError{code: codePayloadTooLarge, detail: "the request 
 // decode reads a JSON request body into a T: exactly one JSON object whose
 // members T knows, each once, in valid UTF-8. Returns a *apiError for
 // any problem with the request: unsupported_media_type, payload_too_large,
-// invalid_json or validation_failed.
+// invalid_json or validation_failed; or a *slowBodyError (request_timeout)
+// for a body that missed BodyTimeout.
 func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 	var v T
 	if err := checkContentType(r.Header.Get("Content-Type")); err != nil {
@@ -108,6 +109,9 @@ func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return v, errBodyTooLarge
+		}
+		if slow, ok := errors.AsType[*slowBodyError](err); ok {
+			return v, slow
 		}
 		return v, invalidJSON("the request body could not be read")
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
@@ -31,6 +32,14 @@ const (
 	codeUnsupportedMediaType = "unsupported_media_type"
 	codePayloadTooLarge      = "payload_too_large"
 	codeURITooLong           = "uri_too_long"
+	codeRequestTimeout       = "request_timeout"
+	codeLengthRequired       = "length_required"
+	codeInvalidRequest       = "invalid_request"
+	codeHeadersTooLarge      = "headers_too_large"
+	codeExpectationFailed    = "expectation_failed"
+	codePreconditionFailed   = "precondition_failed"
+	codeIdempotencyKeyInUse  = "idempotency_key_in_use"
+	codeIdempotencyKeyReused = "idempotency_key_reused"
 	codeUnavailable          = "unavailable"
 	codeInternal             = "internal"
 )
@@ -53,6 +62,14 @@ var problemKinds = map[string]struct {
 	codeUnsupportedMediaType: {http.StatusUnsupportedMediaType, "Unsupported media type"},
 	codePayloadTooLarge:      {http.StatusRequestEntityTooLarge, "Payload too large"},
 	codeURITooLong:           {http.StatusRequestURITooLong, "URI too long"},
+	codeRequestTimeout:       {http.StatusRequestTimeout, "Request timeout"},
+	codeLengthRequired:       {http.StatusLengthRequired, "Length required"},
+	codeInvalidRequest:       {http.StatusBadRequest, "Invalid request"},
+	codeHeadersTooLarge:      {http.StatusRequestHeaderFieldsTooLarge, "Request headers too large"},
+	codeExpectationFailed:    {http.StatusExpectationFailed, "Expectation failed"},
+	codePreconditionFailed:   {http.StatusPreconditionFailed, "Precondition failed"},
+	codeIdempotencyKeyInUse:  {http.StatusConflict, "Idempotency key in use"},
+	codeIdempotencyKeyReused: {http.StatusUnprocessableEntity, "Idempotency key reused"},
 	codeUnavailable:          {http.StatusServiceUnavailable, "Service unavailable"},
 	codeInternal:             {http.StatusInternalServerError, "Internal error"},
 }
@@ -74,7 +91,7 @@ type problem struct {
 
 // fieldError says what is wrong with one input.
 type fieldError struct {
-	In     string `json:"in"` // body, query or path
+	In     string `json:"in"` // body, query, path or header
 	Field  string `json:"field"`
 	Detail string `json:"detail"`
 }
@@ -252,8 +269,9 @@ func problemFor(r *http.Request, e *apiError) problem {
 		Errors:    e.fields,
 		RequestID: requestID(r.Context()),
 	}
-	if e.code == codeURITooLong {
-		// The path may be most of what was too long: not worth echoing.
+	if e.code == codeURITooLong || !strings.HasPrefix(p.Instance, "/") {
+		// The path may be most of what was too long: not worth echoing;
+		// and "*" (OPTIONS *) is no path at all.
 		p.Instance = ""
 	}
 	return p
@@ -263,14 +281,16 @@ func problemFor(r *http.Request, e *apiError) problem {
 // with it. Server-side failures are logged here, once, with their cause and
 // the request's id (added by the logger); the client sees only the problem.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
-	if r.Context().Err() == context.Canceled {
+	e := classify(err)
+	if r.Context().Err() == context.Canceled && e.code != codeRequestTimeout {
 		// The client hung up (a deadline would be DeadlineExceeded): what
 		// failed is the request, not the database, and no one reads the
-		// answer. The access log and the metrics show nginx's 499.
+		// answer. The access log and the metrics show nginx's 499. (A body
+		// that missed BODY_TIMEOUT cancels the request too, as net/http
+		// cancels it on any failed read; that client may still read its 408.)
 		w.WriteHeader(statusClientClosedRequest)
 		return
 	}
-	e := classify(err)
 	p := problemFor(r, e)
 	if p.Status >= http.StatusInternalServerError {
 		attrs := []slog.Attr{
@@ -288,14 +308,24 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 		}
 		logger.LogAttrs(r.Context(), level, "request failed", attrs...)
 	}
+	if e.code == codeRequestTimeout {
+		// Not our failure, but one the access log's 408 alone would not
+		// explain: err says how much of the body came.
+		logger.LogAttrs(r.Context(), slog.LevelInfo, "slow client",
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.Path),
+			slog.Int("status", p.Status),
+			slog.Any("err", err))
+	}
 	h := w.Header()
 	switch e.code {
-	case codeUnavailable:
+	case codeUnavailable, codeIdempotencyKeyInUse:
 		h.Set("Retry-After", "1")
 	case codeUnauthorized:
 		h.Set("WWW-Authenticate", e.challenge)
-	case codePayloadTooLarge:
-		// The server then neither reads nor keeps the rest of the body.
+	case codePayloadTooLarge, codeRequestTimeout:
+		// The server then neither reads nor keeps the rest of the body
+		// (which may still be on its way).
 		// (http.MaxBytesReader would do that, but only when given the
 		// server's own ResponseWriter, and handlers get a wrapped one.)
 		h.Set("Connection", "close")

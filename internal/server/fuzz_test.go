@@ -4,8 +4,9 @@ package server
 // real database of each target's own. `make fuzz` runs each for FUZZTIME;
 // `go test` runs the corpus under testdata/fuzz as ordinary tests.
 //
-// Every response is checked by checkFuzzResponse; each target adds what
-// its route promises (round trips, the database's state, the list's page).
+// Every response is checked by checkFuzzResponse (FuzzRawRequest's, which
+// may answer no HTTP request, by checkAnswer); each target adds what its
+// route promises (round trips, the database's state, the list's page).
 
 import (
 	"bytes"
@@ -21,6 +22,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,6 +32,7 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"golang.org/x/text/unicode/norm"
 
+	"usersvc/db"
 	"usersvc/internal/pgtest"
 )
 
@@ -42,6 +45,8 @@ type fuzzServer struct {
 	// users are those the target made before fuzzing, by id, as they are
 	// now: each target keeps this up to date as it changes them.
 	users map[int64]user
+	// keyed is what FuzzCreateUser learned of each idempotency key.
+	keyed map[string]fuzzKeyed
 }
 
 func newFuzzServer(f *testing.F, names ...string) *fuzzServer {
@@ -59,6 +64,7 @@ func newFuzzServer(f *testing.F, names ...string) *fuzzServer {
 			Timeout:       30 * time.Second,
 		},
 		users: map[int64]user{},
+		keyed: map[string]fuzzKeyed{},
 	}
 	f.Cleanup(s.client.CloseIdleConnections)
 	for _, name := range names {
@@ -209,34 +215,22 @@ var leakMarkers = []string{
 }
 
 // checkFuzzResponse checks what every response promises, whatever the
+// request (see checkAnswer), and what it promises for req: a 307 only to a
+// cleaned path; a match with openapi.yaml wherever it describes the path;
+// and a problem whose instance is the request's path.
+
 // request: no 5xx but 503 unavailable; the headers every response has; a
 // problem document whose status is the HTTP status and whose code is one
 // of openapi.yaml's for every error, matching openapi.yaml wherever it
-// describes the path; a 307 only to a cleaned path; and no leak marker in
+// describes the path; a 307 only to a cleaned path (304 is no redirect: it
+// answers a conditional GET); and no leak marker in
 // the body that the client did not send itself.
 func checkFuzzResponse(t *testing.T, req *http.Request, r response, client clientText) {
 	t.Helper()
 	what := fmt.Sprintf("%s %.300q", req.Method, req.URL.RequestURI())
-	if r.status >= 500 && r.status != http.StatusServiceUnavailable {
-		t.Fatalf("%s: status %d; body %.2000s", what, r.status, r.body)
-	}
-	if r.header.Get("X-Request-Id") == "" {
-		t.Errorf("%s: status %d without X-Request-ID: not the service's answer", what, r.status)
-	}
-	for name, want := range map[string]string{"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"} {
-		if got := r.header.Get(name); got != want {
-			t.Errorf("%s: %s = %q, want %q", what, name, got, want)
-		}
-	}
-	// The request id is random base32: it may spell anything.
-	lower := strings.ToLower(strings.ReplaceAll(string(r.body), r.header.Get("X-Request-Id"), ""))
-	for _, m := range leakMarkers {
-		if strings.Contains(lower, m) && !client.contains(m) {
-			t.Errorf("%s: the response has %q, which the client did not send: %.2000s", what, m, r.body)
-		}
-	}
+	p, isProblem := checkAnswer(t, what, r, client, req.Method == http.MethodHead)
 
-	if r.status >= 300 && r.status < 400 {
+	if r.status >= 300 && r.status < 400 && r.status != http.StatusNotModified {
 		// ServeMux's answer to a path with ".", ".." or empty segments.
 		loc := r.header.Get("Location")
 		locPath, _, _ := strings.Cut(loc, "?")
@@ -258,14 +252,46 @@ func checkFuzzResponse(t *testing.T, req *http.Request, r response, client clien
 	if _, _, err := spec.router.FindRoute(req); !errors.Is(err, routers.ErrPathNotFound) {
 		checkOpenAPI(t, req, r.status, r.header, r.body)
 	}
+	if isProblem && p.Code != codeURITooLong && p.Instance != req.URL.EscapedPath() {
+		t.Errorf("%s: problem instance %q, want the path %q", what, p.Instance, req.URL.EscapedPath())
+	}
+}
+
+// checkAnswer checks what every answer promises, whatever the request,
+// even one that is no HTTP: no 5xx but 503 unavailable; the headers every
+// response has; no leak marker in the body that the client did not send
+// itself; and for every error a problem document (but to a HEAD) whose
+// status is the HTTP status, whose code is one of openapi.yaml's, and
+// which is valid against its Problem schema. Returns the problem, and
+// whether there is one.
+func checkAnswer(t *testing.T, what string, r response, client clientText, head bool) (problem, bool) {
+	t.Helper()
+	if r.status >= 500 && r.status != http.StatusServiceUnavailable {
+		t.Fatalf("%s: status %d; body %.2000s", what, r.status, r.body)
+	}
+	if r.header.Get("X-Request-Id") == "" {
+		t.Errorf("%s: status %d without X-Request-ID: not the service's answer", what, r.status)
+	}
+	for name, want := range map[string]string{"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"} {
+		if got := r.header.Get(name); got != want {
+			t.Errorf("%s: %s = %q, want %q", what, name, got, want)
+		}
+	}
+	// The request id is random base32: it may spell anything.
+	lower := strings.ToLower(strings.ReplaceAll(string(r.body), r.header.Get("X-Request-Id"), ""))
+	for _, m := range leakMarkers {
+		if strings.Contains(lower, m) && !client.contains(m) {
+			t.Errorf("%s: the response has %q, which the client did not send: %.2000s", what, m, r.body)
+		}
+	}
 	if r.status < 400 {
-		return
+		return problem{}, false
 	}
 	if ct := r.header.Get("Content-Type"); ct != problemContentType {
 		t.Errorf("%s: status %d with Content-Type %q, want %s", what, r.status, ct, problemContentType)
 	}
-	if req.Method == http.MethodHead {
-		return
+	if head {
+		return problem{}, false
 	}
 	var p problem
 	if err := json.Unmarshal(r.body, &p, json.RejectUnknownMembers(true)); err != nil {
@@ -285,9 +311,9 @@ func checkFuzzResponse(t *testing.T, req *http.Request, r response, client clien
 		t.Errorf("%s: problem request_id %q, header %q", what, p.RequestID, r.header.Get("X-Request-Id"))
 	case (p.Code == codeValidationFailed) != (len(p.Errors) > 0):
 		t.Errorf("%s: code %s with %d field errors", what, p.Code, len(p.Errors))
-	case p.Code != codeURITooLong && p.Instance != req.URL.EscapedPath():
-		t.Errorf("%s: problem instance %q, want the path %q", what, p.Instance, req.URL.EscapedPath())
 	}
+	checkProblemSchema(t, what, r.body)
+	return p, true
 }
 
 // sameUser reports whether a and b are the same user in the same state.
@@ -338,23 +364,68 @@ func (s *fuzzServer) checkRoundTrip(t *testing.T, what string, r response, u use
 	}
 }
 
-// FuzzCreateUser posts any body with any Content-Type. A 201 must have
-// come from an application/json body naming a free name, and round-trips
-// through GET /users/{id}; a duplicate_name must name a taken one.
+// fuzzKeyed is what a fuzz target learned of one idempotency key: the
+// name its first request asked for, and the answer it got.
+type fuzzKeyed struct {
+	name     string
+	response response
+}
+
+// quotedKey is an RFC 8941 string: the Idempotency-Key's quoted form.
+var quotedKey = regexp.MustCompile(`^"((?:[ !#-\[\]-~]|\\["\\])*)"$`)
+
+// wantKey returns the key an Idempotency-Key header value names, as the
+// draft and the README define it, and whether it is a valid one: trimmed of
+// surrounding spaces and tabs (as HTTP does), then 1 to 255 printable
+// ASCII characters, bare, or quoted with \" and \\ escapes.
+func wantKey(value string) (string, bool) {
+	value = strings.Trim(value, " \t")
+	key := value
+	if strings.HasPrefix(value, `"`) {
+		m := quotedKey.FindStringSubmatch(value)
+		if m == nil {
+			return "", false
+		}
+		key = strings.NewReplacer(`\"`, `"`, `\\`, `\`).Replace(m[1])
+	}
+	return key, key != "" && len(key) <= maxIdempotencyKeyLen && !strings.ContainsFunc(key, func(c rune) bool { return c < ' ' || c > '~' })
+}
+
+// FuzzCreateUser posts any body with any Content-Type, and any
+// Idempotency-Key unless it is empty. A 201 must have come from an
+// application/json body naming a free name, and round-trips through GET
+// /users/{id}; a duplicate_name must name a taken one. An invalid key is
+// refused first; with a valid one, the first request executes, a second
+// one gets the same answer replayed, and the key with another name 422.
 func FuzzCreateUser(f *testing.F) {
 	s := newFuzzServer(f, "taken", "Zoë", "<b>bold</b>")
-	f.Fuzz(func(t *testing.T, body []byte, contentType string) {
+	f.Fuzz(func(t *testing.T, body []byte, contentType string, keyValue string) {
 		req := s.request(t, http.MethodPost, "/users", contentType, body)
-		if req == nil {
+		if req == nil || !validHeaderValue(keyValue) {
 			return
+		}
+		if keyValue != "" {
+			req.Header.Set(idempotencyKeyHeader, keyValue)
 		}
 		r := s.send(t, req)
 		var client clientText
 		client.addJSON(body)
-		client.add(contentType)
+		client.add(contentType, keyValue)
 		checkFuzzResponse(t, req, r, client)
 
 		name, named := wantName(body)
+		if keyValue != "" {
+			key, valid := wantKey(keyValue)
+			headerRefused := r.status == http.StatusBadRequest && problemCode(r) == codeValidationFailed &&
+				strings.Contains(string(r.body), `"in":"header","field":"`+idempotencyKeyHeader+`"`)
+			if headerRefused == valid {
+				t.Fatalf("POST /users with Idempotency-Key %q (valid %v): %d %s", keyValue, valid, r.status, r.body)
+			}
+			if !valid {
+				return
+			}
+			s.checkKeyed(t, req, body, key, name, r, client)
+		}
 		switch r.status {
 		case http.StatusCreated:
 			if !acceptsJSON(contentType) {
@@ -380,6 +451,47 @@ func FuzzCreateUser(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkKeyed checks the answer r to a keyed create of name (the
+// request's normalized name) with key, valid, against what earlier
+// requests with the key got, then sends the request again and wants it
+// replayed.
+func (s *fuzzServer) checkKeyed(t *testing.T, req *http.Request, body []byte, key, name string, r response, client clientText) {
+	t.Helper()
+	stored := r.status == http.StatusCreated || problemCode(r) == codeDuplicateName
+	replayed := r.header.Get(replayedHeader) == "true"
+	first, seen := s.keyed[key]
+	switch {
+	case r.status == http.StatusUnprocessableEntity:
+		if !seen || first.name == name {
+			t.Fatalf("POST /users %q with key %q: 422, but the key was not used for another name (seen %v with %q)", body, key, seen, first.name)
+		}
+		return
+	case !stored:
+		if replayed {
+			t.Fatalf("POST /users %q with key %q: %d replayed", body, key, r.status)
+		}
+		return
+	case !seen:
+		if replayed {
+			t.Fatalf("POST /users %q with key %q, its first use: replayed %d %s", body, key, r.status, r.body)
+		}
+		s.keyed[key] = fuzzKeyed{name: name, response: r}
+		first = s.keyed[key]
+	case first.name != name:
+		t.Fatalf("POST /users %q with key %q, used for %q before: %d, want 422", body, key, first.name, r.status)
+	case !replayed || r.status != first.response.status || (r.status == http.StatusCreated && !bytes.Equal(r.body, first.response.body)):
+		t.Fatalf("POST /users %q with key %q again: %d replayed %v %s, want %d replayed %s", body, key, r.status, replayed, r.body, first.response.status, first.response.body)
+	}
+	again := s.request(t, http.MethodPost, "/users", req.Header.Get("Content-Type"), body)
+	again.Header[idempotencyKeyHeader] = req.Header[idempotencyKeyHeader]
+	a := s.send(t, again)
+	checkFuzzResponse(t, again, a, client)
+	if a.status != first.response.status || a.header.Get(replayedHeader) != "true" ||
+		(a.status == http.StatusCreated && !bytes.Equal(a.body, first.response.body)) {
+		t.Fatalf("POST /users %q with key %q, repeated: %d %q %s, want %d replayed %s", body, key, a.status, a.header.Get(replayedHeader), a.body, first.response.status, first.response.body)
+	}
 }
 
 // FuzzRenameUser puts any body with any Content-Type to any id, the ids of
@@ -587,6 +699,173 @@ func FuzzUserPath(f *testing.F) {
 			delete(s.users, id)
 			u := s.create(t, fmt.Sprintf("after %d", id))
 			s.users[u.ID] = u
+		}
+	})
+}
+
+// FuzzRawRequest writes any bytes to a connection of their own, as a client
+// that frames its requests any way it likes (framingCases are the seeds),
+// and reads every answer until the server closes the connection. Each
+// answer must be one any request may get (checkAnswer), none may follow
+// one that said Connection: close, and every user the bytes created must
+// have been answered 201: a request that ran unanswered was smuggled.
+func FuzzRawRequest(f *testing.F) {
+	// Short, for speed: a read that a busy machine delays past its
+	// deadline only ends the exchange early, which breaks no check.
+	s := newRawServer(f, 100*time.Millisecond)
+	for _, tt := range framingCases {
+		f.Add([]byte(tt.raw))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if bytes.Contains(raw, []byte("HEAD")) {
+			// An answer to a HEAD has a Content-Length but no body: a
+			// reader that does not know which request it answers cannot
+			// frame it. FuzzUserPath sends HEAD.
+			return
+		}
+		before := s.lastID(t)
+		answers := s.exchange(t, raw)
+		what := fmt.Sprintf("%.300q", raw)
+		checkExchange(t, what, raw, answers)
+		created := 0
+		for _, r := range answers {
+			if r.status == http.StatusCreated {
+				created++
+			}
+		}
+		if n := s.usersAfter(t, before); n > created {
+			t.Errorf("%s: %d users created, %d answers were 201: a request ran unanswered", what, n, created)
+		}
+	})
+}
+
+// entityTagList is a precondition header's value other than "*" as RFC 9110
+// defines it: a comma-separated list of entity tags, empty elements and
+// spaces around commas allowed; entityTag finds the tags in one.
+var (
+	entityTagList = regexp.MustCompile(`^[ \t,]*(?:(?:W/)?"[^"\x00-\x20\x7f]*"[ \t]*(?:,[ \t,]*|$))*$`)
+	entityTag     = regexp.MustCompile(`(W/)?"([^"]*)"`)
+)
+
+// wantCondition evaluates a precondition header's value against the
+// current ETag, as RFC 9110 §13.1.1 and §13.1.2 do: whether it is well
+// formed, and whether it names current (strong comparison, where a weak
+// tag never matches, or weak), or is "*".
+func wantCondition(value, current string, strong bool) (valid, matches bool) {
+	value = strings.Trim(value, " \t")
+	if value == "*" {
+		return true, true
+	}
+	if !entityTagList.MatchString(value) {
+		return false, false
+	}
+	for _, m := range entityTag.FindAllStringSubmatch(value, -1) {
+		if `"`+m[2]+`"` == current && (!strong || m[1] == "") {
+			matches = true
+		}
+	}
+	return true, matches
+}
+
+// FuzzConditional sends GET, HEAD, PUT or DELETE of one user with any
+// If-Match and If-None-Match ("" sends none), where {current}, {stale} and
+// {other} stand for the user's ETag, one of its earlier ones and another
+// user's. The answer must be what RFC 9110 §13.2.2 says: 400 for a header
+// that is not "*" or a list of entity tags, 412 when If-Match does not
+// name the current ETag (or, for a write, If-None-Match does), 304 when
+// If-None-Match names it on a read, else the request's success. A 412 or
+// 304 changes nothing.
+func FuzzConditional(f *testing.F) {
+	s := newFuzzServer(f, "other")
+	var otherTag string
+	for _, u := range s.users {
+		otherTag = etag(db.User{ID: u.ID, UpdatedAt: u.UpdatedAt})
+	}
+	methods := []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete}
+	n := 0
+	// fresh makes the user the target works on: created, then renamed, so
+	// that it has a stale ETag too.
+	var target user
+	var current, stale string
+	fresh := func(tb testing.TB) {
+		n++
+		target = s.create(tb, fmt.Sprintf("conditional %d", n))
+		stale = etag(db.User{ID: target.ID, UpdatedAt: target.UpdatedAt})
+		req := s.request(tb, http.MethodPut, userPath(target.ID), "application/json", fmt.Appendf(nil, `{"name":"conditional %d"}`, n))
+		r := s.send(tb, req)
+		if r.status != http.StatusOK {
+			tb.Fatalf("PUT %s: %d %s", userPath(target.ID), r.status, r.body)
+		}
+		target = decodeJSON[user](tb, r.body)
+		current = r.header.Get(etagHeader)
+	}
+	fresh(f)
+	f.Fuzz(func(t *testing.T, method byte, ifMatchValue, ifNoneMatchValue string) {
+		m := methods[int(method)%len(methods)]
+		expand := strings.NewReplacer("{current}", current, "{stale}", stale, "{other}", otherTag)
+		im, inm := expand.Replace(ifMatchValue), expand.Replace(ifNoneMatchValue)
+		if !validHeaderValue(im) || !validHeaderValue(inm) {
+			return
+		}
+		path := userPath(target.ID)
+		var body []byte
+		var contentType string
+		if m == http.MethodPut {
+			n++
+			body, contentType = fmt.Appendf(nil, `{"name":"conditional %d"}`, n), "application/json"
+		}
+		req := s.request(t, m, path, contentType, body)
+		if im != "" {
+			req.Header.Set(ifMatchHeader, im)
+		}
+		if inm != "" {
+			req.Header.Set(ifNoneMatchHeader, inm)
+		}
+		r := s.send(t, req)
+		var client clientText
+		client.add(path, string(body), im, inm)
+		checkFuzzResponse(t, req, r, client)
+
+		imValid, imMatches := wantCondition(im, current, true)
+		inmValid, inmMatches := wantCondition(inm, current, false)
+		read := m == http.MethodGet || m == http.MethodHead
+		want := map[string]int{http.MethodGet: 200, http.MethodHead: 200, http.MethodPut: 200, http.MethodDelete: 204}[m]
+		switch {
+		case im != "" && !imValid, inm != "" && !inmValid:
+			want = http.StatusBadRequest
+		case im != "" && !imMatches:
+			want = http.StatusPreconditionFailed
+		case inm != "" && inmMatches && read:
+			want = http.StatusNotModified
+		case inm != "" && inmMatches:
+			want = http.StatusPreconditionFailed
+		}
+		what := fmt.Sprintf("%s %s with If-Match %q, If-None-Match %q (current %s)", m, path, im, inm, current)
+		if r.status != want {
+			t.Fatalf("%s: %d %s, want %d", what, r.status, r.body, want)
+		}
+		if want == http.StatusBadRequest && m != http.MethodHead && !strings.Contains(string(r.body), `"in":"header"`) {
+			t.Errorf("%s: 400 %s, want it to name the header", what, r.body)
+		}
+		if (r.status == http.StatusOK && read || r.status == http.StatusNotModified) && r.header.Get(etagHeader) != current {
+			t.Errorf("%s: %d with ETag %q, want %s", what, r.status, r.header.Get(etagHeader), current)
+		}
+		switch {
+		case r.status == http.StatusOK && m == http.MethodPut:
+			u := decodeJSON[user](t, r.body)
+			s.checkRoundTrip(t, what, r, u, client)
+			stale, current, target = current, r.header.Get(etagHeader), u
+		case r.status == http.StatusNoContent:
+			if g := s.get(t, path, client); g.status != http.StatusNotFound {
+				t.Fatalf("%s: 204, but GET answers %d", what, g.status)
+			}
+			fresh(t)
+		default:
+			// Nothing changed.
+			g := s.get(t, path, client)
+			if g.status != http.StatusOK || g.header.Get(etagHeader) != current {
+				t.Fatalf("%s: %d, yet GET %s answers %d with ETag %q, want %s", what, r.status, path, g.status, g.header.Get(etagHeader), current)
+			}
 		}
 	})
 }

@@ -11,10 +11,14 @@ import (
 // name of 4-byte characters, all percent-encoded: about 1,300 bytes.
 const maxURIBytes = 4 << 10
 
-var errURITooLong = &apiError{code: codeURITooLong, detail: fmt.Sprintf("the request target (path and query) is longer than %d bytes", maxURIBytes)}
+var (
+	errURITooLong  = &apiError{code: codeURITooLong, detail: fmt.Sprintf("the request target (path and query) is longer than %d bytes", maxURIBytes)}
+	errNoResources = &apiError{code: codeNotFound, detail: "the request target * names no resource: this server has only the routes of its OpenAPI document"}
+)
 
 // limitURI answers 414 uri_too_long to a request whose target is longer
-// than maxURIBytes, before it is routed or its query parsed.
+// than maxURIBytes, and 404 not_found to the target "*" (OPTIONS *, which
+// the mux would redirect to /*), before it is routed or its query parsed.
 func limitURI(logger *slog.Logger) middleware {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -22,11 +26,14 @@ func limitURI(logger *slog.Logger) middleware {
 			if n == 0 {
 				n = len(r.URL.RequestURI())
 			}
-			if n > maxURIBytes {
+			switch {
+			case n > maxURIBytes:
 				writeError(w, r, logger, errURITooLong)
-				return
+			case r.RequestURI == "*":
+				writeError(w, r, logger, errNoResources)
+			default:
+				next.ServeHTTP(w, r)
 			}
-			next.ServeHTTP(w, r)
 		})
 	}
 }

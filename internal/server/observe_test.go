@@ -6,9 +6,9 @@ import (
 	"context"
 	"encoding/json/v2"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -328,7 +328,7 @@ func TestReadyz(t *testing.T) {
 	}{
 		{"up to date", versionAt(latest), false, 200, nil},
 		{"newer schema, older build", versionAt(latest + 1), false, 200, nil},
-		{"schema behind", versionAt(latest - 1), false, 503, []string{"version 0", "version 1", "migrate up"}},
+		{"schema behind", versionAt(latest - 1), false, 503, []string{fmt.Sprintf("version %d", latest-1), fmt.Sprintf("version %d", latest), "migrate up"}},
 		{"database unreachable", unreachable{}, false, 503, []string{"database"}},
 		{"draining", versionAt(latest), true, 503, []string{"shutting down"}},
 	} {
@@ -338,8 +338,7 @@ func TestReadyz(t *testing.T) {
 			if tt.drain {
 				h.Drain()
 			}
-			srv := httptest.NewServer(h)
-			t.Cleanup(srv.Close)
+			srv := startServer(t, h)
 			s := &testServer{t: t, url: srv.URL}
 			r := s.get("/readyz")
 			if r.status != tt.status {
@@ -370,8 +369,8 @@ func TestReadyzFollowsMigrations(t *testing.T) {
 	s, _ := newObservedServer(t, db.New(pool), migrations.VersionReader{Q: pool}, slog.LevelWarn)
 
 	p := wantProblem(t, "GET /readyz before the migrations", s.get("/readyz"), 503, codeUnavailable)
-	if !strings.Contains(p.Detail, "at version 0") || !strings.Contains(p.Detail, "needs version 1") {
-		t.Errorf("GET /readyz before the migrations: detail %q, want versions 0 and 1 named", p.Detail)
+	if !strings.Contains(p.Detail, "at version 0") || !strings.Contains(p.Detail, fmt.Sprintf("needs version %d", migrations.Latest())) {
+		t.Errorf("GET /readyz before the migrations: detail %q, want versions 0 and %d named", p.Detail, migrations.Latest())
 	}
 	// A deploy that skipped the migrations: API requests are 503, not 500.
 	wantProblem(t, "GET /users/1 before the migrations", s.get("/users/1"), 503, codeUnavailable)

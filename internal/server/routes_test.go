@@ -118,6 +118,14 @@ type faultyStore struct {
 }
 
 func (f faultyStore) GetUser(ctx context.Context, id int64) (db.User, error) {
+	return f.fail(ctx)
+}
+
+func (f faultyStore) CreateUser(ctx context.Context, name string) (db.User, error) {
+	return f.fail(ctx)
+}
+
+func (f faultyStore) fail(ctx context.Context) (db.User, error) {
 	if f.block {
 		<-ctx.Done()
 		return db.User{}, ctx.Err()

@@ -15,8 +15,13 @@ import (
 
 // Options are the server's settings and its optional parts.
 type Options struct {
-	// RequestTimeout bounds the database work of every request.
+	// RequestTimeout bounds the database work of every request, from its
+	// start, after the request's body has been read. 0: no bound.
 	RequestTimeout time.Duration
+	// BodyTimeout bounds the time a request's body may take to arrive,
+	// from the end of its headers; a body later than that gets 408
+	// request_timeout. 0: no bound.
+	BodyTimeout time.Duration
 	// SchemaVersion is the migration version this build's queries need:
 	// /readyz answers 503 while the database is behind it.
 	SchemaVersion int64
@@ -39,14 +44,19 @@ type Options struct {
 type Server struct {
 	handler  http.Handler
 	draining atomic.Bool
+	logger   *slog.Logger
+	metrics  *metrics.Metrics
 }
 
 // New returns the service's HTTP handler: every route of routes.go behind
-// the middleware chain of newHandler. Production passes db.New(pool) as
-// the store and migrations.VersionReader{Q: pool} as the database.
+// the middleware chain of newHandler, with the database work of each
+// request bounded by RequestTimeout from its start, which comes after the
+// request's body has been read (timeout.go). Production passes
+// db.New(pool) as the store and migrations.VersionReader{Q: pool} as the
+// database, and serves it on s.Listener(ln).
 func New(logger *slog.Logger, store userStore, database databaseProbe, opts Options) *Server {
 	logger = slog.New(requestIDHandler{logger.Handler()})
-	s := &Server{}
+	s := &Server{logger: logger, metrics: opts.Metrics}
 	mux := http.NewServeMux()
 	served := opts.Metrics
 	if opts.MetricsElsewhere {
@@ -55,6 +65,11 @@ func New(logger *slog.Logger, store userStore, database databaseProbe, opts Opti
 	reads := opts.Reads
 	if reads == nil {
 		reads = store
+	}
+	if opts.RequestTimeout > 0 {
+		reads = timedReader{reader: reads, timeout: opts.RequestTimeout}
+		store = timedStore{timedReader: timedReader{reader: store, timeout: opts.RequestTimeout}, store: store}
+		database = timedProbe{database: database, timeout: opts.RequestTimeout}
 	}
 	addRoutes(mux, logger, store, reads, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served)
 	s.handler = newHandler(mux, logger, opts)
@@ -72,8 +87,9 @@ func newHandler(mux *http.ServeMux, logger *slog.Logger, opts Options) http.Hand
 		logRequests(logger),                   // accesslog.go
 		countRequests(opts.Metrics),           // metrics.go
 		withSafeHeaders,                       // headers.go
+		checkFraming(logger),                  // framing.go
 		limitURI(logger),                      // limits.go
-		withTimeout(opts.RequestTimeout),      // timeout.go
+		withBodyTimeout(opts.BodyTimeout),     // timeout.go
 		withRoute(mux),                        // router.go
 		requireToken(opts.AuthTokens, logger), // auth.go
 	}

@@ -48,9 +48,7 @@ func serveAPI(tb testing.TB, logger *slog.Logger, store userStore, database data
 	if opts.RequestTimeout == 0 {
 		opts.RequestTimeout = 5 * time.Second
 	}
-	srv := httptest.NewServer(New(logger, store, database, opts))
-	tb.Cleanup(srv.Close)
-	return srv.URL
+	return startServer(tb, New(logger, store, database, opts)).URL
 }
 
 // serveAPIOn is serveAPI on the database of pool, whose schema this build's
@@ -61,6 +59,22 @@ func serveAPIOn(tb testing.TB, logger *slog.Logger, pool *pgxpool.Pool, opts Opt
 		opts.SchemaVersion = migrations.Latest()
 	}
 	return serveAPI(tb, logger, db.New(pool), migrations.VersionReader{Q: pool}, opts)
+}
+
+// startServer serves h over loopback HTTP until the test ends, as usersvc
+// serve does: on h.Listener, with net/http's "OPTIONS *" answer left to h.
+// Each of limits may set the server's timeouts before it starts.
+func startServer(tb testing.TB, h *Server, limits ...func(*http.Server)) *httptest.Server {
+	tb.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = h.Listener(srv.Listener)
+	srv.Config.DisableGeneralOptionsHandler = true
+	for _, set := range limits {
+		set(srv.Config)
+	}
+	srv.Start()
+	tb.Cleanup(srv.Close)
+	return srv
 }
 
 // response is what a request got back.
@@ -86,6 +100,22 @@ func (s *testServer) do(method, target, contentType string, body io.Reader) resp
 // send sends a request and returns the response unchecked. It is safe to
 // call from other goroutines than the test's.
 func (s *testServer) send(method, target, contentType string, body io.Reader) (*http.Request, response, error) {
+	return s.sendWith(method, target, contentType, body, nil)
+}
+
+// doWith is do with header added to the request.
+func (s *testServer) doWith(method, target, contentType string, body io.Reader, header http.Header) response {
+	s.t.Helper()
+	req, r, err := s.sendWith(method, target, contentType, body, header)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.check(req, r)
+	return r
+}
+
+// sendWith is send with header added to the request.
+func (s *testServer) sendWith(method, target, contentType string, body io.Reader, header http.Header) (*http.Request, response, error) {
 	req, err := http.NewRequest(method, s.url+target, body)
 	if err != nil {
 		return nil, response{}, fmt.Errorf("%s %s: %w", method, target, err)
@@ -93,8 +123,10 @@ func (s *testServer) send(method, target, contentType string, body io.Reader) (*
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	for name, values := range s.header {
-		req.Header[name] = values
+	for _, h := range []http.Header{s.header, header} {
+		for name, values := range h {
+			req.Header[name] = values
+		}
 	}
 	client := s.client
 	if client == nil {

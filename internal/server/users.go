@@ -18,6 +18,10 @@ type userStore interface {
 	CreateUser(ctx context.Context, name string) (db.User, error)
 	RenameUser(ctx context.Context, arg db.RenameUserParams) (db.User, error)
 	DeleteUser(ctx context.Context, id int64) (int64, error)
+	CreateUserIdempotently(ctx context.Context, arg db.CreateUserIdempotentlyParams) (db.CreateUserIdempotentlyRow, error)
+	GetIdempotencyKey(ctx context.Context, keyDigest []byte) (db.GetIdempotencyKeyRow, error)
+	RenameUserIf(ctx context.Context, arg db.RenameUserIfParams) (db.RenameUserIfRow, error)
+	DeleteUserIf(ctx context.Context, arg db.DeleteUserIfParams) (bool, error)
 }
 
 // userReader is what the GET routes need of the database: the queries that
@@ -72,23 +76,53 @@ func decodeName(w http.ResponseWriter, r *http.Request) (string, error) {
 	return req.validName()
 }
 
-// handleUserCreate serves POST /users: 201 with the user and its Location;
-// 400 for invalid JSON, an invalid name or a name already taken (decided by
-// the unique constraint); 413; 415; 503 when the database is unavailable.
+// handleUserCreate serves POST /users: 201 with the user, its Location and
+// ETag; 400 for invalid JSON, an invalid name or Idempotency-Key, or a name
+// already taken (decided by the unique constraint); 413; 415; 503 when the
+// database is unavailable. With an Idempotency-Key, a 201 or a taken name's
+// 400 is recorded with the user, and a later request with the key gets it
+// again with Idempotent-Replayed: true, or 422 when it is another request;
+// 409 while the key's first request is still in flight.
 func handleUserCreate(logger *slog.Logger, store userStore) http.Handler {
 	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
+		key, keyed, err := idempotencyKey(r)
+		if err != nil {
+			return err
+		}
 		name, err := decodeName(w, r)
 		if err != nil {
 			return err
 		}
-		u, err := store.CreateUser(r.Context(), name)
-		if err != nil {
-			return fmt.Errorf("create user: %w", err)
+		if !keyed {
+			u, err := store.CreateUser(r.Context(), name)
+			if err != nil {
+				return fmt.Errorf("create user: %w", err)
+			}
+			writeCreated(w, r, logger, u)
+			return nil
 		}
-		w.Header().Set("Location", "/users/"+strconv.FormatInt(u.ID, 10))
-		encode(w, r, logger, http.StatusCreated, jsonContentType, toUser(u))
+		out, err := createIdempotently(r.Context(), store, newKeyedCreate(r, key, name))
+		if err != nil {
+			return fmt.Errorf("create user with an idempotency key: %w", err)
+		}
+		if out.replayed {
+			w.Header().Set(replayedHeader, "true")
+		}
+		if !out.created {
+			return errNameTaken
+		}
+		writeCreated(w, r, logger, out.user)
 		return nil
 	})
+}
+
+// writeCreated answers a create of u: 201 with the user, its Location and
+// its ETag.
+func writeCreated(w http.ResponseWriter, r *http.Request, logger *slog.Logger, u db.User) {
+	h := w.Header()
+	h.Set("Location", "/users/"+strconv.FormatInt(u.ID, 10))
+	h.Set(etagHeader, etag(u))
+	encode(w, r, logger, http.StatusCreated, jsonContentType, toUser(u))
 }
 
 // handleUserList serves GET /users: 200 with a page of users in id order
@@ -122,11 +156,17 @@ func handleUserList(logger *slog.Logger, store userReader) http.Handler {
 	})
 }
 
-// handleUserGet serves GET and HEAD /users/{id}: 200 with the user; 400 for
-// a malformed id; 404.
+// handleUserGet serves GET and HEAD /users/{id}: 200 with the user and its
+// ETag; 304 with the ETag when If-None-Match names it (or is *); 400 for a
+// malformed id or precondition header; 404; 412 when If-Match does not
+// name the user's ETag.
 func handleUserGet(logger *slog.Logger, store userReader) http.Handler {
 	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
+		if err != nil {
+			return err
+		}
+		pre, err := parsePreconditions(r, id)
 		if err != nil {
 			return err
 		}
@@ -134,17 +174,32 @@ func handleUserGet(logger *slog.Logger, store userReader) http.Handler {
 		if err != nil {
 			return fmt.Errorf("get user %d: %w", id, err)
 		}
-		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
+		switch pre.readStatus(u) {
+		case http.StatusPreconditionFailed:
+			return errPreconditionFailed
+		case http.StatusNotModified:
+			w.Header().Set(etagHeader, etag(u))
+			w.WriteHeader(http.StatusNotModified)
+		default:
+			w.Header().Set(etagHeader, etag(u))
+			encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
+		}
 		return nil
 	})
 }
 
 // handleUserRename serves PUT /users/{id}: 200 with the renamed user (its
-// own name again is fine); 400 for a malformed id, invalid JSON, an invalid
-// name or another user's name; 404; 413; 415.
+// own name again is fine) and its new ETag; 400 for a malformed id,
+// precondition header, invalid JSON, an invalid name or another user's
+// name; 404; 412 when If-Match or If-None-Match fails, and nothing
+// changes; 413; 415.
 func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
 	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
+		if err != nil {
+			return err
+		}
+		pre, err := parsePreconditions(r, id)
 		if err != nil {
 			return err
 		}
@@ -152,22 +207,53 @@ func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
 		if err != nil {
 			return err
 		}
-		u, err := store.RenameUser(r.Context(), db.RenameUserParams{ID: id, Name: name})
+		var u db.User
+		if !pre.sent() {
+			u, err = store.RenameUser(r.Context(), db.RenameUserParams{ID: id, Name: name})
+		} else {
+			arg := db.RenameUserIfParams{ID: id, Name: name}
+			arg.MatchAny, arg.Match, arg.NoneMatch = pre.writeArgs()
+			var row db.RenameUserIfRow
+			row, err = store.RenameUserIf(r.Context(), arg)
+			if err == nil && !row.Renamed {
+				return errPreconditionFailed
+			}
+			u = db.User{ID: row.ID.Int64, Name: row.Name.String, CreatedAt: row.CreatedAt.Time, UpdatedAt: row.UpdatedAt.Time}
+		}
 		if err != nil {
 			return fmt.Errorf("rename user %d: %w", id, err)
 		}
+		w.Header().Set(etagHeader, etag(u))
 		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
 		return nil
 	})
 }
 
-// handleUserDelete serves DELETE /users/{id}: 204; 400 for a malformed id;
-// 404 when no such user exists (any more).
+// handleUserDelete serves DELETE /users/{id}: 204; 400 for a malformed id
+// or precondition header; 404 when no such user exists (any more); 412
+// when If-Match or If-None-Match fails, and nothing changes.
 func handleUserDelete(logger *slog.Logger, store userStore) http.Handler {
 	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
 			return err
+		}
+		pre, err := parsePreconditions(r, id)
+		if err != nil {
+			return err
+		}
+		if pre.sent() {
+			arg := db.DeleteUserIfParams{ID: id}
+			arg.MatchAny, arg.Match, arg.NoneMatch = pre.writeArgs()
+			deleted, err := store.DeleteUserIf(r.Context(), arg)
+			switch {
+			case err != nil:
+				return fmt.Errorf("delete user %d: %w", id, err)
+			case !deleted:
+				return errPreconditionFailed
+			}
+			w.WriteHeader(http.StatusNoContent)
+			return nil
 		}
 		n, err := store.DeleteUser(r.Context(), id)
 		if err != nil {
