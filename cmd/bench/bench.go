@@ -178,8 +178,9 @@ type results struct {
 	startLoad, endLoad    string // how busy the machine was besides the benchmark
 }
 
-// scenarioResults are one scenario's runs, one per round, with one value
-// of the swept setting (-sweep) when there is one.
+// scenarioResults are one scenario's runs, one per round, of one of the
+// service's binaries (-service-bin) with one value of the swept setting
+// (-sweep) when there is one.
 type scenarioResults struct {
 	scenario
 	variant     string   // the binary, when there are several, and KEY=VALUE of the sweep; or ""
