@@ -178,11 +178,13 @@ type results struct {
 	startLoad, endLoad    string // how busy the machine was besides the benchmark
 }
 
-// scenarioResults are one scenario's runs, one per round, with one value
-// of the swept setting (-sweep) when there is one.
+// scenarioResults are one scenario's runs, one per round, of one of the
+// service's binaries (-service-bin) with one value of the swept setting
+// (-sweep) when there is one.
 type scenarioResults struct {
 	scenario
-	variant     string   // KEY=VALUE of the sweep, or ""
+	variant     string   // the binary, when there are several, and KEY=VALUE of the sweep; or ""
+	bin         string   // the service's binary
 	env         []string // the service's extra environment
 	wrk         []wrkResult
 	mem         []memory                // the service's, after each wrk run
@@ -245,13 +247,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 		return w
 	}
-	svcEnv := o.env
-	serveWith := func(env []string) error {
-		if slices.Equal(env, svcEnv) {
+	svcBin, svcEnv := o.serviceBins[0], o.env
+	serveWith := func(bin string, env []string) error {
+		if bin == svcBin && slices.Equal(env, svcEnv) {
 			return nil
 		}
-		svcEnv = env
-		return h.startService(ctx, env)
+		svcBin, svcEnv = bin, env
+		return h.startService(ctx, bin, env)
 	}
 
 	var byScenario [][]*scenarioResults
@@ -259,17 +261,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		if !slices.Contains(o.scenarios, s.n) {
 			continue
 		}
-		variants := []*scenarioResults{{scenario: s, env: o.env, ceilingRuns: map[int][]pgbenchResult{}}}
-		if o.sweepKey != "" {
-			variants = nil
-			for _, v := range o.sweepValues {
-				variants = append(variants, &scenarioResults{scenario: s, variant: o.sweepKey + "=" + v,
-					env: append(slices.Clone(o.env), o.sweepKey+"="+v), ceilingRuns: map[int][]pgbenchResult{}})
-			}
-			for _, sr := range variants[1:] {
-				sr.ceilingRuns = variants[0].ceilingRuns
-			}
-		}
+		variants := o.variants(s)
 		byScenario = append(byScenario, variants)
 		res.scenarios = append(res.scenarios, variants...)
 	}
@@ -286,7 +278,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	for round := 1; round <= o.reps; round++ {
 		for _, variants := range byScenario {
 			for _, sr := range variants {
-				if err := serveWith(sr.env); err != nil {
+				if err := serveWith(sr.bin, sr.env); err != nil {
 					return err
 				}
 				if err := fresh(sr.scenario); err != nil {
@@ -304,9 +296,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 					return err
 				}
 				sr.wrk, sr.mem = append(sr.wrk, r), append(sr.mem, mem)
-				logf("round %d/%d, scenario %d %s: %.0f req/s, p50 %s, p99 %s, errors %d, RSS %s",
+				logf("round %d/%d, scenario %d %s: %.0f req/s, p50 %s, p99 %s, errors %d, RSS %s, service CPU %.1f µs/request",
 					round, o.reps, sr.n, sr.label(), r.reqPerSec(), fmtUS(r.P50US), fmtUS(r.P99US),
-					r.errors(sr.expectStatus), fmtMiB(mem.rss))
+					r.errors(sr.expectStatus), fmtMiB(mem.rss), perOp(r.cpu.service, r.Requests))
 			}
 			sr := variants[0]
 			if sr.pgbench == "" {
@@ -346,9 +338,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 
 	if o.deepRows > 0 {
-		// The deep pages start from the seed users too, on the service's
-		// settings without the sweep.
-		if err := errors.Join(fresh(scenarios[0]), serveWith(o.env)); err != nil {
+		// The deep pages start from the seed users too, on the first
+		// binary and the service's settings without the sweep.
+		if err := errors.Join(fresh(scenarios[0]), serveWith(o.serviceBins[0], o.env)); err != nil {
 			return err
 		}
 		if res.deep, err = runDeep(ctx, o, h, wrkFor, logf); err != nil {
@@ -361,6 +353,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	res.logLines, res.logTail = h.svc.trouble()
 	res.endLoad = loadAverage()
 	return writeReport(stdout, res)
+}
+
+// variants returns scenario s's runs in a round: one per service binary
+// and value of the swept setting, in that order, sharing one ceiling.
+func (o options) variants(s scenario) []*scenarioResults {
+	values := []string{""}
+	if o.sweepKey != "" {
+		values = o.sweepValues
+	}
+	ceilingRuns := map[int][]pgbenchResult{}
+	var vs []*scenarioResults
+	for _, bin := range o.serviceBins {
+		for _, v := range values {
+			sr := &scenarioResults{scenario: s, bin: bin, env: o.env, ceilingRuns: ceilingRuns}
+			var label []string
+			if len(o.serviceBins) > 1 {
+				label = append(label, bin)
+			}
+			if v != "" {
+				sr.env = append(slices.Clone(o.env), o.sweepKey+"="+v)
+				label = append(label, o.sweepKey+"="+v)
+			}
+			sr.variant = strings.Join(label, ", ")
+			vs = append(vs, sr)
+		}
+	}
+	return vs
 }
 
 // runDeep grows the table to -deep-rows users and compares a page near

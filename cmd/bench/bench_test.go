@@ -3,6 +3,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"math"
 	"os"
@@ -191,10 +192,11 @@ func TestJudge(t *testing.T) {
 }
 
 func TestParseOptions(t *testing.T) {
-	o, err := parseOptions(nil, io.Discard)
+	defaults, err := parseOptions(nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
+	o := defaults
 	if o.duration != 10*time.Second || o.reps != 3 || o.seed != 100_000 || o.deepRows != 1_000_000 ||
 		!slices.Equal(o.pgbenchClients, []int{2, 4, 8, 16}) || !slices.Equal(o.scenarios, []int{1, 2, 3, 4, 5, 6, 7}) {
 		t.Errorf("defaults = %+v", o)
@@ -214,8 +216,32 @@ func TestParseOptions(t *testing.T) {
 		t.Errorf("-sweep DB_MAX_CONNS=4,16 -tmpfs = %+v, %v", o, err)
 	}
 
+	// Several binaries and a sweep: each scenario runs once per pair, the
+	// binaries named only when there are several.
+	o, err = parseOptions([]string{"-service-bin", "bin/a,bin/b", "-sweep", "GOGC=100,200", "-env", "LOG_LEVEL=warn"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, sr := range o.variants(scenarios[0]) {
+		got = append(got, fmt.Sprintf("%s %s %q", sr.variant, sr.bin, sr.env))
+	}
+	want := []string{
+		`bin/a, GOGC=100 bin/a ["LOG_LEVEL=warn" "GOGC=100"]`,
+		`bin/a, GOGC=200 bin/a ["LOG_LEVEL=warn" "GOGC=200"]`,
+		`bin/b, GOGC=100 bin/b ["LOG_LEVEL=warn" "GOGC=100"]`,
+		`bin/b, GOGC=200 bin/b ["LOG_LEVEL=warn" "GOGC=200"]`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("variants of -service-bin bin/a,bin/b -sweep GOGC=100,200 = %q, want %q", got, want)
+	}
+	if vs := defaults.variants(scenarios[0]); len(vs) != 1 || vs[0].variant != "" || vs[0].bin != "bin/usersvc" {
+		t.Errorf("variants by default = %+v, want one, of bin/usersvc, unlabelled", vs)
+	}
+
 	for _, args := range [][]string{
 		{"-duration", "1500ms"}, // pgbench counts whole seconds
+		{"-service-bin", "bin/a,"},
 		{"-reps", "0"},
 		{"-seed", "10"},
 		{"-deep-rows", "50000"}, // fewer than -seed

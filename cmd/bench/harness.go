@@ -44,7 +44,7 @@ const (
 type harness struct {
 	binDir   string            // PostgreSQL's binaries
 	wrk      string            // the wrk binary
-	bin      string            // the service's binary
+	bin      string            // the service's first binary, which the report describes
 	tmp      string            // scratch directory: scripts, log
 	scripts  map[string]string // the scripts' paths by name
 	machine  machine
@@ -57,7 +57,7 @@ type harness struct {
 // starts the service. On error, whatever it started is stopped and
 // removed; otherwise the caller must call stop.
 func startHarness(ctx context.Context, ho harnessOptions, logf func(string, ...any)) (_ *harness, err error) {
-	h := &harness{bin: ho.serviceBin}
+	h := &harness{bin: ho.serviceBins[0]}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, h.stop())
@@ -70,8 +70,10 @@ func startHarness(ctx context.Context, ho harnessOptions, logf func(string, ...a
 	if h.wrk, err = exec.LookPath(ho.wrk); err != nil {
 		return nil, fmt.Errorf("%w: make bench and make soak install it (as root), or pass -wrk", err)
 	}
-	if _, err := os.Stat(h.bin); err != nil {
-		return nil, fmt.Errorf("the service's binary: %w (make build builds it)", err)
+	for _, bin := range ho.serviceBins {
+		if _, err := os.Stat(bin); err != nil {
+			return nil, fmt.Errorf("the service's binary: %w (make build builds it)", err)
+		}
 	}
 	if h.tmp, err = os.MkdirTemp("", "usersvc-bench-"); err != nil {
 		return nil, err
@@ -109,7 +111,7 @@ func startHarness(ctx context.Context, ho harnessOptions, logf func(string, ...a
 	if h.settings, err = h.pgSettings(ctx); err != nil {
 		return nil, err
 	}
-	return h, h.startService(ctx, ho.env)
+	return h, h.startService(ctx, h.bin, ho.env)
 }
 
 // stop stops the service and PostgreSQL and removes the scratch
@@ -280,13 +282,13 @@ type service struct {
 	waitErr error
 }
 
-// startService starts (or restarts) the service serving on a free port of
-// 127.0.0.1, and returns once GET /readyz answers 200. The environment
+// startService starts (or restarts) the service's binary bin serving on a
+// free port of 127.0.0.1, and returns once GET /readyz answers 200. The environment
 // holds only what the service is given here, so that settings of the
 // caller's environment (DB_MAX_CONNS, say) do not change the benchmark
 // unseen; extra are added through -env and -sweep. Its output is appended
 // to service.log.
-func (h *harness) startService(ctx context.Context, extra []string) error {
+func (h *harness) startService(ctx context.Context, bin string, extra []string) error {
 	if h.svc != nil {
 		err := h.svc.stop()
 		if h.svc = nil; err != nil {
@@ -303,7 +305,7 @@ func (h *harness) startService(ctx context.Context, extra []string) error {
 		return fmt.Errorf("start the service: %w", err)
 	}
 	defer logFile.Close() // the process has its own descriptor
-	s.cmd = exec.Command(h.bin, "serve")
+	s.cmd = exec.Command(bin, "serve")
 	// Authentication on, as it should be in production: its cost is
 	// measured too. Otherwise the defaults, as operators run it: JSON logs
 	// at info, one access log line per request.

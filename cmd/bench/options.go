@@ -16,7 +16,7 @@ import (
 // harnessOptions are the settings of the set-up that bench and soak share.
 type harnessOptions struct {
 	seed        int      // users in the table
-	serviceBin  string   // a prebuilt service binary instead of building one
+	serviceBins []string // the service's binaries: one, or several to compare
 	wrk         string   // the wrk binary's name or path
 	env         []string // extra KEY=VALUE settings for the service
 	tmpfs       bool     // PostgreSQL's data on /dev/shm, not on a disk
@@ -28,7 +28,7 @@ type harnessOptions struct {
 // meaning differ by mode, then parses args with fs. what names the mode's
 // work in the help, which usage heads.
 func (ho *harnessOptions) parse(fs *flag.FlagSet, args []string, stderr io.Writer, what, usage string) error {
-	fs.StringVar(&ho.serviceBin, "service-bin", "bin/usersvc", "the usersvc `binary` to "+what+" (make build builds it)")
+	bins := fs.String("service-bin", "bin/usersvc", "the usersvc `binary` to "+what+" (make build builds it)")
 	fs.StringVar(&ho.wrk, "wrk", "wrk", "the wrk `binary`")
 	fs.Func("env", "`KEY=VALUE` for the service's environment, e.g. DB_MAX_CONNS=8 (repeatable)", func(s string) error {
 		if k, _, ok := strings.Cut(s, "="); !ok || k == "" {
@@ -53,6 +53,7 @@ func (ho *harnessOptions) parse(fs *flag.FlagSet, args []string, stderr io.Write
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	ho.serviceBins = strings.Split(*bins, ",")
 	return nil
 }
 
@@ -60,6 +61,9 @@ func (ho harnessOptions) validate(minSeed int) []error {
 	var errs []error
 	if ho.seed < minSeed {
 		errs = append(errs, fmt.Errorf("-seed %d: want at least %d", ho.seed, minSeed))
+	}
+	if slices.Contains(ho.serviceBins, "") {
+		errs = append(errs, fmt.Errorf("-service-bin %q: want a binary, or binaries separated by commas", strings.Join(ho.serviceBins, ",")))
 	}
 	if ho.threads < 1 || ho.connections < ho.threads {
 		errs = append(errs, fmt.Errorf("-threads %d -connections %d: want 1 or more threads and at least one connection each", ho.threads, ho.connections))
@@ -99,7 +103,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	clients := fs.String("pgbench-clients", "2,4,8,16", "pgbench client counts to try, comma-separated; each scenario's best counts")
 	only := fs.String("scenarios", "1,2,3,4,5,6,7", "scenarios to run, comma-separated")
 	sweep := fs.String("sweep", "", "`KEY=V1,V2,...`: run each scenario once per value of the service's setting KEY, in each round, e.g. DB_MAX_CONNS=4,8,16")
-	if err := o.harnessOptions.parse(fs, args, stderr, "benchmark",
+	if err := o.harnessOptions.parse(fs, args, stderr, "benchmark, or binaries, comma-separated, to compare in each round",
 		"usage: bench [-quick] [flags]\n\nRuns the load benchmark and prints a markdown report; see docs/benchmarks.md."); err != nil {
 		return o, err
 	}
@@ -201,6 +205,9 @@ func parseSoakOptions(args []string, stderr io.Writer) (soakOptions, error) {
 	}
 	if o.warmup < 0 {
 		errs = append(errs, fmt.Errorf("-warmup %v: want 0 or more", o.warmup))
+	}
+	if len(o.serviceBins) > 1 {
+		errs = append(errs, fmt.Errorf("-service-bin %q: the soak runs one binary", strings.Join(o.serviceBins, ",")))
 	}
 	if len(errs) == 0 {
 		if n := len(judgedTimes(o)); n < 2 {

@@ -253,6 +253,9 @@ func writeReport(w io.Writer, res *results) error {
 	if o.sweepKey != "" {
 		sweep = fmt.Sprintf("; each scenario runs once per value of %s in each round, a service started for each run", o.sweepKey)
 	}
+	if len(o.serviceBins) > 1 {
+		sweep += fmt.Sprintf("; each scenario runs once per binary (%s) in each round, the first described above", strings.Join(o.serviceBins, ", "))
+	}
 	p("wrk: %d threads, %d connections. Service: the default settings (JSON access log at info, to a file) and a bearer token (AUTH_TOKENS), extra environment: %s%s.",
 		o.threads, o.connections, envText(o.env), sweep)
 	p("pgbench: `-M prepared -n`, clients %s (the best median counts), threads min(clients, cores).", strings.Trim(strings.Join(strings.Fields(fmt.Sprint(o.pgbenchClients)), ","), "[]"))
@@ -359,7 +362,7 @@ func writeReport(w io.Writer, res *results) error {
 	return err
 }
 
-// label is the scenario's name, with the swept setting's value.
+// label is the scenario's name, with the variant's binary and swept value.
 func (sr *scenarioResults) label() string {
 	if sr.variant == "" {
 		return sr.name
@@ -415,7 +418,7 @@ func writeCPUTable(p func(string, ...any), scenarios []*scenarioResults) {
 }
 
 // number is the CPU table's first cell: the scenario's number, with the
-// swept setting's value.
+// variant's binary and swept value.
 func (sr *scenarioResults) number() string {
 	if sr.variant == "" {
 		return strconv.Itoa(sr.n)

@@ -55,6 +55,7 @@ func TestParseSoakOptions(t *testing.T) {
 		{"-seed", "999"},
 		{"-threads", "4", "-connections", "2"},
 		{"-env", "NOEQUALS"},
+		{"-service-bin", "bin/a,bin/b"}, // the soak runs one
 		{"stray"},
 	} {
 		if _, err := parseSoakOptions(args, io.Discard); err == nil {
