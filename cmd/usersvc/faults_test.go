@@ -88,9 +88,6 @@ func TestFaultsUnderLoad(t *testing.T) {
 			l.finish()
 		}
 	}()
-	createdAtLeast := func(n int) func([]attempt) bool {
-		return func(as []attempt) bool { return count(as, created) >= n }
-	}
 	l.waitFor("steady", "200 creates", 15*time.Second, createdAtLeast(200))
 
 	// Terminate every session of the service, three times over, while

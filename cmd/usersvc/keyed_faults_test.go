@@ -104,9 +104,6 @@ func TestKeyedCreatesUnderFaults(t *testing.T) {
 			l.finish()
 		}
 	}()
-	createdAtLeast := func(n int) func([]attempt) bool {
-		return func(as []attempt) bool { return count(as, created) >= n }
-	}
 	// failedAtLeast waits for n 503s that took at least, or (when
 	// negative) less than, the duration: which deadline cut them off.
 	failedAtLeast := func(n int, took time.Duration) func([]attempt) bool {

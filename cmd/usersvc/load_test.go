@@ -267,7 +267,12 @@ func count(as []attempt, f func(attempt) bool) int {
 	return n
 }
 
-func created(a attempt) bool     { return a.op == "create" && a.status == http.StatusCreated }
+func created(a attempt) bool { return a.op == "create" && a.status == http.StatusCreated }
+
+// createdAtLeast is a condition for load.waitFor: n creates answered 201.
+func createdAtLeast(n int) func([]attempt) bool {
+	return func(as []attempt) bool { return count(as, created) >= n }
+}
 func unavailable(a attempt) bool { return a.status == http.StatusServiceUnavailable }
 
 // firstAfter returns when the first request that satisfies f ended after
