@@ -4,7 +4,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"os/exec"
@@ -250,6 +252,37 @@ func (f *formation) kill(name string) {
 	case <-a.exited:
 	case <-time.After(10 * time.Second):
 		f.t.Fatalf("pg_autoctl run of %s still runs 10s after SIGKILL", name)
+	}
+	reap(f.t, pids[1:]) // pids[0], the keeper, is a.cmd's to wait for
+}
+
+// reap waits for the killed processes pids to be gone. This process is
+// their subreaper (pglocal makes it one, to collect the servers it starts),
+// so those whose parent died too are its children now: it reaps them, or
+// the killed postmaster would stay a zombie whose pid, still in
+// postmaster.pid, keeps pg_autoctl from starting PostgreSQL again.
+func reap(t *testing.T, pids []int) {
+	t.Helper()
+	pending := map[int]bool{}
+	for _, pid := range pids {
+		pending[pid] = true
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(pending) > 0 {
+		for pid := range pending {
+			got, err := syscall.Wait4(pid, nil, syscall.WNOHANG, nil)
+			if got == pid {
+				delete(pending, pid)
+			} else if errors.Is(err, syscall.ECHILD) {
+				if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, fs.ErrNotExist) {
+					delete(pending, pid) // gone: its own parent reaped it
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("killed processes %v still there 10s after SIGKILL", slices.Sorted(maps.Keys(pending)))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
