@@ -117,18 +117,7 @@ func TestFaultsUnderLoad(t *testing.T) {
 
 	// Stop the database, let the clients meet its absence, and start it
 	// again on the same port and directory.
-	l.setPhase("stopped")
-	if err := pg.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	stoppedAt := time.Now()
-	// Down for a second at least: long enough for every pooled connection
-	// to fail and for the clients to retry.
-	l.waitFor("stopped", "503 a second after the stop", 15*time.Second, func(as []attempt) bool {
-		return count(as, func(a attempt) bool { return unavailable(a) && a.start.After(stoppedAt.Add(time.Second)) }) >= 1
-	})
-	startPostgres(t, dir, port)
-	upAt := time.Now()
+	stoppedAt, upAt := l.restartDatabase(t, pg, dir, port)
 	l.setPhase("restarted")
 	l.waitFor("restarted", "200 creates", 15*time.Second, createdAtLeast(200))
 	l.finish()

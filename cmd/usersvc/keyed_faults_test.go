@@ -157,15 +157,7 @@ func TestKeyedCreatesUnderFaults(t *testing.T) {
 	syncStandby(t, admin, databaseURL, "")
 	l.waitFor("late_commit", "creates after the standby", 15*time.Second, createdAtLeast(30))
 
-	l.setPhase("stopped")
-	if err := pg.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	stoppedAt := time.Now()
-	l.waitFor("stopped", "503 a second after the stop", 15*time.Second, func(as []attempt) bool {
-		return count(as, func(a attempt) bool { return unavailable(a) && a.start.After(stoppedAt.Add(time.Second)) }) >= 1
-	})
-	startPostgres(t, dir, port)
+	l.restartDatabase(t, pg, dir, port)
 	l.setPhase("restarted")
 	l.waitFor("restarted", "100 creates", 15*time.Second, createdAtLeast(100))
 	l.finish()

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"usersvc/internal/pglocal"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -309,4 +310,23 @@ func summarize(as []attempt) string {
 	}
 	return fmt.Sprintf("%d requests: %d 2xx, %d 4xx, %d 503, %d other, %d transport errors; slowest %v",
 		len(as), ok, client, unavail, other, transport, slowest.Round(time.Millisecond))
+}
+
+// restartDatabase stops pg in the phase "stopped", waits until the
+// clients have met its absence for a second at least (long enough for
+// every pooled connection to fail and for the clients to retry), and starts
+// it again on the same directory and port. Returns when it stopped and when
+// it was up again.
+func (l *load) restartDatabase(t *testing.T, pg *pglocal.Server, dir string, port int) (stoppedAt, upAt time.Time) {
+	t.Helper()
+	l.setPhase("stopped")
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stoppedAt = time.Now()
+	l.waitFor("stopped", "503 a second after the stop", 15*time.Second, func(as []attempt) bool {
+		return count(as, func(a attempt) bool { return unavailable(a) && a.start.After(stoppedAt.Add(time.Second)) }) >= 1
+	})
+	startPostgres(t, dir, port)
+	return stoppedAt, time.Now()
 }
