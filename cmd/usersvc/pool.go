@@ -2,13 +2,20 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"runtime"
 	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"usersvc/internal/config"
@@ -41,7 +48,7 @@ func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	tunePool(pc, cfg.DatabaseURL, cfg.DBMaxConns)
+	tunePool(pc, cfg.DatabaseURL, cfg.DBMaxConns, cfg.RequestTimeout)
 	pc.AfterRelease = takesWrites
 	if cfg.DatabaseReadURL != "" {
 		if _, set := pc.ConnConfig.RuntimeParams["synchronous_commit"]; !set {
@@ -69,7 +76,7 @@ func newReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) 
 	if err != nil {
 		return nil, err
 	}
-	tunePool(pc, cfg.DatabaseReadURL, cfg.DBMaxConns)
+	tunePool(pc, cfg.DatabaseReadURL, cfg.DBMaxConns, cfg.RequestTimeout)
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("create read connection pool: %w", err)
@@ -78,9 +85,12 @@ func newReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) 
 }
 
 // tunePool sizes the pool for url, which pc was parsed from: maxConns
-// connections (0: pool_max_conns from url, else defaultMaxConns); and has
-// each new connection prepare every query when the query mode allows.
-func tunePool(pc *pgxpool.Config, url string, maxConns int32) {
+// connections (0: pool_max_conns from url, else defaultMaxConns); bounds
+// every connection by budget, REQUEST_TIMEOUT, on both ends (boundSessions);
+// and has each new connection prepare every query when the query mode
+// allows.
+func tunePool(pc *pgxpool.Config, url string, maxConns int32, budget time.Duration) {
+	boundSessions(pc.ConnConfig, budget)
 	switch {
 	case maxConns > 0:
 		pc.MaxConns = maxConns
@@ -93,8 +103,16 @@ func tunePool(pc *pgxpool.Config, url string, maxConns int32) {
 	// name. Statements prepared by name (their SQL) stay. Other modes, such
 	// as default_query_exec_mode=exec in DATABASE_URL for a pooler in
 	// transaction mode, prepare nothing, and neither does this.
+	// A pooler in transaction mode shares the server's sessions with other
+	// clients: no setting of the service's may stay on them.
 	if pc.ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
-		pc.AfterConnect = prepareQueries
+		bounds, args := serverBounds(pc.ConnConfig, budget)
+		pc.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+			if _, err := conn.Exec(ctx, bounds, args...); err != nil {
+				return fmt.Errorf("bound the session: %w", err)
+			}
+			return prepareQueries(ctx, conn)
+		}
 	}
 }
 
@@ -143,3 +161,138 @@ func connectErr(cfg config.Config, err error) error {
 	}
 	return fmt.Errorf("cannot connect to the database at %s: %w", cfg.DatabaseHost(), err)
 }
+
+// serverKeepalive is how often, once idle, the server checks that the
+// service's end of a session is still there (tcp_keepalives_idle and
+// _interval, three probes): a session whose client vanished with the
+// network ends within about four times it of the network's return.
+const serverKeepalive = 10 * time.Second
+
+// boundSessions makes budget, the most time a request's database work may
+// take, hold on both ends of every connection, so that a write the service
+// gave up on never commits later (docs/reliability.md, "A vanished
+// database host"):
+//   - when a call's context ends, its socket is reset at once (SO_LINGER 0):
+//     what the kernel still had queued for the server is dropped, not
+//     retransmitted once the network returns;
+//   - TCP_USER_TIMEOUT ends a connection whose data goes unacknowledged
+//     for budget, and the dial of pgx's cancel request has budget too, so
+//     that a closing connection frees its pool slot within budget;
+//   - each session gets statement_timeout and
+//     idle_in_transaction_session_timeout of at most budget, so the server
+//     abandons by itself a statement that runs past it, and TCP keepalives
+//     and tcp_user_timeout that end a session whose client vanished
+//     (serverBounds; set in tunePool).
+func boundSessions(cc *pgx.ConnConfig, budget time.Duration) {
+	dialer := &net.Dialer{
+		Timeout:   budget,
+		KeepAlive: -1, // the server's keepalives watch idle sessions
+		Control: func(network, _ string, c syscall.RawConn) error {
+			if !strings.HasPrefix(network, "tcp") {
+				return nil // a Unix socket: no network to vanish
+			}
+			var err error
+			if ctrlErr := c.Control(func(fd uintptr) {
+				err = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, int(budget.Milliseconds()))
+			}); ctrlErr != nil {
+				return ctrlErr
+			}
+			return err
+		},
+	}
+	cc.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &resettableConn{Conn: c}, nil
+	}
+	cc.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		c := pc.Conn()
+		if tc, ok := c.(*tls.Conn); ok {
+			c = tc.NetConn()
+		}
+		rc, _ := c.(*resettableConn)
+		return resetOnCancel{rc}
+	}
+}
+
+// serverBounds returns the statement that gives a new session the
+// server-side bounds of boundSessions, with its arguments: each setting
+// that cc's startup parameters (DATABASE_URL) leave alone is lowered to
+// its bound when the server's own (its configuration, ALTER ROLE or ALTER
+// DATABASE) is off or higher, so that an operator's lower value stays.
+func serverBounds(cc *pgx.ConnConfig, budget time.Duration) (string, []any) {
+	var names []string
+	var values []int64
+	for _, b := range []struct {
+		name  string
+		value int64 // in the setting's unit
+	}{
+		{"statement_timeout", budget.Milliseconds()},
+		{"idle_in_transaction_session_timeout", budget.Milliseconds()},
+		{"tcp_user_timeout", budget.Milliseconds()},
+		{"tcp_keepalives_idle", int64(serverKeepalive.Seconds())},
+		{"tcp_keepalives_interval", int64(serverKeepalive.Seconds())},
+		{"tcp_keepalives_count", 3},
+	} {
+		if _, set := cc.RuntimeParams[b.name]; !set {
+			names, values = append(names, b.name), append(values, b.value)
+		}
+	}
+	return `SELECT set_config(s.name, b.value::text, false)
+FROM pg_settings s JOIN unnest($1::text[], $2::bigint[]) AS b(name, value) USING (name)
+WHERE s.setting::bigint = 0 OR s.setting::bigint > b.value`, []any{names, values}
+}
+
+// tcpUserTimeout is Linux's TCP_USER_TIMEOUT socket option.
+const tcpUserTimeout = 0x12
+
+// resettableConn is a connection to the database that reset can end at
+// once. Reads and writes that fail because of it fail as a missed deadline,
+// which is what ended them, so that pgx reports the context's error.
+type resettableConn struct {
+	net.Conn
+	reset atomic.Bool
+}
+
+// resetNow drops what the kernel still had queued for the server and
+// resets the connection (SO_LINGER 0), rather than closing it gracefully.
+func (c *resettableConn) resetNow() {
+	c.reset.Store(true)
+	if tc, ok := c.Conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Conn.Close()
+}
+
+func (c *resettableConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	return n, c.cause(err)
+}
+
+func (c *resettableConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	return n, c.cause(err)
+}
+
+func (c *resettableConn) cause(err error) error {
+	if err != nil && c.reset.Load() {
+		return &net.OpError{Op: "reset", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	}
+	return err
+}
+
+// resetOnCancel is the pgx context handler of every connection: when a
+// call's context ends, it resets the connection (see boundSessions). The
+// call then fails, and pgx closes the connection and sends the server a
+// cancel request for whatever it may still run.
+type resetOnCancel struct{ conn *resettableConn }
+
+func (h resetOnCancel) HandleCancel(context.Context) {
+	if h.conn != nil {
+		h.conn.resetNow()
+	}
+}
+
+func (resetOnCancel) HandleUnwatchAfterCancel() {}

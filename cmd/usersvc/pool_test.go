@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"usersvc/db"
@@ -209,5 +211,54 @@ func TestPoolSettingsForReadURL(t *testing.T) {
 			}
 			reads.Close()
 		}
+	}
+}
+
+// TestPoolBoundsSessions checks boundSessions on a real server: the
+// server itself ends a statement that runs past REQUEST_TIMEOUT, a call
+// whose context ends fails with the context's error on a connection that
+// is then gone, a setting in DATABASE_URL wins, and a pooler's query mode
+// gets no server-side settings.
+func TestPoolBoundsSessions(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewURL(t)
+	pool, err := newPool(ctx, config.Config{DatabaseURL: url, RequestTimeout: 700 * time.Millisecond, DBMaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	_, err = pool.Exec(ctx, "SELECT pg_sleep(5)")
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != pgerrcode.QueryCanceled {
+		t.Errorf("a statement past REQUEST_TIMEOUT, without a deadline of its own: err = %v, want the server's query_canceled", err)
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Exec(short, "SELECT pg_sleep(5)")
+	if !errors.Is(err, context.DeadlineExceeded) || !conn.Conn().IsClosed() {
+		t.Errorf("a call whose context ends: err = %v, closed = %v; want DeadlineExceeded on a closed connection", err, conn.Conn().IsClosed())
+	}
+	conn.Release()
+
+	for _, tt := range []struct{ name, url, want string }{
+		{"the default", url, "700ms"},
+		{"DATABASE_URL's own", url + "&statement_timeout=3s", "3s"},
+		{"a pooler's query mode", url + "&default_query_exec_mode=exec", "0"},
+	} {
+		pool, err := newPool(ctx, config.Config{DatabaseURL: tt.url, RequestTimeout: 700 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		if err := pool.QueryRow(ctx, "SHOW statement_timeout").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != tt.want {
+			t.Errorf("%s: statement_timeout = %s, want %s", tt.name, got, tt.want)
+		}
+		pool.Close()
 	}
 }

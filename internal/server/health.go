@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync/atomic"
+	"time"
 )
 
 //go:embed openapi.yaml
@@ -32,7 +33,13 @@ type readiness struct {
 	database databaseProbe
 	want     int64        // the schema version this build needs
 	draining *atomic.Bool // set once the process is shutting down
+	timeout  time.Duration // bounds both questions to the database; 0: none
 }
+
+// readyTimeout bounds /readyz's database work below the 1 s that probes
+// such as Kubernetes' wait by default, so that they get an answer, a 503,
+// while the database does not answer.
+const readyTimeout = 800 * time.Millisecond
 
 // check returns nil when the server should get traffic: it is not shutting
 // down, the database answers and takes writes, and its schema is at least
@@ -42,6 +49,11 @@ type readiness struct {
 func (rd readiness) check(ctx context.Context) error {
 	if rd.draining.Load() {
 		return &apiError{code: codeUnavailable, detail: "the server is shutting down"}
+	}
+	if rd.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rd.timeout)
+		defer cancel()
 	}
 	have, err := rd.database.SchemaVersion(ctx)
 	if err != nil {

@@ -69,9 +69,8 @@ func New(logger *slog.Logger, store userStore, database databaseProbe, opts Opti
 	if opts.RequestTimeout > 0 {
 		reads = timedReader{reader: reads, timeout: opts.RequestTimeout}
 		store = timedStore{timedReader: timedReader{reader: store, timeout: opts.RequestTimeout}, store: store}
-		database = timedProbe{database: database, timeout: opts.RequestTimeout}
 	}
-	addRoutes(mux, logger, store, reads, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining}, served)
+	addRoutes(mux, logger, store, reads, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining, timeout: min(opts.RequestTimeout, readyTimeout)}, served)
 	s.handler = newHandler(mux, logger, opts)
 	return s
 }

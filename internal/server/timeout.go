@@ -159,21 +159,3 @@ func (s timedStore) DeleteUserIf(ctx context.Context, arg db.DeleteUserIfParams)
 	defer cancel()
 	return s.store.DeleteUserIf(ctx, arg)
 }
-
-// timedProbe is timedReader for /readyz's calls.
-type timedProbe struct {
-	database databaseProbe
-	timeout  time.Duration
-}
-
-func (p timedProbe) SchemaVersion(ctx context.Context) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
-	return p.database.SchemaVersion(ctx)
-}
-
-func (p timedProbe) ReadOnly(ctx context.Context) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
-	return p.database.ReadOnly(ctx)
-}
