@@ -12,7 +12,7 @@ BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 OPENAPI := internal/server/openapi.yaml
 
-.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench bench-go soak bench-deps install-wrk
+.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-partition install-iptables test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench bench-go soak bench-deps install-wrk
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -61,6 +61,21 @@ install-pg-auto-failover:
 	fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15-auto-failover
+
+## test-partition: usersvc against a PostgreSQL in its own network namespace
+## whose link is cut with iptables under load (cmd/usersvc/partition_test.go,
+## build tag partition; about 10 minutes, as root); installs Debian's
+## iptables first when it is missing (apt-get as root, else says how)
+test-partition:
+	@command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || $(MAKE) --no-print-directory install-iptables
+	go test -race -count=1 -timeout 30m -tags partition -run '^TestPartition$$' -v ./cmd/usersvc
+
+install-iptables:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make test-partition needs root and iptables: sudo apt-get install iptables" >&2; exit 1; \
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables
 
 ## test-image: builds the image with make image and podman from the
 ## unchanged Dockerfile, then checks its config and files and runs it
@@ -207,7 +222,7 @@ fmt:
 # compile without pgbouncer, podman or pg_autoctl and beside each other.
 vet:
 	go vet ./...
-	go vet -tags pgbouncer,image,ha ./cmd/usersvc
+	go vet -tags pgbouncer,image,ha,partition ./cmd/usersvc
 	go vet -tags browser ./internal/server
 
 ## generate: regenerate db/ from queries/ and migrations/, serve's list of
