@@ -31,8 +31,8 @@ type databaseProbe interface {
 // readiness is what /readyz decides by.
 type readiness struct {
 	database databaseProbe
-	want     int64        // the schema version this build needs
-	draining *atomic.Bool // set once the process is shutting down
+	want     int64         // the schema version this build needs
+	draining *atomic.Bool  // set once the process is shutting down
 	timeout  time.Duration // bounds both questions to the database; 0: none
 }
 
