@@ -425,13 +425,8 @@ func appendFile(t *testing.T, path, s string) {
 // query runs q on a fresh connection and returns its rows' values.
 func query(t *testing.T, url, q string) [][]any {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
+	ctx, conn, done := connectFor30s(t, url)
+	defer done()
 	rows, err := conn.Query(ctx, q, pgx.QueryExecModeSimpleProtocol)
 	if err != nil {
 		t.Fatal(err)
@@ -452,14 +447,25 @@ func query(t *testing.T, url, q string) [][]any {
 
 func sql(t *testing.T, url, q string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
+	ctx, conn, done := connectFor30s(t, url)
+	defer done()
 	if _, err := conn.Exec(ctx, q); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// connectFor30s returns a fresh connection to url, a context that bounds
+// its use to 30 s, and the function that closes both.
+func connectFor30s(t *testing.T, url string) (context.Context, *pgx.Conn, func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	return ctx, conn, func() {
+		conn.Close(context.Background())
+		cancel()
 	}
 }
