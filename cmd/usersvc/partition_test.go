@@ -1,10 +1,9 @@
-//go:build partition
+//go:build partition && linux
 
 package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json/v2"
 	"fmt"
 	"net/http"
@@ -19,50 +18,25 @@ import (
 	"time"
 
 	"usersvc/internal/pgtest"
-
-	"github.com/jackc/pgx/v5"
 )
 
-// TestPartition runs usersvc against a PostgreSQL inside its own network
-// namespace, reached over a veth pair, and cuts that link with iptables
-// (both directions, one direction, short and long, idle and under load)
-// while 16 writers create, rename and delete users. For each fault it
-// checks that every 503 is an `unavailable` answered within
-// REQUEST_TIMEOUT+0.5s, that no write answered 503 committed after its
-// answer (a trigger records every change of users with its transaction,
-// track_commit_timestamp gives the commit time), that no acknowledged write
+// TestPartition runs usersvc against a PostgreSQL on a host of its own
+// (newLAN), and cuts that host off with iptables (both directions, one
+// direction, short and long, idle and under load) while 16 writers create,
+// rename and delete users. For each fault it checks that every 503 is an
+// `unavailable` answered within REQUEST_TIMEOUT+0.5s, that no write
+// answered 503 committed after its answer (lateCommits), that no acknowledged write
 // is lost, that writes succeed again within 2 s of the heal, and that 60 s
 // after the heal no session of usersvc is left without a socket on the
 // service's side. Needs root (make test-partition).
 func TestPartition(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces and iptables")
-	}
-	for _, tool := range []string{"ip", "iptables", "runuser"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s missing (make test-partition installs iptables)", tool)
-		}
-	}
 	const (
 		requestTimeout = 2 * time.Second
 		writers        = 16
 	)
-	pid := os.Getpid()
-	ns := fmt.Sprintf("usvc-part-%d", pid)
-	subnet := fmt.Sprintf("10.213.%d", (pid%63)*4)
-	hostIP, nsIP := subnet+".1", subnet+".2"
-	hostIf, nsIf := fmt.Sprintf("vph%d", pid), fmt.Sprintf("vpn%d", pid)
-	sh(t, "ip", "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	sh(t, "ip", "link", "add", hostIf, "type", "veth", "peer", "name", nsIf)
-	t.Cleanup(func() { exec.Command("ip", "link", "del", hostIf).Run() })
-	sh(t, "ip", "link", "set", nsIf, "netns", ns)
-	sh(t, "ip", "addr", "add", hostIP+"/30", "dev", hostIf)
-	sh(t, "ip", "link", "set", hostIf, "up")
+	network := newLAN(t)
+	ns, nsIP := network.addHost("pg")
 	nsExec := func(args ...string) []string { return append([]string{"ip", "netns", "exec", ns}, args...) }
-	sh(t, nsExec("ip", "addr", "add", nsIP+"/30", "dev", nsIf)...)
-	sh(t, nsExec("ip", "link", "set", nsIf, "up")...)
-	sh(t, nsExec("ip", "link", "set", "lo", "up")...)
 
 	// PostgreSQL, owned by postgres, listening on the namespace's address.
 	if exec.Command("id", "-u", "postgres").Run() != nil {
@@ -83,7 +57,7 @@ func TestPartition(t *testing.T) {
 		"--pwfile="+filepath.Join(dir, "pw"), "--auth-local=trust", "--auth-host=scram-sha-256")
 	conf := fmt.Sprintf("listen_addresses = '%s'\nport = 5432\nunix_socket_directories = '%s'\ntrack_commit_timestamp = on\nmax_connections = 200\n", nsIP, dir)
 	appendFile(t, filepath.Join(data, "postgresql.conf"), conf)
-	appendFile(t, filepath.Join(data, "pg_hba.conf"), fmt.Sprintf("host all all %s.0/30 scram-sha-256\n", subnet))
+	appendFile(t, filepath.Join(data, "pg_hba.conf"), fmt.Sprintf("host all all %s.0/24 scram-sha-256\n", network.subnet))
 	pgctl := func(args ...string) []string {
 		return nsExec(append([]string{"runuser", "-u", "postgres", "--", bin + "/pg_ctl", "-D", data}, args...)...)
 	}
@@ -122,15 +96,7 @@ func TestPartition(t *testing.T) {
 	})
 	waitFor(t, base+"/readyz", 30*time.Second, exited)
 
-	// Every change of users, with its transaction.
-	sql(t, databaseURL, `CREATE TABLE user_changes (op text, user_id bigint, name text, xid xid8 NOT NULL DEFAULT pg_current_xact_id());
-CREATE FUNCTION record_user_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-	IF TG_OP = 'DELETE' THEN INSERT INTO user_changes (op, user_id, name) VALUES (TG_OP, OLD.id, OLD.name);
-	ELSE INSERT INTO user_changes (op, user_id, name) VALUES (TG_OP, NEW.id, NEW.name); END IF;
-	RETURN NULL;
-END $$;
-CREATE TRIGGER record_user_change AFTER INSERT OR UPDATE OR DELETE ON users FOR EACH ROW EXECUTE FUNCTION record_user_change()`)
+	sql(t, databaseURL, userChangesSQL)
 
 	type fault struct {
 		name   string
@@ -171,7 +137,7 @@ CREATE TRIGGER record_user_change AFTER INSERT OR UPDATE OR DELETE ON users FOR 
 					switch {
 					case len(mine) > 0 && i%5 == 4:
 						id := mine[0]
-						a := l.do("delete", "", "DELETE", fmt.Sprintf("/users/%d", id), "")
+						a := l.do("delete", strconv.FormatInt(id, 10), "DELETE", fmt.Sprintf("/users/%d", id), "")
 						record("delete", id, "", a)
 						if a.status == http.StatusNoContent || a.status == http.StatusNotFound {
 							mine = mine[1:]
@@ -201,9 +167,7 @@ CREATE TRIGGER record_user_change AFTER INSERT OR UPDATE OR DELETE ON users FOR 
 			startLoad()
 			l.waitFor(f.name, "50 creates", 20*time.Second, createdAtLeast(50))
 		}
-		for _, chain := range f.chains {
-			sh(t, nsExec("iptables", "-A", chain, "-j", "DROP")...)
-		}
+		network.cut(ns, f.chains...)
 		cutAt := time.Now()
 		if f.idle {
 			startLoad()
@@ -218,9 +182,7 @@ CREATE TRIGGER record_user_change AFTER INSERT OR UPDATE OR DELETE ON users FOR 
 			t.Errorf("%s: GET /healthz during the partition: %v %v, want 200", f.name, status(res), err)
 		}
 		time.Sleep(time.Until(cutAt.Add(f.hold)))
-		for _, chain := range f.chains {
-			sh(t, nsExec("iptables", "-D", chain, "-j", "DROP")...)
-		}
+		network.heal(ns, f.chains...)
 		healedAt := time.Now()
 		time.Sleep(5 * time.Second)
 		l.finish()
@@ -247,7 +209,7 @@ CREATE TRIGGER record_user_change AFTER INSERT OR UPDATE OR DELETE ON users FOR 
 		if recovery < 0 || recovery > 2*time.Second {
 			t.Errorf("%s: first 2xx %v after the heal, want within 2s", f.name, recovery)
 		}
-		in503, late := check503s(t, databaseURL, ws)
+		in503, late := lateCommits(t, databaseURL, all)
 		lost := lostWrites(t, databaseURL, ws)
 		if late != 0 || lost != 0 {
 			t.Errorf("%s: %d writes answered 503 committed after their answer, %d acknowledged writes lost", f.name, late, lost)
@@ -272,49 +234,6 @@ type write struct {
 }
 
 func ok2xx(a attempt) bool { return a.err == nil && a.status >= 200 && a.status < 300 }
-
-// check503s returns how many writes answered 503 are in user_changes, and
-// how many of those committed after their answer.
-func check503s(t *testing.T, databaseURL string, ws []write) (in, late int) {
-	t.Helper()
-	type key struct {
-		op   string
-		id   int64
-		name string
-	}
-	committed := map[key]time.Time{}
-	rows := query(t, databaseURL, "SELECT op, user_id, coalesce(name, ''), pg_xact_commit_timestamp(xid::text::xid) FROM user_changes")
-	for _, r := range rows {
-		k := key{r[0].(string), r[1].(int64), r[2].(string)}
-		switch k.op {
-		case "INSERT", "UPDATE":
-			k.id = 0
-		case "DELETE":
-			k.name = ""
-		}
-		committed[k] = r[3].(time.Time)
-	}
-	redeleted := map[int64]bool{} // a later delete acknowledged: the row is its
-	for _, w := range ws {
-		if w.op == "delete" && ok2xx(w.a) {
-			redeleted[w.id] = true
-		}
-	}
-	for _, w := range ws {
-		if w.a.status != http.StatusServiceUnavailable || w.op == "delete" && redeleted[w.id] {
-			continue
-		}
-		k := map[string]key{"create": {"INSERT", 0, w.name}, "rename": {"UPDATE", 0, w.name}, "delete": {"DELETE", w.id, ""}}[w.op]
-		if at, ok := committed[k]; ok {
-			in++
-			if at.After(w.a.end) {
-				late++
-				t.Logf("%s on user %d answered 503 at %v, committed at %v", w.op, w.id, w.a.end.Format(time.StampMicro), at.Format(time.StampMicro))
-			}
-		}
-	}
-	return in, late
-}
 
 // lostWrites returns how many users do not end as their last acknowledged
 // write left them, nor as a later unacknowledged one did.
@@ -401,71 +320,4 @@ func status(res *http.Response) any {
 	}
 	res.Body.Close()
 	return res.StatusCode
-}
-
-func sh(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
-func appendFile(t *testing.T, path, s string) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
-	if err == nil {
-		_, err = f.WriteString(s)
-		f.Close()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// query runs q on a fresh connection and returns its rows' values.
-func query(t *testing.T, url, q string) [][]any {
-	t.Helper()
-	ctx, conn, done := connectFor30s(t, url)
-	defer done()
-	rows, err := conn.Query(ctx, q, pgx.QueryExecModeSimpleProtocol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out [][]any
-	for rows.Next() {
-		v, err := rows.Values()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, v)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func sql(t *testing.T, url, q string) {
-	t.Helper()
-	ctx, conn, done := connectFor30s(t, url)
-	defer done()
-	if _, err := conn.Exec(ctx, q); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// connectFor30s returns a fresh connection to url, a context that bounds
-// its use to 30 s, and the function that closes both.
-func connectFor30s(t *testing.T, url string) (context.Context, *pgx.Conn, func()) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	return ctx, conn, func() {
-		conn.Close(context.Background())
-		cancel()
-	}
 }
