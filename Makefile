@@ -47,13 +47,15 @@ install-pgbouncer:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
 
 ## test-ha: usersvc against a pg_auto_failover formation (a monitor and two
-## nodes with synchronous replication, on loopback) whose primary is killed,
-## fenced read-only and switched over under load (cmd/usersvc/ha_test.go,
-## build tag ha); installs Debian's postgresql-15-auto-failover first when
-## pg_autoctl is missing (apt-get as root, else says how)
+## nodes with synchronous replication, each node in a network namespace of
+## its own) whose primary is killed, fenced read-only, switched over and cut
+## off from the network under load (cmd/usersvc/ha_test.go, build tag ha; as
+## root); installs Debian's postgresql-15-auto-failover and iptables first
+## when they are missing (apt-get as root, else says how)
 test-ha:
 	@command -v pg_autoctl >/dev/null || $(MAKE) --no-print-directory install-pg-auto-failover
-	go test -race -count=1 -tags ha -run '^TestHighAvailability$$' -v ./cmd/usersvc
+	@command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || $(MAKE) --no-print-directory install-iptables
+	go test -race -count=1 -timeout 30m -tags ha -run '^TestHighAvailability$$' -v ./cmd/usersvc
 
 install-pg-auto-failover:
 	@if [ "$$(id -u)" -ne 0 ]; then \
@@ -72,7 +74,7 @@ test-partition:
 
 install-iptables:
 	@if [ "$$(id -u)" -ne 0 ]; then \
-		echo "make test-partition needs root and iptables: sudo apt-get install iptables" >&2; exit 1; \
+		echo "make test-partition and make test-ha need root and iptables: sudo apt-get install iptables" >&2; exit 1; \
 	fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables

@@ -63,6 +63,7 @@ type formation struct {
 	env     []string
 	monitor *autoctl
 	nodes   map[string]*autoctl
+	lan     *lan // the monitor is on this machine, each node a host of its own
 }
 
 // autoctl is a `pg_autoctl run` process: the monitor, or a node's keeper,
@@ -70,6 +71,8 @@ type formation struct {
 type autoctl struct {
 	name   string
 	pgdata string
+	ns     string // its network namespace; "" for this machine's
+	host   string // its address
 	port   int
 	cmd    *exec.Cmd
 	exited chan struct{}
@@ -77,13 +80,15 @@ type autoctl struct {
 }
 
 // newFormation starts a monitor with monitorSettings and nodes named
-// names, in that order (the first is the primary), on 127.0.0.1, and
-// returns once the first is primary and the others are secondaries. The
-// database usersvc on them belongs to the role usersvc; the table ha_probe
-// is the test's own. Every process is stopped when the test ends.
+// names, in that order (the first is the primary), each node a host of
+// its own on a private network (newLAN) and the monitor on this machine,
+// and returns once the first is primary and the others are secondaries.
+// The database usersvc on them belongs to the role usersvc; the table
+// ha_probe is the test's own; track_commit_timestamp is on. Every process
+// is stopped when the test ends.
 func newFormation(t *testing.T, names ...string) *formation {
 	t.Helper()
-	f := &formation{t: t, bin: pgAutoctlPath(t), nodes: map[string]*autoctl{}}
+	f := &formation{t: t, bin: pgAutoctlPath(t), nodes: map[string]*autoctl{}, lan: newLAN(t)}
 	binDir := autoFailoverBinDir(t)
 	f.pgCtl = filepath.Join(binDir, "pg_ctl")
 	scratchDir, err := pglocal.MkdirScratch("usersvc-test-ha-")
@@ -120,10 +125,14 @@ func newFormation(t *testing.T, names ...string) *formation {
 	})
 
 	began := time.Now()
-	f.monitor = &autoctl{name: "monitor", pgdata: filepath.Join(f.dir, "monitor"), port: pgtest.FreePort(t)}
-	f.run("create", "monitor", "--pgdata", f.monitor.pgdata, "--pgport", strconv.Itoa(f.monitor.port),
-		"--hostname", "127.0.0.1", "--auth", "trust", "--no-ssl", "--pgctl", f.pgCtl)
-	f.run("config", "set", "--pgdata", f.monitor.pgdata, "postgresql.listen_addresses", "127.0.0.1")
+	// pg_autoctl create leaves its PostgreSQL stopped: what is added to
+	// its configuration then holds from pg_autoctl run on.
+	lanTrust := fmt.Sprintf("host all all %[1]s.0/24 trust\nhost replication all %[1]s.0/24 trust\n", f.lan.subnet)
+	f.monitor = &autoctl{name: "monitor", pgdata: filepath.Join(f.dir, "monitor"), host: f.lan.hostIP, port: pgtest.FreePort(t)}
+	f.run("", "create", "monitor", "--pgdata", f.monitor.pgdata, "--pgport", strconv.Itoa(f.monitor.port),
+		"--hostname", f.monitor.host, "--auth", "trust", "--no-ssl", "--pgctl", f.pgCtl)
+	f.run("", "config", "set", "--pgdata", f.monitor.pgdata, "postgresql.listen_addresses", f.monitor.host)
+	appendFile(t, filepath.Join(f.monitor.pgdata, "pg_hba.conf"), lanTrust)
 	f.start(f.monitor)
 	monitor := f.connect(f.monitor, "pg_auto_failover")
 	for _, s := range monitorSettings {
@@ -138,11 +147,14 @@ func newFormation(t *testing.T, names ...string) *formation {
 
 	for i, name := range names {
 		n := &autoctl{name: name, pgdata: filepath.Join(f.dir, name), port: pgtest.FreePort(t)}
+		n.ns, n.host = f.lan.addHost(name)
 		f.nodes[name] = n
-		f.run("create", "postgres", "--pgdata", n.pgdata, "--pgport", strconv.Itoa(n.port),
-			"--hostname", "127.0.0.1", "--listen", "127.0.0.1", "--auth", "trust", "--no-ssl",
+		f.run(n.ns, "create", "postgres", "--pgdata", n.pgdata, "--pgport", strconv.Itoa(n.port),
+			"--hostname", n.host, "--listen", n.host, "--auth", "trust", "--no-ssl",
 			"--monitor", f.monitorURL("autoctl_node"), "--dbname", "usersvc", "--name", name, "--pgctl", f.pgCtl)
-		f.run("config", "set", "--pgdata", n.pgdata, "timeout.network_partition_timeout", networkPartitionTimeout)
+		f.run("", "config", "set", "--pgdata", n.pgdata, "timeout.network_partition_timeout", networkPartitionTimeout)
+		appendFile(t, filepath.Join(n.pgdata, "pg_hba.conf"), lanTrust)
+		appendFile(t, filepath.Join(n.pgdata, "postgresql.conf"), "track_commit_timestamp = on\n")
 		f.start(n)
 		if i == 0 {
 			f.waitStates(30*time.Second, map[string]string{name: "single"})
@@ -191,15 +203,30 @@ func (f *formation) command(args ...string) *exec.Cmd {
 	return cmd
 }
 
-// run runs pg_autoctl with args to completion and returns its output.
-// The test fails when it fails.
-func (f *formation) run(args ...string) string {
+// run runs pg_autoctl with args in network namespace ns ("": this
+// machine's) to completion and returns its output. The test fails when it
+// fails.
+func (f *formation) run(ns string, args ...string) string {
 	f.t.Helper()
-	out, err := f.command(args...).CombinedOutput()
-	if err != nil {
-		f.t.Fatalf("pg_autoctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	var out syncBuffer
+	cmd := f.command(args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := f.startIn(ns, cmd)
+	if err == nil {
+		err = cmd.Wait()
 	}
-	return string(out)
+	if err != nil {
+		f.t.Fatalf("pg_autoctl %s: %v\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String()
+}
+
+// startIn starts cmd in network namespace ns ("": this machine's).
+func (f *formation) startIn(ns string, cmd *exec.Cmd) error {
+	if ns == "" {
+		return cmd.Start()
+	}
+	return in(ns, cmd.Start)
 }
 
 // start starts `pg_autoctl run` for a, which runs until stop or kill.
@@ -208,7 +235,7 @@ func (f *formation) start(a *autoctl) {
 	a.logs, a.exited = &syncBuffer{}, make(chan struct{})
 	a.cmd = f.command("run", "--pgdata", a.pgdata)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
-	if err := a.cmd.Start(); err != nil {
+	if err := f.startIn(a.ns, a.cmd); err != nil {
 		f.t.Fatalf("pg_autoctl run --pgdata %s: %v", a.pgdata, err)
 	}
 	go func() {
@@ -328,20 +355,25 @@ func (f *formation) stop() {
 
 // monitorURL returns the monitor's URL for user.
 func (f *formation) monitorURL(user string) string {
-	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/pg_auto_failover?sslmode=disable", user, f.monitor.port)
+	return fmt.Sprintf("postgres://%s@%s:%d/pg_auto_failover?sslmode=disable", user, f.monitor.host, f.monitor.port)
 }
 
 // nodeURL returns the URL of database on node name alone, as the
 // superuser postgres.
 func (f *formation) nodeURL(name, database string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable&connect_timeout=2", f.nodes[name].port, database)
+	return f.url(f.nodes[name], database)
+}
+
+// url returns the URL of database on a's PostgreSQL, as postgres.
+func (f *formation) url(a *autoctl, database string) string {
+	return fmt.Sprintf("postgres://postgres@%s:%d/%s?sslmode=disable&connect_timeout=2", a.host, a.port, database)
 }
 
 // connect connects to database on a's PostgreSQL as postgres, retrying
 // for 15 s while it starts.
 func (f *formation) connect(a *autoctl, database string) *pgx.Conn {
 	f.t.Helper()
-	u := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable&connect_timeout=2", a.port, database)
+	u := f.url(a, database)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		conn, err := pgx.Connect(context.Background(), u)
@@ -458,7 +490,7 @@ func (f *formation) waitStates(within time.Duration, want map[string]string) {
 // show uri), for the role usersvc: every node, target_session_attrs=read-write.
 func (f *formation) uri() string {
 	f.t.Helper()
-	out := strings.TrimSpace(f.run("show", "uri", "--pgdata", f.monitor.pgdata, "--formation", "default"))
+	out := strings.TrimSpace(f.run("", "show", "uri", "--pgdata", f.monitor.pgdata, "--formation", "default"))
 	u, ok := strings.CutPrefix(out, "postgres://")
 	if !ok || !strings.Contains(u, "target_session_attrs=read-write") {
 		f.t.Fatalf("pg_autoctl show uri --formation default = %q, want a postgres:// URL with target_session_attrs=read-write", out)

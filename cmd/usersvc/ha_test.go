@@ -2,10 +2,11 @@
 
 // The test in this file runs usersvc against a pg_auto_failover formation,
 // as README's "High availability" describes: a monitor and two PostgreSQL
-// nodes with synchronous replication, on loopback, whose primary it kills,
-// switches over and fences under load. It needs pg_autoctl, so it is not
-// part of make test: make test-ha installs it when it is missing and runs
-// it.
+// nodes with synchronous replication, each node a host of its own on a
+// private network, whose primary it kills, switches over, fences and cuts
+// off from the network under load. It needs root and pg_autoctl, so it is
+// not part of make test: make test-ha installs pg_autoctl when it is
+// missing and runs it.
 
 package main
 
@@ -23,6 +24,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // haRequestTimeout is the services' REQUEST_TIMEOUT.
@@ -200,7 +203,7 @@ func (c *haClients) writer(l *load, id string, seed uint64) {
 			}
 		default:
 			i := rng.IntN(len(own))
-			a, retried := settle(l, "delete", own[i].Name, "DELETE", fmt.Sprintf("/users/%d", own[i].ID), "")
+			a, retried := settle(l, "delete", strconv.FormatInt(own[i].ID, 10), "DELETE", fmt.Sprintf("/users/%d", own[i].ID), "")
 			if a.status == http.StatusNoContent || retried && a.status == http.StatusNotFound {
 				c.ledger.remove(own[i].ID)
 				own = slices.Delete(own, i, i+1)
@@ -493,10 +496,13 @@ func loadAverage() string {
 // finds the user, 1,000 times in a row. Then, under writers and readers on
 // both: the primary's machine is lost, the old primary rejoins, the
 // primary is fenced read-only for a few seconds, a switchover is
-// performed, and the new primary's machine is lost too. After each, every
-// acknowledged write is on the new primary as acknowledged and nothing
-// else is; every answer is one the request may get, within
-// REQUEST_TIMEOUT and a margin.
+// performed, the new primary's machine is lost too, and, once the old one
+// has rejoined, the primary's host vanishes from the network with every
+// process on it running, until the formation has failed over. After each,
+// every acknowledged write is on the new primary as acknowledged and
+// nothing else is; every answer is one the request may get, within
+// REQUEST_TIMEOUT and a margin; and no write answered 503 committed after
+// its answer (lateCommits).
 func TestHighAvailability(t *testing.T) {
 	began := time.Now()
 	st := watchStalls()
@@ -512,6 +518,7 @@ func TestHighAvailability(t *testing.T) {
 	if err := run(context.Background(), []string{"migrate", "up"}, &out, &out); err != nil {
 		t.Fatalf("usersvc migrate up through the formation's URL: %v\n%s", err, out.String())
 	}
+	sql(t, writeURL, userChangesSQL)
 
 	env := map[string]string{"DATABASE_URL": writeURL, "REQUEST_TIMEOUT": haRequestTimeout.String()}
 	plain := startServe(t, env)
@@ -636,12 +643,30 @@ func TestHighAvailability(t *testing.T) {
 
 	failover("switchover", "node1", func() {
 		began := time.Now()
-		out := f.run("perform", "failover", "--pgdata", f.monitor.pgdata)
+		out := f.run("", "perform", "failover", "--pgdata", f.monitor.pgdata)
 		t.Logf("pg_autoctl perform failover took %v:\n%s", time.Since(began).Round(time.Millisecond), tail(out, 1500))
 	})
 	f.waitStates(60*time.Second, map[string]string{"node1": "primary", "node2": "secondary"})
 
 	failover("primary killed again", "node2", func() { f.kill("node1") })
+
+	c.setPhase("rejoin again")
+	f.start(f.nodes["node1"])
+	f.waitStates(60*time.Second, map[string]string{"node1": "secondary", "node2": "primary"})
+	old := f.nodes["node2"]
+	failover("primary's host vanished", "node1", func() { f.lan.cut(old.ns, "INPUT", "OUTPUT") })
+	// Cut off, the old primary still runs: the writes whose wait for its
+	// standby the statement timeout ended committed there alone, and no
+	// client was told they did.
+	alone := divergent(t, f, old, "node1")
+	f.lan.heal(old.ns, "INPUT", "OUTPUT")
+	healed := time.Now()
+	f.waitStates(90*time.Second, map[string]string{"node2": "secondary", "node1": "primary"})
+	t.Logf("primary's host vanished: node2 committed %d changes alone while cut off; a secondary again %v after the heal",
+		len(alone), time.Since(healed).Round(time.Millisecond))
+	if kept := divergent(t, f, old, "node1"); len(kept) > 0 {
+		t.Errorf("node2 rejoined as a secondary and still holds %d changes node1 lacks: %v", len(kept), kept)
+	}
 
 	for _, l := range c.loads {
 		l.finish()
@@ -661,6 +686,16 @@ func TestHighAvailability(t *testing.T) {
 	}
 	if unexpected > 20 {
 		t.Errorf("... and %d more answers that their requests may not get", unexpected-20)
+	}
+	var all []attempt
+	for _, l := range c.loads {
+		for _, phase := range l.phases() {
+			all = append(all, l.phaseAttempts(phase)...)
+		}
+	}
+	in503, late := lateCommits(t, f.nodeURL("node1", "usersvc"), all)
+	if late > 0 {
+		t.Errorf("%d writes answered 503 committed after their answer, want none", late)
 	}
 	for si, s := range services {
 		for _, rec := range logRecords(t, s.logs.String()) {
@@ -682,9 +717,10 @@ func TestHighAvailability(t *testing.T) {
 			r.gap.Round(time.Millisecond), accepted, share, r.readsOK[0], r.reads[0], r.readsOK[1], r.reads[1])
 	}
 	longest, stallCount := st.longest()
-	t.Logf("%s; load average %s; this process held off the CPU %d times for %v or more, at most %v; %v in all:\n%s",
-		strings.TrimSpace(strings.SplitN(f.run("version"), "\n", 2)[0]), loadAverage(), stallCount, stallMin, longest.Round(time.Millisecond),
-		time.Since(began).Round(time.Second), b.String())
+	t.Logf("%s; load average %s; this process held off the CPU %d times for %v or more, at most %v; %v in all; "+
+		"%d writes answered 503 are on the primary, %d committed after their answer:\n%s",
+		strings.TrimSpace(strings.SplitN(f.run("", "version"), "\n", 2)[0]), loadAverage(), stallCount, stallMin, longest.Round(time.Millisecond),
+		time.Since(began).Round(time.Second), in503, late, b.String())
 	for _, r := range reports {
 		if r.status500 > 0 {
 			t.Errorf("%s: %d answers 500, want none", r.name, r.status500)
@@ -809,4 +845,49 @@ func checkFence(t *testing.T, f *formation, c *haClients, s *serving, node strin
 	t.Logf("fence lifted after %v: GET /readyz 200 %v later; writes back %v / %v later; %d users, %d acknowledged writes missing",
 		lifted.Sub(t0).Round(time.Millisecond), after.Round(time.Millisecond), r.share[0].Round(time.Millisecond), r.share[1].Round(time.Millisecond), r.rows, r.lost)
 	return r
+}
+
+// divergent returns the changes in user_changes on node a that node other
+// lacks, read from inside a's network namespace, which reaches it even
+// while it is cut off.
+func divergent(t *testing.T, f *formation, a *autoctl, other string) [][3]string {
+	t.Helper()
+	changes := func(cc *pgx.ConnConfig) map[[3]string]bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgx.ConnectConfig(ctx, cc)
+		if err != nil {
+			t.Fatalf("connect to %s: %v", cc.Host, err)
+		}
+		defer conn.Close(context.Background())
+		rows, err := conn.Query(ctx, "SELECT op, key, xid::text FROM user_changes")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[[3]string]bool{}
+		var r [3]string
+		if _, err := pgx.ForEachRow(rows, []any{&r[0], &r[1], &r[2]}, func() error { out[r] = true; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	parse := func(url string) *pgx.ConnConfig {
+		cc, err := pgx.ParseConfig(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cc
+	}
+	cc := parse(f.url(a, "usersvc"))
+	cc.DialFunc = dialIn(a.ns)
+	// a's first: each change it replicated from other is on other by then.
+	here := changes(cc)
+	there := changes(parse(f.nodeURL(other, "usersvc")))
+	var out [][3]string
+	for r := range here {
+		if !there[r] {
+			out = append(out, r)
+		}
+	}
+	return out
 }

@@ -115,113 +115,114 @@ func TestPartition(t *testing.T) {
 	}
 	probe := &http.Client{Timeout: 3 * time.Second}
 	for fi, f := range faults {
-		if f.long && testing.Short() {
-			t.Logf("%s: skipped with -short", f.name)
-			continue
-		}
-		var mu sync.Mutex
-		var writes []write
-		l := newLoad(t, base, writers)
-		l.setPhase(f.name)
-		startLoad := func() {
-			l.run(writers, func(c int) {
-				var mine []int64
-				var last int
-				record := func(op string, id int64, name string, a attempt) {
-					last = a.status
-					mu.Lock()
-					writes = append(writes, write{op, id, name, a})
-					mu.Unlock()
-				}
-				for i := 0; i < 20000 && !l.stopped(); i++ {
-					switch {
-					case len(mine) > 0 && i%5 == 4:
-						id := mine[0]
-						a := l.do("delete", strconv.FormatInt(id, 10), "DELETE", fmt.Sprintf("/users/%d", id), "")
-						record("delete", id, "", a)
-						if a.status == http.StatusNoContent || a.status == http.StatusNotFound {
-							mine = mine[1:]
-						}
-					case len(mine) > 0 && i%5 >= 2:
-						id := mine[i%len(mine)]
-						name := fmt.Sprintf("p%d c%d r%d", fi, c, i)
-						record("rename", id, name, l.do("rename", name, "PUT", fmt.Sprintf("/users/%d", id), nameBody(name)))
-					default:
-						name := fmt.Sprintf("p%d c%d u%d", fi, c, i)
-						a := l.do("create", name, "POST", "/users", nameBody(name))
-						var u apiUser
-						if a.status == http.StatusCreated && json.Unmarshal(a.body, &u) == nil {
-							mine = append(mine, u.ID)
-						}
-						record("create", u.ID, name, a)
+		t.Run(f.name, func(t *testing.T) {
+			if f.long && testing.Short() {
+				t.Skip("a long fault, left out with -short")
+			}
+			var mu sync.Mutex
+			var writes []write
+			l := newLoad(t, base, writers)
+			l.setPhase(f.name)
+			startLoad := func() {
+				l.run(writers, func(c int) {
+					var mine []int64
+					var last int
+					record := func(op string, id int64, name string, a attempt) {
+						last = a.status
+						mu.Lock()
+						writes = append(writes, write{op, id, name, a})
+						mu.Unlock()
 					}
-					if last == http.StatusServiceUnavailable {
-						l.pause(50 * time.Millisecond)
+					for i := 0; i < 20000 && !l.stopped(); i++ {
+						switch {
+						case len(mine) > 0 && i%5 == 4:
+							id := mine[0]
+							a := l.do("delete", strconv.FormatInt(id, 10), "DELETE", fmt.Sprintf("/users/%d", id), "")
+							record("delete", id, "", a)
+							if a.status == http.StatusNoContent || a.status == http.StatusNotFound {
+								mine = mine[1:]
+							}
+						case len(mine) > 0 && i%5 >= 2:
+							id := mine[i%len(mine)]
+							name := fmt.Sprintf("p%d c%d r%d", fi, c, i)
+							record("rename", id, name, l.do("rename", name, "PUT", fmt.Sprintf("/users/%d", id), nameBody(name)))
+						default:
+							name := fmt.Sprintf("p%d c%d u%d", fi, c, i)
+							a := l.do("create", name, "POST", "/users", nameBody(name))
+							var u apiUser
+							if a.status == http.StatusCreated && json.Unmarshal(a.body, &u) == nil {
+								mine = append(mine, u.ID)
+							}
+							record("create", u.ID, name, a)
+						}
+						if last == http.StatusServiceUnavailable {
+							l.pause(50 * time.Millisecond)
+						}
 					}
-				}
-			})
-		}
-		if f.idle {
+				})
+			}
+			if f.idle {
+				time.Sleep(5 * time.Second)
+			} else {
+				startLoad()
+				l.waitFor(f.name, "50 creates", 20*time.Second, createdAtLeast(50))
+			}
+			network.cut(ns, f.chains...)
+			cutAt := time.Now()
+			if f.idle {
+				startLoad()
+			}
+			time.Sleep(min(f.hold/2, 5*time.Second))
+			start := time.Now()
+			res, err := probe.Get(base + "/readyz")
+			if took := time.Since(start); err != nil || res.StatusCode != http.StatusServiceUnavailable || took > time.Second {
+				t.Errorf("%s: GET /readyz during the partition: %v %v after %v, want 503 within 1s", f.name, status(res), err, took)
+			}
+			if res, err := probe.Get(base + "/healthz"); err != nil || res.StatusCode != http.StatusOK {
+				t.Errorf("%s: GET /healthz during the partition: %v %v, want 200", f.name, status(res), err)
+			}
+			time.Sleep(time.Until(cutAt.Add(f.hold)))
+			network.heal(ns, f.chains...)
+			healedAt := time.Now()
 			time.Sleep(5 * time.Second)
-		} else {
-			startLoad()
-			l.waitFor(f.name, "50 creates", 20*time.Second, createdAtLeast(50))
-		}
-		network.cut(ns, f.chains...)
-		cutAt := time.Now()
-		if f.idle {
-			startLoad()
-		}
-		time.Sleep(min(f.hold/2, 5*time.Second))
-		start := time.Now()
-		res, err := probe.Get(base + "/readyz")
-		if took := time.Since(start); err != nil || res.StatusCode != http.StatusServiceUnavailable || took > time.Second {
-			t.Errorf("%s: GET /readyz during the partition: %v %v after %v, want 503 within 1s", f.name, status(res), err, took)
-		}
-		if res, err := probe.Get(base + "/healthz"); err != nil || res.StatusCode != http.StatusOK {
-			t.Errorf("%s: GET /healthz during the partition: %v %v, want 200", f.name, status(res), err)
-		}
-		time.Sleep(time.Until(cutAt.Add(f.hold)))
-		network.heal(ns, f.chains...)
-		healedAt := time.Now()
-		time.Sleep(5 * time.Second)
-		l.finish()
+			l.finish()
 
-		mu.Lock()
-		ws := writes
-		mu.Unlock()
-		all := l.phaseAttempts(f.name)
-		var n503 int
-		var slowest503 time.Duration
-		for _, a := range all {
-			if a.status == http.StatusServiceUnavailable {
-				n503++
-				slowest503 = max(slowest503, a.took())
-				if a.code != "unavailable" || a.took() > requestTimeout+500*time.Millisecond {
-					t.Errorf("%s: %v, want 503 unavailable within %v", f.name, a, requestTimeout+500*time.Millisecond)
+			mu.Lock()
+			ws := writes
+			mu.Unlock()
+			all := l.phaseAttempts(f.name)
+			var n503 int
+			var slowest503 time.Duration
+			for _, a := range all {
+				if a.status == http.StatusServiceUnavailable {
+					n503++
+					slowest503 = max(slowest503, a.took())
+					if a.code != "unavailable" || a.took() > requestTimeout+500*time.Millisecond {
+						t.Errorf("%s: %v, want 503 unavailable within %v", f.name, a, requestTimeout+500*time.Millisecond)
+					}
 				}
 			}
-		}
-		recovery := time.Duration(-1)
-		if first, ok := firstAfter(all, healedAt, func(a attempt) bool { return a.err == nil && a.status < 300 }); ok {
-			recovery = first.Sub(healedAt)
-		}
-		if recovery < 0 || recovery > 2*time.Second {
-			t.Errorf("%s: first 2xx %v after the heal, want within 2s", f.name, recovery)
-		}
-		in503, late := lateCommits(t, databaseURL, all)
-		lost := lostWrites(t, databaseURL, ws)
-		if late != 0 || lost != 0 {
-			t.Errorf("%s: %d writes answered 503 committed after their answer, %d acknowledged writes lost", f.name, late, lost)
-		}
+			recovery := time.Duration(-1)
+			if first, ok := firstAfter(all, healedAt, func(a attempt) bool { return a.err == nil && a.status < 300 }); ok {
+				recovery = first.Sub(healedAt)
+			}
+			if recovery < 0 || recovery > 2*time.Second {
+				t.Errorf("%s: first 2xx %v after the heal, want within 2s", f.name, recovery)
+			}
+			in503, late := lateCommits(t, databaseURL, all)
+			lost := lostWrites(t, databaseURL, ws)
+			if late != 0 || lost != 0 {
+				t.Errorf("%s: %d writes answered 503 committed after their answer, %d acknowledged writes lost", f.name, late, lost)
+			}
 
-		time.Sleep(time.Until(healedAt.Add(60 * time.Second)))
-		orphans, sessions := orphanSessions(t, adminURL, nsIP)
-		if orphans != 0 {
-			t.Errorf("%s: %d of usersvc's %d sessions have no socket on the service's side 60s after the heal", f.name, orphans, sessions)
-		}
-		t.Logf("%s: %d requests, %d 503s, slowest 503 %v, %d writes answered 503 in the side table (%d committed after the answer), %d lost acknowledged writes, first 2xx %v after the heal, %d/%d usersvc sessions orphaned 60s after the heal",
-			f.name, len(all), n503, slowest503.Round(time.Millisecond), in503, late, lost, recovery.Round(time.Millisecond), orphans, sessions)
+			time.Sleep(time.Until(healedAt.Add(60 * time.Second)))
+			orphans, sessions := orphanSessions(t, adminURL, nsIP)
+			if orphans != 0 {
+				t.Errorf("%s: %d of usersvc's %d sessions have no socket on the service's side 60s after the heal", f.name, orphans, sessions)
+			}
+			t.Logf("%s: %d requests, %d 503s, slowest 503 %v, %d writes answered 503 in the side table (%d committed after the answer), %d lost acknowledged writes, first 2xx %v after the heal, %d/%d usersvc sessions orphaned 60s after the heal",
+				f.name, len(all), n503, slowest503.Round(time.Millisecond), in503, late, lost, recovery.Round(time.Millisecond), orphans, sessions)
+		})
 	}
 }
 
