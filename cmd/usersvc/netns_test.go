@@ -56,10 +56,10 @@ func newLAN(t *testing.T) *lan {
 // plug creates a veth pair, puts one end in namespace ns ("": this
 // machine's) as link, and the other on the switch's bridge.
 func (n *lan) plug(link, ns string) {
-	n.t.Helper()
-	sw, port := n.name+"-sw", link+"p"
-	sh(n.t, "ip", "link", "add", link, "type", "veth", "peer", "name", port, "netns", sw)
 	t := n.t
+	t.Helper()
+	sw, port := n.name+"-sw", link+"p"
+	sh(t, "ip", "link", "add", link, "type", "veth", "peer", "name", port, "netns", sw)
 	t.Cleanup(func() { exec.Command("ip", "link", "del", link).Run() })
 	if ns != "" {
 		sh(t, "ip", "link", "set", link, "netns", ns)
