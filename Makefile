@@ -230,7 +230,7 @@ vet:
 ## generate: regenerate db/ from queries/ and migrations/, serve's list of
 ## the statements to prepare from db/, and the Go client client/ from the
 ## OpenAPI document (commit them all)
-PREPARED     := cmd/usersvc/prepared.gen.go
+PREPARED     := internal/postgres/prepared.gen.go
 CLIENT       := client/client.gen.go
 OAPI_CODEGEN := $(TOOL) oapi-codegen -config client/oapi-codegen.yaml $(OPENAPI)
 generate:

@@ -14,6 +14,7 @@ import (
 	"github.com/pressly/goose/v3"
 
 	"usersvc/internal/config"
+	"usersvc/internal/postgres"
 	"usersvc/migrations"
 )
 
@@ -62,7 +63,7 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer p.Close()
 	if err := runMigrate(ctx, fs.Arg(0), p, stdout); err != nil {
-		return fmt.Errorf("migrate %s: %w", fs.Arg(0), connectErr(cfg, err))
+		return fmt.Errorf("migrate %s: %w", fs.Arg(0), postgres.ConnectErr(cfg, err))
 	}
 	return nil
 }

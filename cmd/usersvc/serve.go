@@ -16,6 +16,7 @@ import (
 	"usersvc/db"
 	"usersvc/internal/config"
 	"usersvc/internal/metrics"
+	"usersvc/internal/postgres"
 	"usersvc/internal/server"
 	"usersvc/migrations"
 )
@@ -65,12 +66,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	logger := newLogger(cfg, stderr)
 	tuneGC(os.LookupEnv)
 
-	pool, err := newPool(ctx, cfg)
+	pool, err := postgres.NewPool(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	readPool, err := newReadPool(ctx, cfg)
+	readPool, err := postgres.NewReadPool(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -90,9 +91,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		AuthTokens:       cfg.AuthTokens,
 	}
 	if readPool != nil {
-		opts.Reads = retriedReads{q: db.New(readPool)}
+		opts.Reads = db.New(postgres.Reads{Pool: readPool})
 	}
-	handler := server.New(logger, db.New(pool), migrations.VersionReader{Q: pool}, opts)
+	handler := server.New(logger, db.New(pool), postgres.Probe{Q: pool}, opts)
 	srv := newHTTPServer(ctx, cfg, handler, logger)
 	if cfg.DebugAddr != "" {
 		stopDebug, err := startDebug(ctx, cfg.DebugAddr, logger)
@@ -132,7 +133,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	defer stopStarting()
 	started := make(chan error, 1)
 	go func() { started <- startDatabase(startCtx, cfg, pool, logger) }()
-	stopPurging := startPurging(ctx, server.NewKeyPurger(logger, db.New(pool), cfg.IdempotencyTTL, cfg.RequestTimeout))
+	stopPurging := startPurging(ctx, postgres.NewKeyPurger(logger, db.New(pool), cfg.IdempotencyTTL, cfg.RequestTimeout))
 	defer stopPurging()
 
 	var failed error
@@ -192,7 +193,7 @@ func startDatabase(ctx context.Context, cfg config.Config, pool pinger, logger *
 
 // startPurging runs p until ctx is done or the returned function is
 // called, which waits for it to return and may be called again.
-func startPurging(ctx context.Context, p *server.KeyPurger) (stop func()) {
+func startPurging(ctx context.Context, p *postgres.KeyPurger) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {

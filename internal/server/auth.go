@@ -24,27 +24,22 @@ type authenticator struct {
 	digests [][sha256.Size]byte
 }
 
-// requireToken refuses, with 401, every request that carries no valid
-// bearer token when tokens are configured, unless its route is one of
-// addRoutes' open ones: a request to a route added without a thought, and
-// one that matches no route, needs one too, so that a client without a
-// token learns nothing, not even which methods and paths exist.
-func requireToken(tokens []string, logger *slog.Logger) middleware {
-	return func(next http.Handler) http.Handler {
-		a := newAuthenticator(tokens)
-		if !a.enabled() {
-			return next
-		}
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if !stateOf(r.Context()).open {
-				if err := a.check(r); err != nil {
-					writeError(w, r, logger, err)
-					return
-				}
-			}
-			next.ServeHTTP(w, r)
-		})
+// protectedRoute is a route that needs a token: see protect.
+type protectedRoute struct{ http.Handler }
+
+// protect refuses, with 401, every request to h that carries no valid
+// bearer token, when tokens are configured.
+func (a authenticator) protect(logger *slog.Logger, h http.Handler) http.Handler {
+	if !a.enabled() {
+		return protectedRoute{h}
 	}
+	return protectedRoute{http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := a.check(r); err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})}
 }
 
 func newAuthenticator(tokens []string) authenticator {
@@ -64,12 +59,16 @@ func refused(challenge, detail string) *apiError {
 	return &apiError{code: codeUnauthorized, detail: detail, challenge: challenge}
 }
 
-// check returns nil when r carries exactly one Authorization header of
-// scheme Bearer (in any case) whose token is one of a's. Returns an
+// check returns nil when no token is configured, or when r carries exactly
+// one Authorization header of scheme Bearer (in any case) whose token is one
+// of a's. Returns an
 // unauthorized *apiError otherwise: with the plain challenge when r sent no bearer
 // token at all, with error="invalid_token" when it sent a wrong, empty or
 // doubled one.
 func (a authenticator) check(r *http.Request) *apiError {
+	if !a.enabled() {
+		return nil
+	}
 	token, err := bearerToken(r)
 	if err != nil {
 		return err

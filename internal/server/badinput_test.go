@@ -23,6 +23,7 @@ import (
 
 	"usersvc/db"
 	"usersvc/internal/pgtest"
+	"usersvc/internal/postgres"
 	"usersvc/migrations"
 )
 
@@ -191,7 +192,7 @@ func newRawServer(tb testing.TB, wait time.Duration) rawServer {
 	tb.Helper()
 	pool := pgtest.NewPool(tb)
 	logger := slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	h := New(logger, db.New(pool), migrations.VersionReader{Q: pool}, Options{
+	h := New(logger, db.New(pool), postgres.Probe{Q: pool}, Options{
 		RequestTimeout: 5 * time.Second,
 		BodyTimeout:    wait,
 		SchemaVersion:  migrations.Latest(),

@@ -94,7 +94,7 @@ type docsFile struct {
 // be read from the binary.
 func handleDocsFile(logger *slog.Logger) http.Handler {
 	files, err := readDocsFiles()
-	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
+	return handle(logger, 0, func(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}

@@ -1,12 +1,19 @@
 package server
 
 import (
+	"bytes"
 	"encoding/json/jsontext"
 	"encoding/json/v2"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"mime"
 	"net/http"
+	"os"
+	"reflect"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -77,4 +84,170 @@ func appendUser(b []byte, u user) ([]byte, error) {
 	b = append(b, `","updated_at":"`...)
 	b = u.UpdatedAt.AppendFormat(b, time.RFC3339Nano)
 	return append(b, `"}`...), nil
+}
+
+// maxBodyBytes caps every request body.
+const maxBodyBytes = 1 << 20
+
+var errBodyTooLarge = &apiError{code: codePayloadTooLarge, detail: "the request body is larger than 1 MiB (1048576 bytes)"}
+
+// readBody reads r's body into memory, so that the database's time, which
+// follows, is not the client's: a body that does not arrive within
+// BodyTimeout gets 408 request_timeout, and one that does is what decode
+// reads. A body decode would refuse unread, of another content type or a
+// declared length over maxBodyBytes, is left for it to refuse (415, 413) in
+// its turn, before a client waiting on "Expect: 100-continue" sends it.
+func readBody(w http.ResponseWriter, r *http.Request) error {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength > maxBodyBytes ||
+		checkContentType(r.Header.Get("Content-Type")) != nil {
+		return nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if slow, ok := errors.AsType[*slowBodyError](err); ok {
+		return slow
+	}
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return errBodyTooLarge
+	}
+	if err != nil {
+		return invalidJSON("the request body could not be read")
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return nil
+}
+
+// decode reads a JSON request body into a T: exactly one JSON object whose
+// members T knows, each once, in valid UTF-8. Returns a *apiError for
+// any problem with the request: unsupported_media_type, payload_too_large,
+// invalid_json or validation_failed.
+func decode[T any](r *http.Request) (T, error) {
+	var v T
+	if err := checkContentType(r.Header.Get("Content-Type")); err != nil {
+		return v, err
+	}
+	if r.ContentLength > maxBodyBytes {
+		return v, errBodyTooLarge
+	}
+	body, err := io.ReadAll(r.Body) // in memory already: readBody
+	if err != nil {
+		return v, invalidJSON("the request body could not be read")
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return v, invalidJSON("the request body is empty; send a JSON object")
+	}
+	if err := json.Unmarshal(body, &v, json.RejectUnknownMembers(true)); err != nil {
+		return v, decodeError(err)
+	}
+	return v, nil
+}
+
+// checkContentType accepts application/json with any parameters, but a
+// charset other than UTF-8 would be misread, so it is refused too.
+func checkContentType(header string) error {
+	mediaType, params, err := mime.ParseMediaType(header)
+	if err == nil && mediaType == jsonContentType {
+		if cs, ok := params["charset"]; !ok || strings.EqualFold(cs, "utf-8") {
+			return nil
+		}
+	}
+	detail := "send the body as application/json"
+	if header != "" {
+		detail = fmt.Sprintf("content type %q is not supported; send application/json (UTF-8)", header)
+	}
+	return &apiError{code: codeUnsupportedMediaType, detail: detail}
+}
+
+// decodeError turns a json.Unmarshal error into a *apiError.
+func decodeError(err error) error {
+	if serr, ok := errors.AsType[*json.SemanticError](err); ok {
+		field := strings.TrimPrefix(string(serr.JSONPointer), "/")
+		switch {
+		case errors.Is(serr.Err, json.ErrUnknownName):
+			return invalidFields(fieldError{In: "body", Field: serr.JSONPointer.LastToken(), Detail: "unknown field"})
+		case field == "":
+			return invalidJSON("the request body must be a JSON object")
+		default:
+			return invalidFields(fieldError{In: "body", Field: field, Detail: "must be a " + jsonTypeName(serr)})
+		}
+	}
+	if serr, ok := errors.AsType[*jsontext.SyntacticError](err); ok {
+		switch {
+		case errors.Is(serr.Err, jsontext.ErrDuplicateName):
+			return invalidJSON(fmt.Sprintf("member %q appears more than once", serr.JSONPointer.LastToken()))
+		case errors.Is(serr.Err, io.ErrUnexpectedEOF):
+			return invalidJSON("the request body ends before the JSON value does")
+		case strings.Contains(serr.Err.Error(), "after top-level value"):
+			return invalidJSON(fmt.Sprintf("unexpected data after the JSON object at byte %d; send one object", serr.ByteOffset))
+		}
+		return invalidJSON(fmt.Sprintf("malformed JSON at byte %d", serr.ByteOffset))
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return invalidJSON("the request body ends before the JSON value does")
+	}
+	return invalidJSON("the request body is not valid JSON")
+}
+
+// jsonTypeName names the JSON type a Go field wants.
+func jsonTypeName(serr *json.SemanticError) string {
+	if serr.GoType == nil {
+		return "value of another type"
+	}
+	t := serr.GoType
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() == reflect.String {
+		return "string"
+	}
+	return "value of another type"
+}
+
+// timedBody is a request body that must arrive by a deadline, which
+// newTimedBody sets on the connection at once: a read that misses it fails
+// with a *slowBodyError. So does net/http's own reading of what no handler
+// read, to discard it before the answer: that client waits for its answer
+// until the deadline at most. Once the body is in, net/http lifts the
+// deadline itself, as its background read begins (which watches for a
+// client that hangs up while the handler works, and cancels the request
+// when a read fails): the database's time that follows is not cut short.
+type timedBody struct {
+	io.ReadCloser
+	timeout  time.Duration
+	length   int64 // the declared Content-Length
+	received int64
+}
+
+// newTimedBody returns r's body bounded by timeout from now, a deadline it
+// sets at once on the connection that w writes to. Served in-process, as
+// benchmarks do, there is no connection: no network, then, to be slow.
+func newTimedBody(w http.ResponseWriter, r *http.Request, timeout time.Duration) *timedBody {
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(timeout))
+	return &timedBody{ReadCloser: r.Body, timeout: timeout, length: r.ContentLength}
+}
+
+func (b *timedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.received += int64(n)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The deadline stays: net/http reads nothing more of this body
+		// after the answer, and closes the connection.
+		return n, &slowBodyError{timeout: b.timeout, received: b.received, length: b.length}
+	}
+	return n, err
+}
+
+// slowBodyError is a request body that did not arrive within BodyTimeout.
+// It unwraps to the request_timeout *apiError the client gets.
+type slowBodyError struct {
+	timeout          time.Duration
+	received, length int64
+}
+
+func (e *slowBodyError) Error() string {
+	return fmt.Sprintf("slow client: %d of %d body bytes received within BODY_TIMEOUT (%s)", e.received, e.length, e.timeout)
+}
+
+func (e *slowBodyError) Unwrap() error {
+	return &apiError{code: codeRequestTimeout, detail: fmt.Sprintf(
+		"the request body did not arrive within %s of the request's headers; send it at once after them, then retry", e.timeout)}
 }

@@ -4,16 +4,12 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
+	"time"
 
-	"github.com/jackc/pgerrcode"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+	"usersvc/internal/postgres"
 )
 
 // This file is the one place that maps errors to problem responses: a
@@ -132,129 +128,32 @@ func invalidFields(fields ...fieldError) error {
 	return &apiError{code: codeValidationFailed, detail: "the request has invalid fields; see errors", fields: fields}
 }
 
-// unavailable returns the error for a database that cannot serve now, for
-// the reason why (see unavailableBecause), which the log shows before the
-// cause; the client's detail is generic on purpose: why is for operators
-// (the log, /readyz).
-func unavailable(why string, cause error) *apiError {
-	return &apiError{code: codeUnavailable, detail: "the database is unavailable or did not answer in time; retry later", cause: fmt.Errorf("%s: %w", why, cause)}
-}
-
-// constraintErrors maps each constraint of the schema to what its
-// violation means to a client. A violation of a constraint not listed is an
-// internal error: a schema change that forgot this table, which a test
-// catches (TestEveryConstraintHasAProblem).
-var constraintErrors = map[string]*apiError{
-	"users_name_key": errNameTaken,
-	// The handlers validate names as this constraint does; this is the
-	// database holding the line should they ever disagree.
-	"users_name_length": {code: codeValidationFailed, detail: "the request has invalid fields; see errors",
-		fields: []fieldError{{In: "body", Field: "name", Detail: nameRule}}},
-}
+var errNameInvalid = invalidFields(fieldError{In: "body", Field: "name", Detail: nameRule}).(*apiError)
 
 // classify returns err as an *apiError: err itself when it is one (or
-// wraps one), the meaning of a database error, else internal.
+// wraps one), what it means when it comes from the database, else
+// internal.
 func classify(err error) *apiError {
 	if e, ok := errors.AsType[*apiError](err); ok {
 		return e
 	}
-	if e := databaseError(err); e != nil {
-		return e
+	meaning := postgres.Translate(err)
+	if u, ok := errors.AsType[*postgres.UnavailableError](meaning); ok {
+		// The client's detail is generic on purpose: why is for operators
+		// (the log, /readyz).
+		return &apiError{code: codeUnavailable, detail: "the database is unavailable or did not answer in time; retry later", cause: u}
+	}
+	switch {
+	case errors.Is(meaning, postgres.ErrNotFound):
+		return errNotFound
+	case errors.Is(meaning, postgres.ErrNameTaken):
+		return errNameTaken
+	case errors.Is(meaning, postgres.ErrNameInvalid):
+		// The handlers validate names as this constraint does; this is
+		// the database holding the line should they ever disagree.
+		return errNameInvalid
 	}
 	return &apiError{code: codeInternal, detail: "the server failed to handle the request", cause: err}
-}
-
-// databaseError returns what a database error means to a client: not
-// found, a violated constraint, or the database unavailable. Returns nil
-// for an error that is none of these.
-func databaseError(err error) *apiError {
-	if errors.Is(err, pgx.ErrNoRows) {
-		return errNotFound
-	}
-	if why := unavailableBecause(err); why != "" {
-		return unavailable(why, err)
-	}
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
-		switch pgErr.Code {
-		case pgerrcode.UniqueViolation, pgerrcode.CheckViolation:
-			return constraintErrors[pgErr.ConstraintName]
-		}
-	}
-	return nil
-}
-
-// unavailableBecause returns what err says about why the database cannot
-// serve the service, in words an operator acts on, or "" when err is not
-// such a failure. By SQLSTATE class: credentials refused (28), no such
-// database (3D), out of connection slots or other resources (53), shut
-// down, restarting or a statement cancelled (57), a read-only database
-// (25006), a broken connection (08), and a table missing because the
-// migrations have not run (42P01); any other refusal while connecting; and,
-// without a SQLSTATE, a database that cannot be reached, has no host that
-// takes writes (target_session_attrs), or does not answer in time. The
-// words name no host, user or password: /readyz shows them to anyone.
-func unavailableBecause(err error) string {
-	_, connecting := errors.AsType[*pgconn.ConnectError](err)
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
-		code := pgErr.Code
-		why := func(what, todo string) string {
-			if todo == "" {
-				return fmt.Sprintf("%s (SQLSTATE %s)", what, code)
-			}
-			return fmt.Sprintf("%s (SQLSTATE %s): %s", what, code, todo)
-		}
-		switch {
-		case code == pgerrcode.InvalidPassword:
-			return why("the database refused the service's credentials", "check the user and password in DATABASE_URL")
-		case pgerrcode.IsInvalidAuthorizationSpecification(code):
-			return why("the database refused the service's role", "check the user in DATABASE_URL, that the role exists and may log in, and the server's pg_hba.conf")
-		case pgerrcode.IsInvalidCatalogName(code):
-			return why("the database named in DATABASE_URL does not exist", "create it, or correct the name")
-		case code == pgerrcode.TooManyConnections:
-			return why("the database has no connection slot free", "too many connections to the server, the database or the service's role; see max_connections, CONNECTION LIMIT and DB_MAX_CONNS")
-		case pgerrcode.IsInsufficientResources(code):
-			return why("the database is out of resources", "")
-		case code == pgerrcode.AdminShutdown:
-			return why("the database ended the service's session", "it is shutting down, or an administrator terminated the session")
-		case code == pgerrcode.CrashShutdown:
-			return why("the database is restarting after one of its processes crashed", "")
-		case code == pgerrcode.CannotConnectNow:
-			return why("the database accepts no connections now", "it is starting up, shutting down or recovering")
-		case code == pgerrcode.QueryCanceled:
-			return why("the database cancelled the statement", "a statement_timeout, or the request ran out of REQUEST_TIMEOUT")
-		case pgerrcode.IsOperatorIntervention(code):
-			return why("the database ended the service's session", "")
-		case code == pgerrcode.ReadOnlySQLTransaction:
-			return why("the database is read-only", "a standby, or default_transaction_read_only is on; the service needs the primary")
-		case pgerrcode.IsConnectionException(code):
-			return why("the connection to the database failed", "")
-		case code == pgerrcode.UndefinedTable:
-			return why("a table the service needs does not exist", "apply the migrations (usersvc migrate up)")
-		case connecting:
-			return why("the database refused the service's connection", "")
-		}
-		return ""
-	}
-	timedOut := errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)
-	switch {
-	case connecting && timedOut:
-		return "the database did not complete the connection in time"
-	case connecting && (errors.Is(err, pgconn.ErrReadOnlyConnection) || errors.Is(err, pgconn.ErrStandbyConnection)):
-		// target_session_attrs=read-write or primary turned every host
-		// that answered away, as during a failover.
-		return "no database host in DATABASE_URL takes writes: those that answer are read-only or standbys, as during a failover"
-	case connecting:
-		return "the database cannot be reached"
-	case timedOut:
-		return "the database did not answer in time"
-	case errors.Is(err, context.Canceled):
-		return "the wait for the database was cancelled"
-	}
-	if _, netErr := errors.AsType[net.Error](err); netErr ||
-		pgconn.SafeToRetry(err) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return "the connection to the database failed"
-	}
-	return ""
 }
 
 // problemFor returns the problem document for e, as seen from r.
@@ -299,8 +198,8 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 			slog.Int("status", p.Status),
 			slog.Any("err", cmp.Or(e.cause, err)),
 		}
-		if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
-			attrs = append(attrs, slog.String("sqlstate", pgErr.Code))
+		if code := postgres.SQLState(err); code != "" {
+			attrs = append(attrs, slog.String("sqlstate", code))
 		}
 		level := slog.LevelError
 		if p.Status == http.StatusServiceUnavailable {
@@ -323,11 +222,11 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 		h.Set("Retry-After", "1")
 	case codeUnauthorized:
 		h.Set("WWW-Authenticate", e.challenge)
-	case codePayloadTooLarge, codeRequestTimeout:
-		// The server then neither reads nor keeps the rest of the body
-		// (which may still be on its way).
-		// (http.MaxBytesReader would do that, but only when given the
-		// server's own ResponseWriter, and handlers get a wrapped one.)
+	case codePayloadTooLarge, codeRequestTimeout, codeLengthRequired,
+		codeInvalidRequest, codeHeadersTooLarge, codeExpectationFailed:
+		// What follows on the connection, if anything, is not to be read
+		// as a request: the rest of a body, or the bytes after a request
+		// that could not be parsed.
 		h.Set("Connection", "close")
 	}
 	encode(w, r, logger, p.Status, problemContentType, p)
@@ -337,10 +236,21 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 // handle returns h as an http.Handler that answers h's error with its
-// problem: the one way a handler's failure becomes a response.
-func handle(logger *slog.Logger, h handlerFunc) http.Handler {
+// problem: the one way a handler's failure becomes a response. It reads
+// the request's body first (readBody), then gives h a context whose
+// deadline is timeout from then (0: none): the one bound of all of h's
+// database work.
+func handle(logger *slog.Logger, timeout time.Duration, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := h(w, r); err != nil {
+		err := readBody(w, r)
+		if err == nil && timeout > 0 {
+			ctx, cancel := context.WithTimeout(r.Context(), timeout)
+			defer cancel()
+			err = h(w, r.WithContext(ctx))
+		} else if err == nil {
+			err = h(w, r)
+		}
+		if err != nil {
 			writeError(w, r, logger, err)
 		}
 	})

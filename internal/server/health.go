@@ -3,11 +3,13 @@ package server
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"sync/atomic"
 	"time"
+	"usersvc/internal/postgres"
 )
 
 //go:embed openapi.yaml
@@ -31,9 +33,8 @@ type databaseProbe interface {
 // readiness is what /readyz decides by.
 type readiness struct {
 	database databaseProbe
-	want     int64         // the schema version this build needs
-	draining *atomic.Bool  // set once the process is shutting down
-	timeout  time.Duration // bounds both questions to the database; 0: none
+	want     int64        // the schema version this build needs
+	draining *atomic.Bool // set once the process is shutting down
 }
 
 // readyTimeout bounds /readyz's database work below the 1 s that probes
@@ -49,11 +50,6 @@ const readyTimeout = 800 * time.Millisecond
 func (rd readiness) check(ctx context.Context) error {
 	if rd.draining.Load() {
 		return &apiError{code: codeUnavailable, detail: "the server is shutting down"}
-	}
-	if rd.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, rd.timeout)
-		defer cancel()
 	}
 	have, err := rd.database.SchemaVersion(ctx)
 	if err != nil {
@@ -80,12 +76,10 @@ func (rd readiness) check(ctx context.Context) error {
 // unavailable *apiError whose detail says why, or err itself, an internal
 // error.
 func notReady(err error) error {
-	if why := unavailableBecause(err); why != "" {
+	if u, ok := errors.AsType[*postgres.UnavailableError](postgres.Translate(err)); ok {
 		// Unlike the API's answers, /readyz says why: the operator who
 		// asks needs to know what to fix.
-		e := unavailable(why, err)
-		e.detail = why
-		return e
+		return &apiError{code: codeUnavailable, detail: u.Why, cause: u}
 	}
 	return err
 }
@@ -105,14 +99,14 @@ func handleHealthz(logger *slog.Logger) http.Handler {
 // 503 while it shuts down, while the database does not answer or refuses
 // writes (a standby, or a primary fenced read-only), and while the
 // database's schema is behind this build's migrations.
-func handleReadyz(logger *slog.Logger, rd readiness) http.Handler {
-	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
+func handleReadyz(logger *slog.Logger, rd readiness) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		if err := rd.check(r.Context()); err != nil {
 			return err
 		}
 		encode(w, r, logger, http.StatusOK, jsonContentType, status{Status: "ok"})
 		return nil
-	})
+	}
 }
 
 // handleOpenAPI serves GET /openapi.yaml: the OpenAPI description of this API.

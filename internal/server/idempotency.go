@@ -5,17 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"fmt"
-	"log/slog"
 	"net/http"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgerrcode"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"usersvc/db"
+	"usersvc/internal/postgres"
 )
 
 // Idempotent creates (draft-ietf-httpapi-idempotency-key-header): a POST
@@ -160,7 +155,7 @@ func createIdempotently(ctx context.Context, store userStore, c keyedCreate) (cr
 				CreatedAt: row.CreatedAt.Time, UpdatedAt: row.UpdatedAt.Time}}, nil
 		case err == nil && row.Claimed:
 			return createOutcome{}, nil // the name is taken: 400, recorded
-		case err != nil && !keyRecorded(err):
+		case err != nil && !errors.Is(postgres.Translate(err), postgres.ErrKeyRecorded):
 			return createOutcome{}, err
 		}
 		// The key has a record (the statement failed on it and did
@@ -192,7 +187,7 @@ func createIdempotently(ctx context.Context, store userStore, c keyedCreate) (cr
 func recordedOutcome(ctx context.Context, store userStore, c keyedCreate) (createOutcome, bool, error) {
 	rec, err := store.GetIdempotencyKey(ctx, c.digest)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
+	case errors.Is(postgres.Translate(err), postgres.ErrNotFound):
 		return createOutcome{}, false, nil
 	case err != nil:
 		return createOutcome{}, false, err
@@ -206,101 +201,4 @@ func recordedOutcome(ctx context.Context, store userStore, c keyedCreate) (creat
 		out.user = db.User{ID: rec.UserID.Int64, Name: c.name, CreatedAt: rec.UserCreatedAt.Time, UpdatedAt: rec.UserCreatedAt.Time}
 	}
 	return out, true, nil
-}
-
-// keyRecorded reports whether err is CreateUserIdempotently's unique
-// violation on the key's record.
-func keyRecorded(err error) bool {
-	pgErr, ok := errors.AsType[*pgconn.PgError](err)
-	return ok && pgErr.Code == pgerrcode.UniqueViolation && pgErr.ConstraintName == "idempotency_keys_pkey"
-}
-
-// keyPurgeStore is what KeyPurger needs of the database.
-type keyPurgeStore interface {
-	PurgeIdempotencyKeys(ctx context.Context, arg db.PurgeIdempotencyKeysParams) (int64, error)
-}
-
-var _ keyPurgeStore = (*db.Queries)(nil)
-
-// purgeBatch bounds the keys one statement of the purge deletes: a few
-// milliseconds of work that locks no row a request waits for.
-const purgeBatch = 1000
-
-// maxPurgeInterval bounds the time between purges: keys are forgotten
-// within it after IDEMPOTENCY_TTL.
-const maxPurgeInterval = time.Minute
-
-// KeyPurger deletes the idempotency keys older than their TTL: the service
-// purges its own table, with no cron job. It deletes purgeBatch keys per
-// statement, oldest first, and pauses after each as long as it took, so
-// that a backlog (after an outage, or a TTL shortened) takes at most half
-// of one database connection, never a long statement. Several instances
-// may purge one table: each skips the keys another has locked.
-type KeyPurger struct {
-	store   keyPurgeStore
-	logger  *slog.Logger
-	ttl     time.Duration
-	timeout time.Duration // each statement's
-	batch   int32
-}
-
-// NewKeyPurger returns a purger of the keys older than ttl, each statement
-// bounded by timeout.
-func NewKeyPurger(logger *slog.Logger, store keyPurgeStore, ttl, timeout time.Duration) *KeyPurger {
-	return &KeyPurger{store: store, logger: logger, ttl: ttl, timeout: timeout, batch: purgeBatch}
-}
-
-// Run purges every min(ttl, maxPurgeInterval) until ctx is done. A purge
-// that fails (the database is down, not migrated yet) is logged and tried
-// again at the next tick.
-func (p *KeyPurger) Run(ctx context.Context) {
-	tick := time.NewTicker(min(p.ttl, maxPurgeInterval))
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		n, err := p.Purge(ctx)
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil:
-			p.logger.WarnContext(ctx, "purge idempotency keys", slog.Int64("keys", n), slog.Any("err", err))
-		case n > 0:
-			p.logger.InfoContext(ctx, "idempotency keys purged", slog.Int64("keys", n), slog.String("ttl", p.ttl.String()))
-		}
-	}
-}
-
-// Purge deletes every key older than the TTL, batch by batch, and returns
-// how many it deleted. It stops at the first error, or when ctx is done.
-func (p *KeyPurger) Purge(ctx context.Context) (int64, error) {
-	var total int64
-	for {
-		start := time.Now()
-		n, err := p.purgeBatch(ctx)
-		total += n
-		if err != nil || n < int64(p.batch) {
-			return total, err
-		}
-		t := time.NewTimer(time.Since(start))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return total, ctx.Err()
-		case <-t.C:
-		}
-	}
-}
-
-func (p *KeyPurger) purgeBatch(ctx context.Context) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
-	n, err := p.store.PurgeIdempotencyKeys(ctx, db.PurgeIdempotencyKeysParams{TtlUs: p.ttl.Microseconds(), MaxRows: p.batch})
-	if err != nil {
-		return 0, fmt.Errorf("purge idempotency keys older than %s: %w", p.ttl, err)
-	}
-	return n, nil
 }

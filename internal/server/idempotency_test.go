@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"usersvc/db"
+	"usersvc/internal/postgres"
 )
 
 // keyHeader returns a header that sends Idempotency-Key with each of keys.
@@ -421,13 +422,13 @@ func TestKeyRecordedMeanwhile(t *testing.T) {
 
 // countingPurgeStore records what each purge statement deleted.
 type countingPurgeStore struct {
-	keyPurgeStore
+	postgres.PurgeStore
 	mu      sync.Mutex
 	batches []int64
 }
 
 func (s *countingPurgeStore) PurgeIdempotencyKeys(ctx context.Context, arg db.PurgeIdempotencyKeysParams) (int64, error) {
-	n, err := s.keyPurgeStore.PurgeIdempotencyKeys(ctx, arg)
+	n, err := s.PurgeStore.PurgeIdempotencyKeys(ctx, arg)
 	s.mu.Lock()
 	s.batches = append(s.batches, n)
 	s.mu.Unlock()
@@ -446,9 +447,9 @@ func TestPurgeIdempotencyKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	store := &countingPurgeStore{keyPurgeStore: db.New(s.pool)}
-	p := NewKeyPurger(slog.New(slog.NewTextHandler(t.Output(), nil)), store, 24*time.Hour, 5*time.Second)
-	p.batch = 10
+	store := &countingPurgeStore{PurgeStore: db.New(s.pool)}
+	p := postgres.NewKeyPurger(slog.New(slog.NewTextHandler(t.Output(), nil)), store, 24*time.Hour, 5*time.Second)
+	p.Batch = 10
 	n, err := p.Purge(context.Background())
 	if n != 25 || err != nil {
 		t.Fatalf("Purge = %d, %v; want 25 keys", n, err)
@@ -475,7 +476,7 @@ func TestKeyPurgerRuns(t *testing.T) {
 	t.Parallel()
 	s := newTestServer(t)
 	wantExecuted(t, "POST /users", s.postKeyed("soon gone", `{"name":"soon gone"}`), http.StatusCreated)
-	p := NewKeyPurger(slog.New(slog.NewTextHandler(t.Output(), nil)), db.New(s.pool), 100*time.Millisecond, 5*time.Second)
+	p := postgres.NewKeyPurger(slog.New(slog.NewTextHandler(t.Output(), nil)), db.New(s.pool), 100*time.Millisecond, 5*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

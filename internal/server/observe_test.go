@@ -20,6 +20,7 @@ import (
 	"usersvc/db"
 	"usersvc/internal/metrics"
 	"usersvc/internal/pgtest"
+	"usersvc/internal/postgres"
 	"usersvc/migrations"
 )
 
@@ -113,7 +114,7 @@ func (s *testServer) sendWithID(method, target, id string) (response, string) {
 func TestRequestID(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.NewPool(t)
-	s, logs := newObservedServer(t, db.New(pool), migrations.VersionReader{Q: pool}, slog.LevelInfo)
+	s, logs := newObservedServer(t, db.New(pool), postgres.Probe{Q: pool}, slog.LevelInfo)
 
 	for _, id := range []string{"abc-123", "req_7.x:y+z/w=@v", strings.Repeat("a", maxRequestIDLen)} {
 		r, got := s.sendWithID("GET", "/users/1", id)
@@ -190,7 +191,7 @@ func TestAccessLog(t *testing.T) {
 		{slog.LevelDebug, true},
 	} {
 		t.Run(tt.level.String(), func(t *testing.T) {
-			s, logs := newObservedServer(t, db.New(pool), migrations.VersionReader{Q: pool}, tt.level)
+			s, logs := newObservedServer(t, db.New(pool), postgres.Probe{Q: pool}, tt.level)
 			body := `{"name":"logged ` + tt.level.String() + `"}`
 			created := s.postJSON("/users", body)
 			if created.status != http.StatusCreated {
@@ -244,7 +245,7 @@ func TestAccessLog(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.NewPool(t)
-	s, _ := newObservedServer(t, db.New(pool), migrations.VersionReader{Q: pool}, slog.LevelWarn)
+	s, _ := newObservedServer(t, db.New(pool), postgres.Probe{Q: pool}, slog.LevelWarn)
 	u := s.createUser("counted")
 	s.postJSON("/users", `{"name":"counted"}`) // 400
 	s.get(userPath(u.ID))
@@ -366,7 +367,7 @@ func TestReadyzFollowsMigrations(t *testing.T) {
 	t.Parallel()
 	url := pgtest.NewEmptyURL(t)
 	pool := pgtest.NewPoolOn(t, url)
-	s, _ := newObservedServer(t, db.New(pool), migrations.VersionReader{Q: pool}, slog.LevelWarn)
+	s, _ := newObservedServer(t, db.New(pool), postgres.Probe{Q: pool}, slog.LevelWarn)
 
 	p := wantProblem(t, "GET /readyz before the migrations", s.get("/readyz"), 503, codeUnavailable)
 	if !strings.Contains(p.Detail, "at version 0") || !strings.Contains(p.Detail, fmt.Sprintf("needs version %d", migrations.Latest())) {

@@ -14,6 +14,7 @@ import (
 
 	"usersvc/db"
 	"usersvc/internal/pgtest"
+	"usersvc/internal/postgres"
 	"usersvc/migrations"
 )
 
@@ -42,7 +43,7 @@ func TestReadyzRefusesReadOnly(t *testing.T) {
 	}
 	fence("on") // for the sessions that start from now on
 	pool := pgtest.NewPoolOn(t, url)
-	s, _ := newObservedServer(t, db.New(pool), migrations.VersionReader{Q: pool}, slog.LevelError)
+	s, _ := newObservedServer(t, db.New(pool), postgres.Probe{Q: pool}, slog.LevelError)
 
 	p := wantProblem(t, "GET /readyz on a read-only database", s.get("/readyz"), 503, codeUnavailable)
 	if !strings.Contains(p.Detail, "refuses writes") || !strings.Contains(p.Detail, "transaction_read_only") {
@@ -55,7 +56,7 @@ func TestReadyzRefusesReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer writable.Close()
-	w, _ := newObservedServer(t, db.New(writable), migrations.VersionReader{Q: writable}, slog.LevelError)
+	w, _ := newObservedServer(t, db.New(writable), postgres.Probe{Q: writable}, slog.LevelError)
 	p = wantProblem(t, "GET /readyz through target_session_attrs=read-write to a read-only database", w.get("/readyz"), 503, codeUnavailable)
 	if !strings.Contains(p.Detail, "takes writes") {
 		t.Errorf("GET /readyz through target_session_attrs=read-write to a read-only database: detail %q, want it to say no host takes writes", p.Detail)
@@ -76,7 +77,7 @@ func TestReadsGoToTheirOwnStore(t *testing.T) {
 	t.Parallel()
 	writes, reads := pgtest.NewPool(t), pgtest.NewPool(t)
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
-	srv := httptest.NewServer(New(logger, db.New(writes), migrations.VersionReader{Q: writes}, Options{
+	srv := httptest.NewServer(New(logger, db.New(writes), postgres.Probe{Q: writes}, Options{
 		RequestTimeout: 5 * time.Second,
 		SchemaVersion:  migrations.Latest(),
 		Reads:          db.New(reads),

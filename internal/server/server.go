@@ -15,8 +15,8 @@ import (
 
 // Options are the server's settings and its optional parts.
 type Options struct {
-	// RequestTimeout bounds the database work of every request, from its
-	// start, after the request's body has been read. 0: no bound.
+	// RequestTimeout bounds the database work of every request, from the
+	// moment its body has been read. 0: no bound.
 	RequestTimeout time.Duration
 	// BodyTimeout bounds the time a request's body may take to arrive,
 	// from the end of its headers; a body later than that gets 408
@@ -36,28 +36,24 @@ type Options struct {
 	// that matches no route, gets 401 unauthorized. Empty: no check.
 	AuthTokens []string
 	// Reads, when set, serves the GET routes' queries instead of the store:
-	// production passes db.New(pool) for the pool of DATABASE_READ_URL.
+	// production passes db.New(postgres.Reads{Pool: pool}) for the pool of
+	// DATABASE_READ_URL.
 	Reads userReader
 }
 
 // Server is the service's HTTP handler.
 type Server struct {
-	handler  http.Handler
-	draining atomic.Bool
-	logger   *slog.Logger
-	metrics  *metrics.Metrics
+	http.Handler
+	draining *atomic.Bool
 }
 
 // New returns the service's HTTP handler: every route of routes.go behind
-// the middleware chain of newHandler, with the database work of each
-// request bounded by RequestTimeout from its start, which comes after the
-// request's body has been read (timeout.go). Production passes
-// db.New(pool) as the store and migrations.VersionReader{Q: pool} as the
-// database, and serves it on s.Listener(ln).
+// the middleware every request takes. Production passes db.New(pool) as
+// the store and postgres.Probe{Q: pool} as the database, and serves it on
+// s.Listener(ln).
 func New(logger *slog.Logger, store userStore, database databaseProbe, opts Options) *Server {
 	logger = slog.New(requestIDHandler{logger.Handler()})
-	s := &Server{logger: logger, metrics: opts.Metrics}
-	mux := http.NewServeMux()
+	s := &Server{draining: new(atomic.Bool)}
 	served := opts.Metrics
 	if opts.MetricsElsewhere {
 		served = nil
@@ -66,47 +62,24 @@ func New(logger *slog.Logger, store userStore, database databaseProbe, opts Opti
 	if reads == nil {
 		reads = store
 	}
-	if opts.RequestTimeout > 0 {
-		reads = timedReader{reader: reads, timeout: opts.RequestTimeout}
-		store = timedStore{timedReader: timedReader{reader: store, timeout: opts.RequestTimeout}, store: store}
-	}
-	addRoutes(mux, logger, store, reads, readiness{database: database, want: opts.SchemaVersion, draining: &s.draining, timeout: min(opts.RequestTimeout, readyTimeout)}, served)
-	s.handler = newHandler(mux, logger, opts)
+	rs := routes{mux: http.NewServeMux(), auth: newAuthenticator(opts.AuthTokens), logger: logger, timeout: opts.RequestTimeout}
+	addRoutes(rs, store, reads, readiness{database: database, want: opts.SchemaVersion, draining: s.draining}, served)
+	s.Handler = chain(rs,
+		observe(logger, opts.Metrics),               // observe.go
+		guard(logger, opts.BodyTimeout, s.draining), // framing.go
+	)
 	return s
 }
 
 // middleware wraps a handler in one step of the chain every request takes.
 type middleware func(http.Handler) http.Handler
 
-// newHandler serves mux's routes through the middleware every request
-// takes, outermost first.
-func newHandler(mux *http.ServeMux, logger *slog.Logger, opts Options) http.Handler {
-	chain := []middleware{
-		withRequestID,                         // requestid.go
-		logRequests(logger),                   // accesslog.go
-		countRequests(opts.Metrics),           // metrics.go
-		withSafeHeaders,                       // headers.go
-		checkFraming(logger),                  // framing.go
-		limitURI(logger),                      // limits.go
-		withBodyTimeout(opts.BodyTimeout),     // timeout.go
-		withRoute(mux),                        // router.go
-		requireToken(opts.AuthTokens, logger), // auth.go
-	}
-	h := serveRoute(mux, logger) // router.go
-	for _, m := range slices.Backward(chain) {
+// chain returns h behind the middleware, outermost first.
+func chain(h http.Handler, outermostFirst ...middleware) http.Handler {
+	for _, m := range slices.Backward(outermostFirst) {
 		h = m(h)
 	}
 	return h
-}
-
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
-		// A client's next request then goes out on a new connection, which
-		// the listener accepts or refuses, not on a kept-alive one that
-		// the shutdown may close as idle just as the request is sent.
-		w.Header().Set("Connection", "close")
-	}
-	s.handler.ServeHTTP(w, r)
 }
 
 // Drain makes /readyz answer 503 from now on, so that load balancers stop

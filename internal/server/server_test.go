@@ -16,6 +16,7 @@ import (
 
 	"usersvc/db"
 	"usersvc/internal/pgtest"
+	"usersvc/internal/postgres"
 	"usersvc/migrations"
 )
 
@@ -58,7 +59,7 @@ func serveAPIOn(tb testing.TB, logger *slog.Logger, pool *pgxpool.Pool, opts Opt
 	if opts.SchemaVersion == 0 {
 		opts.SchemaVersion = migrations.Latest()
 	}
-	return serveAPI(tb, logger, db.New(pool), migrations.VersionReader{Q: pool}, opts)
+	return serveAPI(tb, logger, db.New(pool), postgres.Probe{Q: pool}, opts)
 }
 
 // startServer serves h over loopback HTTP until the test ends, as usersvc

@@ -21,7 +21,7 @@ import (
 	"usersvc/db"
 	"usersvc/internal/pglocal"
 	"usersvc/internal/pgtest"
-	"usersvc/migrations"
+	"usersvc/internal/postgres"
 )
 
 // databaseRequests are a request to every route that needs the database.
@@ -287,7 +287,7 @@ func serverOn(t *testing.T, databaseURL string) (*testServer, *logBuffer) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	return newObservedServerTimeout(t, db.New(pool), migrations.VersionReader{Q: pool}, slog.LevelWarn, 10*time.Second)
+	return newObservedServerTimeout(t, db.New(pool), postgres.Probe{Q: pool}, slog.LevelWarn, 10*time.Second)
 }
 
 // newRole creates a role with a new name and options on the server of

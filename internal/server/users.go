@@ -6,9 +6,14 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"usersvc/db"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // userStore is what the user handlers need of the database. Its methods are
@@ -67,9 +72,34 @@ func (req userRequest) validName() (string, error) {
 	return name, nil
 }
 
+const (
+	maxNameChars = 100
+	nameRule     = "must be 1 to 100 characters after trimming surrounding whitespace"
+)
+
+// normalizeName trims surrounding whitespace and NFC-normalizes s, so that
+// visually identical names are stored, and collide, as one. Returns the
+// name, or a description of what is wrong with it.
+func normalizeName(s string) (string, string) {
+	if !utf8.ValidString(s) {
+		return "", "must be valid UTF-8"
+	}
+	s = norm.NFC.String(strings.TrimSpace(s))
+	if n := utf8.RuneCountInString(s); n < 1 || n > maxNameChars {
+		return "", nameRule
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			// Postgres refuses U+0000 in text; the rest have no place in a name.
+			return "", "must not contain control characters"
+		}
+	}
+	return s, ""
+}
+
 // decodeName reads a userRequest body and returns its normalized name.
-func decodeName(w http.ResponseWriter, r *http.Request) (string, error) {
-	req, err := decode[userRequest](w, r)
+func decodeName(r *http.Request) (string, error) {
+	req, err := decode[userRequest](r)
 	if err != nil {
 		return "", err
 	}
@@ -83,13 +113,13 @@ func decodeName(w http.ResponseWriter, r *http.Request) (string, error) {
 // 400 is recorded with the user, and a later request with the key gets it
 // again with Idempotent-Replayed: true, or 422 when it is another request;
 // 409 while the key's first request is still in flight.
-func handleUserCreate(logger *slog.Logger, store userStore) http.Handler {
-	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
+func handleUserCreate(logger *slog.Logger, store userStore) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		key, keyed, err := idempotencyKey(r)
 		if err != nil {
 			return err
 		}
-		name, err := decodeName(w, r)
+		name, err := decodeName(r)
 		if err != nil {
 			return err
 		}
@@ -113,7 +143,7 @@ func handleUserCreate(logger *slog.Logger, store userStore) http.Handler {
 		}
 		writeCreated(w, r, logger, out.user)
 		return nil
-	})
+	}
 }
 
 // writeCreated answers a create of u: 201 with the user, its Location and
@@ -127,8 +157,8 @@ func writeCreated(w http.ResponseWriter, r *http.Request, logger *slog.Logger, u
 
 // handleUserList serves GET /users: 200 with a page of users in id order
 // and, while more remain, a Link to the next page; 400 for a bad query.
-func handleUserList(logger *slog.Logger, store userReader) http.Handler {
-	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
+func handleUserList(logger *slog.Logger, store userReader) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		q, err := parseListQuery(r.URL.RawQuery)
 		if err != nil {
 			return err
@@ -153,15 +183,15 @@ func handleUserList(logger *slog.Logger, store userReader) http.Handler {
 		}
 		encode(w, r, logger, http.StatusOK, jsonContentType, users)
 		return nil
-	})
+	}
 }
 
 // handleUserGet serves GET and HEAD /users/{id}: 200 with the user and its
 // ETag; 304 with the ETag when If-None-Match names it (or is *); 400 for a
 // malformed id or precondition header; 404; 412 when If-Match does not
 // name the user's ETag.
-func handleUserGet(logger *slog.Logger, store userReader) http.Handler {
-	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
+func handleUserGet(logger *slog.Logger, store userReader) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
 			return err
@@ -185,7 +215,7 @@ func handleUserGet(logger *slog.Logger, store userReader) http.Handler {
 			encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
 		}
 		return nil
-	})
+	}
 }
 
 // handleUserRename serves PUT /users/{id}: 200 with the renamed user (its
@@ -193,8 +223,8 @@ func handleUserGet(logger *slog.Logger, store userReader) http.Handler {
 // precondition header, invalid JSON, an invalid name or another user's
 // name; 404; 412 when If-Match or If-None-Match fails, and nothing
 // changes; 413; 415.
-func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
-	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
+func handleUserRename(logger *slog.Logger, store userStore) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
 			return err
@@ -203,7 +233,7 @@ func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
 		if err != nil {
 			return err
 		}
-		name, err := decodeName(w, r)
+		name, err := decodeName(r)
 		if err != nil {
 			return err
 		}
@@ -226,14 +256,14 @@ func handleUserRename(logger *slog.Logger, store userStore) http.Handler {
 		w.Header().Set(etagHeader, etag(u))
 		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
 		return nil
-	})
+	}
 }
 
 // handleUserDelete serves DELETE /users/{id}: 204; 400 for a malformed id
 // or precondition header; 404 when no such user exists (any more); 412
 // when If-Match or If-None-Match fails, and nothing changes.
-func handleUserDelete(logger *slog.Logger, store userStore) http.Handler {
-	return handle(logger, func(w http.ResponseWriter, r *http.Request) error {
+func handleUserDelete(logger *slog.Logger, store userStore) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		id, err := pathID(r)
 		if err != nil {
 			return err
@@ -264,5 +294,5 @@ func handleUserDelete(logger *slog.Logger, store userStore) http.Handler {
 		}
 		w.WriteHeader(http.StatusNoContent)
 		return nil
-	})
+	}
 }

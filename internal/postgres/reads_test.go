@@ -1,4 +1,4 @@
-package main
+package postgres
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 func TestReadsRetryLostConnections(t *testing.T) {
 	ctx := context.Background()
 	const conns = 2 // fewer than readAttempts
-	pool, err := newReadPool(ctx, config.Config{DatabaseURL: "postgres://unused/db", DatabaseReadURL: pgtest.NewURL(t), DBMaxConns: conns})
+	pool, err := NewReadPool(ctx, config.Config{DatabaseURL: "postgres://unused/db", DatabaseReadURL: pgtest.NewURL(t), DBMaxConns: conns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,16 +71,16 @@ func TestReadsRetryLostConnections(t *testing.T) {
 	if _, err := db.New(pool).GetUser(ctx, u.ID); err == nil || !lostConnection(err) {
 		t.Fatalf("GetUser on a session that was ended = %v, want an error that lostConnection recognises, or this test shows nothing", err)
 	}
-	reads := retriedReads{q: db.New(pool)}
+	reads := db.New(Reads{Pool: pool})
 	endSessions()
 	if got, err := reads.GetUser(ctx, u.ID); err != nil || got.ID != u.ID {
-		t.Errorf("retriedReads.GetUser after the pool's sessions were ended = %+v, %v; want the user", got, err)
+		t.Errorf("Reads' GetUser after the pool's sessions were ended = %+v, %v; want the user", got, err)
 	}
 	endSessions()
 	if got, err := reads.ListUsers(ctx, db.ListUsersParams{MaxRows: 10}); err != nil || len(got) != 1 {
-		t.Errorf("retriedReads.ListUsers after the pool's sessions were ended = %v, %v; want the user", got, err)
+		t.Errorf("Reads' ListUsers after the pool's sessions were ended = %v, %v; want the user", got, err)
 	}
 	if _, err := reads.GetUser(ctx, u.ID+1); err != pgx.ErrNoRows || lostConnection(err) {
-		t.Errorf("retriedReads.GetUser of a missing user = %v, want pgx.ErrNoRows, and no lost connection", err)
+		t.Errorf("Reads' GetUser of a missing user = %v, want pgx.ErrNoRows, and no lost connection", err)
 	}
 }

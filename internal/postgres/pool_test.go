@@ -1,4 +1,4 @@
-package main
+package postgres
 
 import (
 	"context"
@@ -53,7 +53,7 @@ func TestPreparedQueriesListsEveryQuery(t *testing.T) {
 // prepares anything.
 func TestPoolKeepsPreparedStatements(t *testing.T) {
 	ctx := context.Background()
-	pool, err := newPool(ctx, config.Config{DatabaseURL: pgtest.NewURL(t), DBMaxConns: 1})
+	pool, err := NewPool(ctx, config.Config{DatabaseURL: pgtest.NewURL(t), DBMaxConns: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestPoolSize(t *testing.T) {
 		{"the URL's pool_max_conns", config.Config{DatabaseURL: "postgres://h/db?pool_max_conns=9"}, 9},
 		{"the default", config.Config{DatabaseURL: "postgres://h/db"}, defaultMaxConns(runtime.GOMAXPROCS(0))},
 	} {
-		pool, err := newPool(context.Background(), tt.cfg)
+		pool, err := NewPool(context.Background(), tt.cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +124,7 @@ func TestPoolSize(t *testing.T) {
 // TestPoolConnectTimeout checks that serve's pool bounds its connects as
 // every command does, whose own tests run against a silent database.
 func TestPoolConnectTimeout(t *testing.T) {
-	pool, err := newPool(context.Background(), config.Config{DatabaseURL: "postgres://h/db", DBConnectTimeout: 7 * time.Second})
+	pool, err := NewPool(context.Background(), config.Config{DatabaseURL: "postgres://h/db", DBConnectTimeout: 7 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestPoolConnectTimeout(t *testing.T) {
 // while one that takes writes stays.
 func TestPoolDropsReadOnlySessions(t *testing.T) {
 	ctx := context.Background()
-	pool, err := newPool(ctx, config.Config{DatabaseURL: pgtest.NewURL(t), DBMaxConns: 1})
+	pool, err := NewPool(ctx, config.Config{DatabaseURL: pgtest.NewURL(t), DBMaxConns: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestPoolSettingsForReadURL(t *testing.T) {
 		{"DATABASE_URL's own setting", "postgres://h/db?synchronous_commit=local", readURL, "local"},
 	} {
 		cfg := config.Config{DatabaseURL: tt.url, DatabaseReadURL: tt.readURL}
-		pool, err := newPool(ctx, cfg)
+		pool, err := NewPool(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -199,7 +199,7 @@ func TestPoolSettingsForReadURL(t *testing.T) {
 			t.Errorf("%s: the write pool's synchronous_commit = %q, want %q", tt.name, got, tt.want)
 		}
 		pool.Close()
-		reads, err := newReadPool(ctx, cfg)
+		reads, err := NewReadPool(ctx, cfg)
 		switch {
 		case err != nil:
 			t.Fatal(err)
@@ -222,7 +222,7 @@ func TestPoolSettingsForReadURL(t *testing.T) {
 func TestPoolBoundsSessions(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.NewURL(t)
-	pool, err := newPool(ctx, config.Config{DatabaseURL: url, RequestTimeout: 700 * time.Millisecond, DBMaxConns: 1})
+	pool, err := NewPool(ctx, config.Config{DatabaseURL: url, RequestTimeout: 700 * time.Millisecond, DBMaxConns: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +248,7 @@ func TestPoolBoundsSessions(t *testing.T) {
 		{"DATABASE_URL's own", url + "&statement_timeout=3s", "3s"},
 		{"a pooler's query mode", url + "&default_query_exec_mode=exec", "0"},
 	} {
-		pool, err := newPool(ctx, config.Config{DatabaseURL: tt.url, RequestTimeout: 700 * time.Millisecond})
+		pool, err := NewPool(ctx, config.Config{DatabaseURL: tt.url, RequestTimeout: 700 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package main
+package postgres
 
 import (
 	"context"
@@ -22,28 +22,22 @@ import (
 )
 
 // defaultMaxConns is the pool size for DB_MAX_CONNS=0: two connections per
-// core the service may use, at least 16. A write holds its connection
-// until its commit is flushed to disk, and commits that wait together
-// share a flush: with the data on a disk, fsync on and 16 clients on the
-// 2-core machine, 16 connections gave 2.4 times the POST /users and PUT
-// /users/{id} of 4 (0.75 of pgbench's inserts at 16 clients, against 0.32),
-// while GET /users/{id} lost 7 % and the page of 50 2 %, within the run's
-// noise (docs/benchmarks.md, "Data on a disk and the pool size"). Two per
-// core is what CPU-bound reads used when the data was in memory. Behind
-// PgBouncer, and with several replicas against max_connections, set it.
+// core, at least 16, because a write holds its connection until its commit
+// is flushed and commits that wait together share a flush
+// (docs/benchmarks.md, "Data on a disk and the pool size").
 func defaultMaxConns(procs int) int32 {
 	return int32(max(16, 2*procs))
 }
 
-// newPool returns the connection pool for DATABASE_URL, with the
+// NewPool returns the connection pool for DATABASE_URL, with the
 // connection settings of every command (config.PoolConfig), through which
 // every write goes (and every read without DATABASE_READ_URL). It does not
 // connect yet: connections are made on first use, so the database may come
 // later. A connection whose server stops taking writes is dropped when it
 // is released (see takesWrites). With DATABASE_READ_URL, its sessions
 // commit with synchronous_commit=remote_apply unless the URL sets
-// synchronous_commit: see newReadPool.
-func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
+// synchronous_commit: see NewReadPool.
+func NewPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	pc, err := cfg.PoolConfig()
 	if err != nil {
 		return nil, err
@@ -62,13 +56,13 @@ func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// newReadPool returns the connection pool for DATABASE_READ_URL, which the
+// NewReadPool returns the connection pool for DATABASE_READ_URL, which the
 // GET routes use, or nil when it is not set: the same settings, sessions
 // named usersvc-read (config.ReadPoolConfig). A client reads its own writes
 // through it because the write pool's commits wait for the synchronous
 // standbys to apply them (remote_apply) before the service acknowledges
 // them: a standby in the synchronous quorum has every acknowledged write.
-func newReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
+func NewReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	if cfg.DatabaseReadURL == "" {
 		return nil, nil
 	}
@@ -147,11 +141,11 @@ func prepareQueries(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// connectErr returns err, from a command's work on the database, with the
+// ConnectErr returns err, from a command's work on the database, with the
 // database named as host:port/database (never the user or password) and,
 // when it did not answer, the connect timeout it had, if err is a failure
 // to connect. Returns any other err unchanged.
-func connectErr(cfg config.Config, err error) error {
+func ConnectErr(cfg config.Config, err error) error {
 	connErr, ok := errors.AsType[*pgconn.ConnectError](err)
 	if !ok {
 		return err

@@ -1,0 +1,9 @@
+package postgres
+
+import (
+	"testing"
+
+	"usersvc/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
