@@ -52,11 +52,8 @@ WHERE id = $1;
 -- with the user, or 400. The advisory lock on lock_id, 64 bits of the key's
 -- digest, is that claim, held until the statement ends. Fails with SQLSTATE
 -- 23505 on idempotency_keys_pkey, having done nothing, when the key has a
--- record already: GetIdempotencyKey reads it. Looking first cost every
--- first request a lookup for the sake of the rare retry: with it, this
--- statement took PostgreSQL 94 µs of CPU where a plain create took 46;
--- without it (and with the one-column key and the BRIN index of migration
--- 00002), 78 (minimum of 8 runs of 5,000 in a row, the backend's CPU time).
+-- record already: GetIdempotencyKey reads it (no lookup first, which would
+-- cost every first request for the sake of the rare retry).
 WITH claim AS (
     SELECT pg_try_advisory_xact_lock(sqlc.arg(lock_id)::bigint) AS claimed
 ),

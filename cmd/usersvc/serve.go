@@ -234,18 +234,11 @@ func shutDown(cfg config.Config, handler *server.Server, srv *http.Server, serve
 	return nil
 }
 
-// gcPercent is serve's GOGC unless the environment sets one. The heap
-// holds little but each request's short-lived garbage, so Go's default of
-// 100 collects it often. Against 100 in the same run, 200 served 20 % more
-// GET /users?after=&limit=50 (median of the rounds' pairs; every round
-// 15 % or more) for 11 % less of the service's CPU per request, and 13 %
-// less CPU per GET /users/{id}, for about 4 MiB more RSS
-// (docs/benchmarks.md, "Speed tricks, measured"; make bench
-// BENCH_ARGS='-sweep GOGC=100,200 -scenarios 1,2,3,6 -reps 5 -duration 8s
-// -pgbench-clients 16 -deep-rows 0'). Set in the code rather than only in
-// the image, so that every way of running serve (the binary, make run,
-// make bench and soak) runs as production does. An earlier sweep found
-// that 400 gained little more and came close to the 40 MiB RSS target.
+// gcPercent is serve's GOGC unless the environment sets one: the heap holds
+// little but each request's short-lived garbage, which Go's default of 100
+// collects too often (docs/benchmarks.md, "Speed tricks, measured"). Set in
+// the code, not the image, so that every way of running serve runs as
+// production does.
 const gcPercent = 200
 
 // tuneGC sets the garbage collector's target to gcPercent unless GOGC is
