@@ -86,7 +86,7 @@ func TestAuthRefuses(t *testing.T) {
 		{"DELETE", "/users/999999", "", "", 404},
 		{"POST", "/users", "text/plain", "mallory", 415},
 		{"PUT", path, "application/json", strings.Repeat(" ", maxBodyBytes+1), 413},
-		{"PATCH", "/users", "", "", 405},
+		{"TRACE", "/users", "", "", 405},
 		{"POST", path, "", "", 405},
 		{"GET", "/users/", "", "", 404},
 		{"GET", path + "/extra", "", "", 404},
@@ -151,7 +151,7 @@ func TestAuthRefuses(t *testing.T) {
 	metricsBody := string(s.get("/metrics").body)
 	for _, want := range []string{
 		`usersvc_http_requests_total{code="401",method="POST",route="/users"} ` + strconv.Itoa(2*len(credentials)),
-		`usersvc_http_requests_total{code="401",method="PATCH",route="unmatched"} ` + strconv.Itoa(len(credentials)),
+		`usersvc_http_requests_total{code="401",method="TRACE",route="unmatched"} ` + strconv.Itoa(len(credentials)),
 	} {
 		if !strings.Contains(metricsBody, want+"\n") {
 			t.Errorf("GET /metrics lacks %s", want)
@@ -219,7 +219,7 @@ func TestAuthOff(t *testing.T) {
 		if r.status != http.StatusCreated {
 			t.Errorf("POST /users without tokens configured, Authorization %q: status = %d, want 201", c.header.Get("Authorization"), r.status)
 		}
-		wantProblem(t, "PATCH /users", c.do("PATCH", "/users", "", nil), 405, codeMethodNotAllowed)
+		wantProblem(t, "TRACE /users", c.do("TRACE", "/users", "", nil), 405, codeMethodNotAllowed)
 	}
 }
 
