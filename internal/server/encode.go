@@ -19,6 +19,7 @@ import (
 
 const (
 	jsonContentType    = "application/json"
+	mergePatchType     = "application/merge-patch+json"
 	problemContentType = "application/problem+json"
 )
 
@@ -40,14 +41,8 @@ func encode(w http.ResponseWriter, r *http.Request, logger *slog.Logger, status 
 
 // marshal returns v as JSON. Users and pages of users, the bulk of the
 // service's output, are written by hand, byte for byte as json.Marshal
-// writes them (the tests compare the two). In the same run, with
-// json.Marshal GET /users?after=&limit=50 cost the service 12 % more CPU
-// per request (183 against 164 µs, medians of 7 rounds; more in every
-// round, by 3 to 27 %), and 12 % more in a second run; the throughput
-// difference, 6 %, was inside the rounds' spread (docs/benchmarks.md,
-// "Speed tricks, measured"; make bench BENCH_ARGS='-service-bin
-// bin/usersvc,<the same with json.Marshal> -scenarios 1,2 -reps 7
-// -duration 8s -pgbench-clients 16 -deep-rows 0').
+// writes them (the tests compare the two), for less CPU per request
+// (docs/benchmarks.md, "Speed tricks, measured").
 func marshal(v any) ([]byte, error) {
 	switch v := v.(type) {
 	case user:
@@ -98,8 +93,9 @@ var errBodyTooLarge = &apiError{code: codePayloadTooLarge, detail: "the request 
 // declared length over maxBodyBytes, is left for it to refuse (415, 413) in
 // its turn, before a client waiting on "Expect: 100-continue" sends it.
 func readBody(w http.ResponseWriter, r *http.Request) error {
+	ct := r.Header.Get("Content-Type")
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength > maxBodyBytes ||
-		checkContentType(r.Header.Get("Content-Type")) != nil {
+		(checkContentType(ct, jsonContentType) != nil && checkContentType(ct, mergePatchType) != nil) {
 		return nil
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
@@ -116,13 +112,14 @@ func readBody(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// decode reads a JSON request body into a T: exactly one JSON object whose
-// members T knows, each once, in valid UTF-8. Returns a *apiError for
-// any problem with the request: unsupported_media_type, payload_too_large,
-// invalid_json or validation_failed.
-func decode[T any](r *http.Request) (T, error) {
+// decode reads a request body of mediaType, a JSON type, into a T: exactly
+// one JSON object whose members T knows, each once, in valid UTF-8.
+// Returns a *apiError for any problem with the request:
+// unsupported_media_type, payload_too_large, invalid_json or
+// validation_failed.
+func decode[T any](r *http.Request, mediaType string) (T, error) {
 	var v T
-	if err := checkContentType(r.Header.Get("Content-Type")); err != nil {
+	if err := checkContentType(r.Header.Get("Content-Type"), mediaType); err != nil {
 		return v, err
 	}
 	if r.ContentLength > maxBodyBytes {
@@ -141,18 +138,18 @@ func decode[T any](r *http.Request) (T, error) {
 	return v, nil
 }
 
-// checkContentType accepts application/json with any parameters, but a
-// charset other than UTF-8 would be misread, so it is refused too.
-func checkContentType(header string) error {
+// checkContentType accepts the content type want with any parameters, but
+// a charset other than UTF-8 would be misread, so it is refused too.
+func checkContentType(header, want string) error {
 	mediaType, params, err := mime.ParseMediaType(header)
-	if err == nil && mediaType == jsonContentType {
+	if err == nil && mediaType == want {
 		if cs, ok := params["charset"]; !ok || strings.EqualFold(cs, "utf-8") {
 			return nil
 		}
 	}
-	detail := "send the body as application/json"
+	detail := "send the body as " + want
 	if header != "" {
-		detail = fmt.Sprintf("content type %q is not supported; send application/json (UTF-8)", header)
+		detail = fmt.Sprintf("content type %q is not supported; send %s (UTF-8)", header, want)
 	}
 	return &apiError{code: codeUnsupportedMediaType, detail: detail}
 }

@@ -99,7 +99,7 @@ func normalizeName(s string) (string, string) {
 
 // decodeName reads a userRequest body and returns its normalized name.
 func decodeName(r *http.Request) (string, error) {
-	req, err := decode[userRequest](r)
+	req, err := decode[userRequest](r, jsonContentType)
 	if err != nil {
 		return "", err
 	}
