@@ -117,7 +117,8 @@ func TestLeastPrivilege(t *testing.T) {
 			t.Errorf("%s %s as usersvc_app: status = %d, want %d; log:\n%s", step.method, step.path, status, step.want, s.logs.String())
 		}
 	}
-	// A keyed create and its replay; conditional writes; the purge.
+	// A keyed create and its replay; conditional writes, patches among them;
+	// the purge.
 	var tags []string
 	for _, step := range []struct {
 		method, path, body string
@@ -131,6 +132,9 @@ func TestLeastPrivilege(t *testing.T) {
 		{"PUT", "/users/5", `{"name":"carolina"}`, http.Header{"If-Match": {"<tag 0>"}}, 412},
 		{"GET", "/users/5", "", http.Header{"If-None-Match": {"<tag 3>"}}, 304},
 		{"DELETE", "/users/5", "", http.Header{"If-Match": {"<tag 3>"}}, 204},
+		{"PATCH", "/users/3", `{"name":"robert"}`, http.Header{"Content-Type": {"application/merge-patch+json"}}, 200},
+		{"PATCH", "/users/3", `{}`, http.Header{"Content-Type": {"application/merge-patch+json"}, "If-Match": {"<tag 7>"}}, 200},
+		{"PATCH", "/users/3", `{"name":"bobby"}`, http.Header{"Content-Type": {"application/merge-patch+json"}, "If-None-Match": {"<tag 7>"}}, 412},
 	} {
 		for i, tag := range tags {
 			for _, values := range step.header {
@@ -200,7 +204,7 @@ func TestLeastPrivilege(t *testing.T) {
 	// to do, so serve starts; with a migration pending, serve stops with
 	// exit status 1 and says the app role may not create it.
 	s = startServe(t, map[string]string{"DATABASE_URL": appURL, "AUTO_MIGRATE": "true"})
-	s.eventually(t, "GET", "/users/3", "", 200, 10*time.Second) // bob: the duplicate used id 2 up
+	s.eventually(t, "GET", "/users/3", "", 200, 10*time.Second) // bob, robert since: the duplicate used id 2 up
 	if err := s.stop(t, 15*time.Second); err != nil {
 		t.Errorf("serve with AUTO_MIGRATE as usersvc_app on a migrated database = %v, want nil", err)
 	}

@@ -333,6 +333,83 @@ func problemCode(r response) string {
 // wantName returns the name a body asks for as the service must store it,
 // or false when the body has none: json.Unmarshal's reading of the body,
 // trimmed and NFC-normalized.
+// FuzzPatchUser sends any body with any Content-Type as a PATCH to any id,
+// the ids of three users among them. A 200 must be the merge patch applied
+// (RFC 7396): renamed as asked when the body has a name, unchanged for {},
+// and round-trip; anything else leaves the user as it was, and a null name
+// is refused.
+func FuzzPatchUser(f *testing.F) {
+	s := newFuzzServer(f, "pat", "otto", "Robert'); DROP TABLE users;--")
+	for _, seed := range []struct {
+		id                int64
+		body, contentType string
+	}{
+		{1, `{}`, "application/merge-patch+json"},
+		{1, `{"name":"patricia"}`, "application/merge-patch+json"},
+		{1, `{"name":" Patrick\t"}`, "application/merge-patch+json; charset=utf-8"},
+		{1, `{"name":null}`, "application/merge-patch+json"},
+		{1, `{"name":"otto"}`, "application/merge-patch+json"},
+		{1, `{"name":7}`, "application/merge-patch+json"},
+		{1, `{"name":"x","id":2}`, "application/merge-patch+json"},
+		{1, `{"name":"a","name":"b"}`, "application/merge-patch+json"},
+		{1, `[]`, "application/merge-patch+json"},
+		{1, `{"name":"json"}`, "application/json"},
+		{2, `{}`, "text/plain"},
+		{999, `{}`, "application/merge-patch+json"},
+		{999, `{"name":"nobody"}`, "application/merge-patch+json"},
+	} {
+		f.Add(seed.id, []byte(seed.body), seed.contentType)
+	}
+	f.Fuzz(func(t *testing.T, id int64, body []byte, contentType string) {
+		target := "/users/" + strconv.FormatInt(id, 10)
+		req := s.request(t, http.MethodPatch, target, contentType, body)
+		if req == nil {
+			return
+		}
+		r := s.send(t, req)
+		var client clientText
+		client.addJSON(body)
+		client.add(contentType)
+		for _, u := range s.users {
+			client.add(u.Name)
+		}
+		checkFuzzResponse(t, req, r, client)
+
+		var patch map[string]any
+		isObject := json.Unmarshal(body, &patch) == nil && patch != nil
+		asked, named := patch["name"]
+		before, exists := s.users[id]
+		code := problemCode(r)
+		switch {
+		case r.status == http.StatusOK:
+			u := decodeJSON[user](t, r.body)
+			want := before
+			if named {
+				want.Name, _ = wantName(body)
+			}
+			if !exists || !isObject || u.ID != id || u.Name != want.Name || !u.CreatedAt.Equal(before.CreatedAt) ||
+				(named && u.UpdatedAt.Before(before.UpdatedAt)) || (!named && !sameUser(u, before)) {
+				t.Fatalf("PATCH %s %q: 200 %s; the user was %+v (exists %v)", target, body, r.body, before, exists)
+			}
+			if mt, _, _ := mime.ParseMediaType(contentType); mt != mergePatchType || asked == nil && named {
+				t.Errorf("PATCH %s %q with Content-Type %q: 200, want 415 or 400", target, body, contentType)
+			}
+			s.checkRoundTrip(t, "PATCH "+target, r, u, client)
+			s.users[id] = u
+		case code == codeNotFound && exists:
+			t.Errorf("PATCH %s: 404, but the user exists", target)
+		case exists:
+			g := s.get(t, target, client)
+			if got := decodeJSON[user](t, g.body); !sameUser(got, before) {
+				t.Errorf("PATCH %s %q answered %d, yet the user changed from %+v to %+v", target, body, r.status, before, got)
+			}
+		}
+		if exists && isObject && named && asked == nil && r.status != http.StatusBadRequest && r.status != http.StatusUnsupportedMediaType {
+			t.Errorf("PATCH %s %q: %d, want 400 for a null name", target, body, r.status)
+		}
+	})
+}
+
 func wantName(body []byte) (string, bool) {
 	var req struct {
 		Name string `json:"name"`
@@ -639,7 +716,7 @@ func FuzzListUsers(f *testing.F) {
 // is gone after it (and another is made, so that there always are some).
 func FuzzUserPath(f *testing.F) {
 	s := newFuzzServer(f, "one", "two", "three")
-	methods := []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete}
+	methods := []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete, http.MethodPatch}
 	renames := 0
 	f.Fuzz(func(t *testing.T, method byte, segment string) {
 		m := methods[int(method)%len(methods)]
@@ -685,7 +762,7 @@ func FuzzUserPath(f *testing.F) {
 			if got := decodeJSON[user](t, r.body); !sameUser(got, before) {
 				t.Errorf("%s: %s, want %+v", what, r.body, before)
 			}
-		case r.status == http.StatusOK && m == http.MethodPut:
+		case r.status == http.StatusOK && (m == http.MethodPut || m == http.MethodPatch && string(body) != "{}"):
 			u := decodeJSON[user](t, r.body)
 			if want := fmt.Sprintf("renamed %d", renames); u.ID != id || u.Name != want {
 				t.Fatalf("%s: %s, want user %d named %q", what, r.body, id, want)
@@ -767,7 +844,7 @@ func wantCondition(value, current string, strong bool) (valid, matches bool) {
 	return true, matches
 }
 
-// FuzzConditional sends GET, HEAD, PUT or DELETE of one user with any
+// FuzzConditional sends GET, HEAD, PUT, DELETE or PATCH of one user with any
 // If-Match and If-None-Match ("" sends none), where {current}, {stale} and
 // {other} stand for the user's ETag, one of its earlier ones and another
 // user's. The answer must be what RFC 9110 §13.2.2 says: 400 for a header
@@ -781,7 +858,7 @@ func FuzzConditional(f *testing.F) {
 	for _, u := range s.users {
 		otherTag = etag(db.User{ID: u.ID, UpdatedAt: u.UpdatedAt})
 	}
-	methods := []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete}
+	methods := []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete, http.MethodPatch}
 	n := 0
 	// fresh makes the user the target works on: created, then renamed, so
 	// that it has a stale ETag too.
@@ -810,9 +887,15 @@ func FuzzConditional(f *testing.F) {
 		path := userPath(target.ID)
 		var body []byte
 		var contentType string
-		if m == http.MethodPut {
+		switch {
+		case m == http.MethodPut:
 			n++
 			body, contentType = fmt.Appendf(nil, `{"name":"conditional %d"}`, n), "application/json"
+		case m == http.MethodPatch && len(ifMatchValue)%2 == 0:
+			n++
+			body, contentType = fmt.Appendf(nil, `{"name":"conditional %d"}`, n), "application/merge-patch+json"
+		case m == http.MethodPatch:
+			body, contentType = []byte(`{}`), "application/merge-patch+json"
 		}
 		req := s.request(t, m, path, contentType, body)
 		if im != "" {
@@ -829,7 +912,7 @@ func FuzzConditional(f *testing.F) {
 		imValid, imMatches := wantCondition(im, current, true)
 		inmValid, inmMatches := wantCondition(inm, current, false)
 		read := m == http.MethodGet || m == http.MethodHead
-		want := map[string]int{http.MethodGet: 200, http.MethodHead: 200, http.MethodPut: 200, http.MethodDelete: 204}[m]
+		want := map[string]int{http.MethodGet: 200, http.MethodHead: 200, http.MethodPut: 200, http.MethodDelete: 204, http.MethodPatch: 200}[m]
 		switch {
 		case im != "" && !imValid, inm != "" && !inmValid:
 			want = http.StatusBadRequest
@@ -847,11 +930,11 @@ func FuzzConditional(f *testing.F) {
 		if want == http.StatusBadRequest && m != http.MethodHead && !strings.Contains(string(r.body), `"in":"header"`) {
 			t.Errorf("%s: 400 %s, want it to name the header", what, r.body)
 		}
-		if (r.status == http.StatusOK && read || r.status == http.StatusNotModified) && r.header.Get(etagHeader) != current {
+		if (r.status == http.StatusOK && (read || string(body) == "{}") || r.status == http.StatusNotModified) && r.header.Get(etagHeader) != current {
 			t.Errorf("%s: %d with ETag %q, want %s", what, r.status, r.header.Get(etagHeader), current)
 		}
 		switch {
-		case r.status == http.StatusOK && m == http.MethodPut:
+		case r.status == http.StatusOK && (m == http.MethodPut || m == http.MethodPatch && string(body) != "{}"):
 			u := decodeJSON[user](t, r.body)
 			s.checkRoundTrip(t, what, r, u, client)
 			stale, current, target = current, r.header.Get(etagHeader), u

@@ -19,6 +19,7 @@ func addRoutes(rs routes, store userStore, reads userReader, ready readiness, m 
 	rs.Handle("GET /users", handleUserList(logger, reads))
 	rs.Handle("GET /users/{id}", handleUserGet(logger, reads))
 	rs.Handle("PUT /users/{id}", handleUserRename(logger, store))
+	rs.Handle("PATCH /users/{id}", handleUserPatch(logger, store))
 	rs.Handle("DELETE /users/{id}", handleUserDelete(logger, store))
 
 	rs.Open("GET /healthz", handleHealthz(logger))

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"encoding/json/jsontext"
+	"encoding/json/v2"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -225,11 +227,7 @@ func handleUserGet(logger *slog.Logger, store userReader) handlerFunc {
 // changes; 413; 415.
 func handleUserRename(logger *slog.Logger, store userStore) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		id, err := pathID(r)
-		if err != nil {
-			return err
-		}
-		pre, err := parsePreconditions(r, id)
+		id, pre, err := userTarget(r)
 		if err != nil {
 			return err
 		}
@@ -237,26 +235,103 @@ func handleUserRename(logger *slog.Logger, store userStore) handlerFunc {
 		if err != nil {
 			return err
 		}
-		var u db.User
-		if !pre.sent() {
-			u, err = store.RenameUser(r.Context(), db.RenameUserParams{ID: id, Name: name})
-		} else {
-			arg := db.RenameUserIfParams{ID: id, Name: name}
-			arg.MatchAny, arg.Match, arg.NoneMatch = pre.writeArgs()
-			var row db.RenameUserIfRow
-			row, err = store.RenameUserIf(r.Context(), arg)
-			if err == nil && !row.Renamed {
-				return errPreconditionFailed
-			}
-			u = db.User{ID: row.ID.Int64, Name: row.Name.String, CreatedAt: row.CreatedAt.Time, UpdatedAt: row.UpdatedAt.Time}
-		}
+		u, err := renameUser(r.Context(), store, id, pre, name)
 		if err != nil {
-			return fmt.Errorf("rename user %d: %w", id, err)
+			return err
 		}
-		w.Header().Set(etagHeader, etag(u))
-		encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
+		writeUser(w, r, logger, u)
 		return nil
 	}
+}
+
+// userPatch is the body of PATCH /users/{id}, a JSON merge patch (RFC
+// 7396): a member left out stays as it is.
+type userPatch struct {
+	Name jsontext.Value `json:"name"`
+}
+
+// handleUserPatch serves PATCH /users/{id}, application/merge-patch+json:
+// 200 with the user and its ETag, renamed when the patch has a name, as
+// it is when the patch is {}; 400 for a malformed id, precondition header,
+// invalid JSON, a name that is null (a user needs one) or invalid, or
+// another user's name; 404; 412 when If-Match or If-None-Match fails, and
+// nothing changes; 413; 415.
+func handleUserPatch(logger *slog.Logger, store userStore) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id, pre, err := userTarget(r)
+		if err != nil {
+			return err
+		}
+		patch, err := decode[userPatch](r, mergePatchType)
+		if err != nil {
+			return err
+		}
+		var u db.User
+		switch string(patch.Name) {
+		case "":
+			// Nothing to change: the one statement is the read, which the
+			// preconditions are checked against, as a write's would be.
+			if u, err = store.GetUser(r.Context(), id); err != nil {
+				return fmt.Errorf("get user %d: %w", id, err)
+			}
+			if pre.readStatus(u) != http.StatusOK {
+				return errPreconditionFailed
+			}
+		case "null":
+			return invalidFields(fieldError{In: "body", Field: "name", Detail: "must not be null: a user needs a name"})
+		default:
+			var name string
+			if err := json.Unmarshal(patch.Name, &name); err != nil {
+				return invalidFields(fieldError{In: "body", Field: "name", Detail: "must be a string"})
+			}
+			if name, err = (userRequest{Name: &name}).validName(); err != nil {
+				return err
+			}
+			if u, err = renameUser(r.Context(), store, id, pre, name); err != nil {
+				return err
+			}
+		}
+		writeUser(w, r, logger, u)
+		return nil
+	}
+}
+
+// userTarget returns the id of r's path and its preconditions.
+func userTarget(r *http.Request) (int64, preconditions, error) {
+	id, err := pathID(r)
+	if err != nil {
+		return 0, preconditions{}, err
+	}
+	pre, err := parsePreconditions(r, id)
+	return id, pre, err
+}
+
+// renameUser renames user id to name, in one statement with pre, if any.
+// Returns errPreconditionFailed when pre fails, and nothing changed.
+func renameUser(ctx context.Context, store userStore, id int64, pre preconditions, name string) (db.User, error) {
+	if !pre.sent() {
+		u, err := store.RenameUser(ctx, db.RenameUserParams{ID: id, Name: name})
+		if err != nil {
+			return u, fmt.Errorf("rename user %d: %w", id, err)
+		}
+		return u, nil
+	}
+	arg := db.RenameUserIfParams{ID: id, Name: name}
+	arg.MatchAny, arg.Match, arg.NoneMatch = pre.writeArgs()
+	row, err := store.RenameUserIf(ctx, arg)
+	switch {
+	case err != nil:
+		return db.User{}, fmt.Errorf("rename user %d: %w", id, err)
+	case !row.Renamed:
+		return db.User{}, errPreconditionFailed
+	}
+	return db.User{ID: row.ID.Int64, Name: row.Name.String, CreatedAt: row.CreatedAt.Time, UpdatedAt: row.UpdatedAt.Time}, nil
+}
+
+// writeUser answers 200 with u and its ETag.
+func writeUser(w http.ResponseWriter, r *http.Request, logger *slog.Logger, u db.User) {
+	w.Header().Set(etagHeader, etag(u))
+	encode(w, r, logger, http.StatusOK, jsonContentType, toUser(u))
 }
 
 // handleUserDelete serves DELETE /users/{id}: 204; 400 for a malformed id
