@@ -224,7 +224,7 @@ func TestHTTPServerLimits(t *testing.T) {
 	// at BODY_TIMEOUT and whose database work took REQUEST_TIMEOUT, with
 	// time to write it. WriteTimeout counts from the end of the headers,
 	// ReadTimeout from their start.
-	if last := cfg.BodyTimeout + cfg.RequestTimeout + writeMargin; srv.WriteTimeout < last {
+	if last := cfg.BodyTimeout + cfg.RequestTimeout + config.WriteMargin; srv.WriteTimeout < last {
 		t.Errorf("WriteTimeout %v: an answer ready %v after the headers would be cut off", srv.WriteTimeout, cfg.BodyTimeout+cfg.RequestTimeout)
 	}
 	if srv.ReadTimeout < srv.ReadHeaderTimeout+cfg.BodyTimeout {
@@ -439,8 +439,8 @@ func TestLogFormats(t *testing.T) {
 
 func TestTuneGC(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
-	if got := tuneGC(func(string) (string, bool) { return "", false }); got != gcPercent || debug.SetGCPercent(gcPercent) != gcPercent {
-		t.Errorf("tuneGC without GOGC = %d, want %d in force", got, gcPercent)
+	if got := tuneGC(func(string) (string, bool) { return "", false }); got != config.GCPercent || debug.SetGCPercent(config.GCPercent) != config.GCPercent {
+		t.Errorf("tuneGC without GOGC = %d, want %d in force", got, config.GCPercent)
 	}
 	debug.SetGCPercent(150) // as GOGC=150 would have set it at start
 	if got := tuneGC(func(k string) (string, bool) { return "150", k == "GOGC" }); got != 150 || debug.SetGCPercent(150) != 150 {

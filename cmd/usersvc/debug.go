@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"usersvc/internal/config"
 )
 
 // startDebug serves net/http/pprof's profiles on addr until the returned
@@ -20,7 +21,7 @@ func startDebug(ctx context.Context, addr string, logger *slog.Logger) (stop fun
 	mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	// No WriteTimeout: a CPU profile or a trace streams for as long as asked.
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: config.ReadHeaderTimeout, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	stop, bound, err := serveAside("DEBUG_ADDR", addr, srv)
 	if err != nil {
 		return nil, err

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"usersvc/internal/config"
 	"usersvc/internal/pgtest"
 )
 
@@ -227,8 +228,8 @@ func TestSlowBodyStillAnswered(t *testing.T) {
 	})
 	body := nameBody("just in time")
 	complete := bodyTimeout - 300*time.Millisecond
-	if complete <= requestTimeout+writeMargin {
-		t.Fatalf("the body completes at %v, within REQUEST_TIMEOUT + writeMargin (%v): it would prove nothing", complete, requestTimeout+writeMargin)
+	if complete <= requestTimeout+config.WriteMargin {
+		t.Fatalf("the body completes at %v, within REQUEST_TIMEOUT + config.WriteMargin (%v): it would prove nothing", complete, requestTimeout+config.WriteMargin)
 	}
 	a := sendRaw(t, strings.TrimPrefix(s.base, "http://"), postHead(len(body))+body[:5], later{complete, body[5:]})
 	if a.status != http.StatusCreated {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"usersvc/internal/config"
 	"usersvc/internal/metrics"
 )
 
@@ -21,7 +22,7 @@ func startMetrics(ctx context.Context, addr string, m *metrics.Metrics, logger *
 	mux.Handle("GET /metrics", m.Handler(logger))
 	srv := &http.Server{
 		Handler:           mux,
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: config.ReadHeaderTimeout,
 		ReadTimeout:       scrapeTimeout,
 		WriteTimeout:      scrapeTimeout,
 		IdleTimeout:       idleTimeout,

@@ -23,18 +23,13 @@ import (
 
 // HTTP server limits. Requests are small JSON documents, so these are
 // generous for clients and still bound what a slow or hostile one can hold.
-// newHTTPServer derives the read and write timeouts from them.
 const (
-	readHeaderTimeout = 5 * time.Second
 	// idleTimeout is above the 60 s idle timeout of common load balancers
 	// (AWS's, for one), which must close an idle connection before the
 	// server does: else the balancer may send a request on a connection
 	// the server is closing, and its client gets a 502.
 	idleTimeout    = 75 * time.Second
 	maxHeaderBytes = 64 << 10
-	// writeMargin is the time an answer has to be written once it is
-	// ready: the largest, a page of 1,000 users, is about 150 KB.
-	writeMargin = 5 * time.Second
 )
 
 // authOffWarning is logged at start when no token is configured.
@@ -234,14 +229,7 @@ func shutDown(cfg config.Config, handler *server.Server, srv *http.Server, serve
 	return nil
 }
 
-// gcPercent is serve's GOGC unless the environment sets one: the heap holds
-// little but each request's short-lived garbage, which Go's default of 100
-// collects too often (docs/benchmarks.md, "Speed tricks, measured"). Set in
-// the code, not the image, so that every way of running serve runs as
-// production does.
-const gcPercent = 200
-
-// tuneGC sets the garbage collector's target to gcPercent unless GOGC is
+// tuneGC sets the garbage collector's target to config.GCPercent unless GOGC is
 // in the environment, which then rules as it does in every Go program.
 // Returns the GOGC in force.
 func tuneGC(lookupEnv func(string) (string, bool)) int {
@@ -250,36 +238,24 @@ func tuneGC(lookupEnv func(string) (string, bool)) int {
 		debug.SetGCPercent(old)
 		return old
 	}
-	debug.SetGCPercent(gcPercent)
-	return gcPercent
+	debug.SetGCPercent(config.GCPercent)
+	return config.GCPercent
 }
 
 // newHTTPServer returns the server for handler with every limit set.
 // Requests' contexts descend from ctx but are not cancelled with it, so
-// that a signal lets the requests in flight finish.
-//
-// No timeout of the server may cut off an answer the service may still
-// give. Once a request's headers are in (within readHeaderTimeout of its
-// first byte), its body has BODY_TIMEOUT to arrive, then the database has
-// REQUEST_TIMEOUT, and the answer writeMargin to be written:
-//
-//   - WriteTimeout, which net/http counts from the end of the headers, is
-//     BODY_TIMEOUT + REQUEST_TIMEOUT + writeMargin: 20 s by default;
-//   - ReadTimeout, counted from the first byte, is readHeaderTimeout +
-//     BODY_TIMEOUT (15 s): the whole request as read. The handler sets the
-//     body's own deadline, BODY_TIMEOUT after the end of the headers, which
-//     comes no later, and answers 408 at it; net/http lifts the deadline
-//     once the body is in, so neither cuts the database's time or the
-//     answer;
-//   - IdleTimeout runs only between requests.
+// that a signal lets the requests in flight finish. Its read and write
+// timeouts (config.Config.ReadTimeout, WriteTimeout) never cut off an
+// answer the service may still give: the body's own deadline, BODY_TIMEOUT
+// after the headers, comes first and answers 408, and net/http lifts it
+// once the body is in.
 func newHTTPServer(ctx context.Context, cfg config.Config, handler http.Handler, logger *slog.Logger) *http.Server {
-	writeTimeout := cfg.BodyTimeout + cfg.RequestTimeout + writeMargin
 	return &http.Server{
 		Addr:              cfg.HTTPAddr,
 		Handler:           handler,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readHeaderTimeout + cfg.BodyTimeout,
-		WriteTimeout:      writeTimeout,
+		ReadHeaderTimeout: config.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout(),
+		WriteTimeout:      cfg.WriteTimeout(),
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		// "OPTIONS *" goes to the handler, which answers it as any request

@@ -32,14 +32,15 @@ type Config struct {
 	// LogFormat is json or text.
 	LogFormat string `envconfig:"LOG_FORMAT" default:"json"`
 	// DBMaxConns caps the connection pool; 0 means pool_max_conns from
-	// DatabaseURL, else twice the cores the service may use, at least 16.
+	// DatabaseURL, else DefaultMaxConns.
 	DBMaxConns int32 `envconfig:"DB_MAX_CONNS" default:"0"`
 	// DBConnectTimeout bounds each attempt to open a database connection,
 	// for every command, unless DatabaseURL has connect_timeout (see
 	// PoolConfig).
 	DBConnectTimeout time.Duration `envconfig:"DB_CONNECT_TIMEOUT" default:"10s"`
-	// RequestTimeout bounds every database call a request makes, and each
-	// database connection on both ends (see serve's boundSessions).
+	// RequestTimeout bounds all of a request's database work, from the end
+	// of its body, and each database connection on both ends (see
+	// postgres.boundSessions).
 	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"5s"`
 	// BodyTimeout bounds the time a request's body may take to arrive
 	// after its headers.

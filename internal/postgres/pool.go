@@ -21,14 +21,6 @@ import (
 	"usersvc/internal/config"
 )
 
-// defaultMaxConns is the pool size for DB_MAX_CONNS=0: two connections per
-// core, at least 16, because a write holds its connection until its commit
-// is flushed and commits that wait together share a flush
-// (docs/benchmarks.md, "Data on a disk and the pool size").
-func defaultMaxConns(procs int) int32 {
-	return int32(max(16, 2*procs))
-}
-
 // NewPool returns the connection pool for DATABASE_URL, with the
 // connection settings of every command (config.PoolConfig), through which
 // every write goes (and every read without DATABASE_READ_URL). It does not
@@ -79,7 +71,7 @@ func NewReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) 
 }
 
 // tunePool sizes the pool for url, which pc was parsed from: maxConns
-// connections (0: pool_max_conns from url, else defaultMaxConns); bounds
+// connections (0: pool_max_conns from url, else config.DefaultMaxConns); bounds
 // every connection by budget, REQUEST_TIMEOUT, on both ends (boundSessions);
 // and has each new connection prepare every query when the query mode
 // allows.
@@ -89,7 +81,7 @@ func tunePool(pc *pgxpool.Config, url string, maxConns int32, budget time.Durati
 	case maxConns > 0:
 		pc.MaxConns = maxConns
 	case !strings.Contains(url, "pool_max_conns"):
-		pc.MaxConns = defaultMaxConns(runtime.GOMAXPROCS(0))
+		pc.MaxConns = config.DefaultMaxConns(runtime.GOMAXPROCS(0))
 	}
 	// pgx's default mode prepares every statement anyway, through a cache
 	// that drops a statement whenever an execution fails, so that the next

@@ -103,7 +103,7 @@ func TestPoolSize(t *testing.T) {
 		{"DB_MAX_CONNS", config.Config{DatabaseURL: "postgres://h/db", DBMaxConns: 3}, 3},
 		{"DB_MAX_CONNS over the URL", config.Config{DatabaseURL: "postgres://h/db?pool_max_conns=9", DBMaxConns: 3}, 3},
 		{"the URL's pool_max_conns", config.Config{DatabaseURL: "postgres://h/db?pool_max_conns=9"}, 9},
-		{"the default", config.Config{DatabaseURL: "postgres://h/db"}, defaultMaxConns(runtime.GOMAXPROCS(0))},
+		{"the default", config.Config{DatabaseURL: "postgres://h/db"}, config.DefaultMaxConns(runtime.GOMAXPROCS(0))},
 	} {
 		pool, err := NewPool(context.Background(), tt.cfg)
 		if err != nil {
@@ -115,8 +115,8 @@ func TestPoolSize(t *testing.T) {
 		pool.Close()
 	}
 	for procs, want := range map[int]int32{1: 16, 2: 16, 8: 16, 16: 32} {
-		if got := defaultMaxConns(procs); got != want {
-			t.Errorf("defaultMaxConns(%d) = %d, want %d", procs, got, want)
+		if got := config.DefaultMaxConns(procs); got != want {
+			t.Errorf("config.DefaultMaxConns(%d) = %d, want %d", procs, got, want)
 		}
 	}
 }
