@@ -154,7 +154,6 @@ func (c *refusalConn) answer(proto string, refusal *apiError) []byte {
 	c.s.ServeHTTP(w, r)
 	h := w.header
 	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
-	h.Set("Connection", "close")
 	var b bytes.Buffer
 	b.WriteString(proto + " " + strconv.Itoa(w.status) + " " + http.StatusText(w.status) + "\r\n")
 	_ = h.Write(&b)
