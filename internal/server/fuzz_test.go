@@ -361,19 +361,10 @@ func FuzzPatchUser(f *testing.F) {
 		f.Add(seed.id, []byte(seed.body), seed.contentType)
 	}
 	f.Fuzz(func(t *testing.T, id int64, body []byte, contentType string) {
-		target := "/users/" + strconv.FormatInt(id, 10)
-		req := s.request(t, http.MethodPatch, target, contentType, body)
-		if req == nil {
+		target, r, client, sent := s.sendToUser(t, http.MethodPatch, id, body, contentType)
+		if !sent {
 			return
 		}
-		r := s.send(t, req)
-		var client clientText
-		client.addJSON(body)
-		client.add(contentType)
-		for _, u := range s.users {
-			client.add(u.Name)
-		}
-		checkFuzzResponse(t, req, r, client)
 
 		var patch map[string]any
 		isObject := json.Unmarshal(body, &patch) == nil && patch != nil
@@ -408,6 +399,26 @@ func FuzzPatchUser(f *testing.F) {
 			t.Errorf("PATCH %s %q: %d, want 400 for a null name", target, body, r.status)
 		}
 	})
+}
+
+// sendToUser sends method with body to /users/{id}, and checks the
+// response as every fuzz target does. Returns sent false when no client
+// could send the request.
+func (s *fuzzServer) sendToUser(t *testing.T, method string, id int64, body []byte, contentType string) (target string, r response, client clientText, sent bool) {
+	t.Helper()
+	target = "/users/" + strconv.FormatInt(id, 10)
+	req := s.request(t, method, target, contentType, body)
+	if req == nil {
+		return target, r, client, false
+	}
+	r = s.send(t, req)
+	client.addJSON(body)
+	client.add(contentType)
+	for _, u := range s.users {
+		client.add(u.Name)
+	}
+	checkFuzzResponse(t, req, r, client)
+	return target, r, client, true
 }
 
 func wantName(body []byte) (string, bool) {
@@ -578,19 +589,10 @@ func (s *fuzzServer) checkKeyed(t *testing.T, req *http.Request, body []byte, ke
 func FuzzRenameUser(f *testing.F) {
 	s := newFuzzServer(f, "rita", "otto", "Robert'); DROP TABLE users;--")
 	f.Fuzz(func(t *testing.T, id int64, body []byte, contentType string) {
-		target := "/users/" + strconv.FormatInt(id, 10)
-		req := s.request(t, http.MethodPut, target, contentType, body)
-		if req == nil {
+		target, r, client, sent := s.sendToUser(t, http.MethodPut, id, body, contentType)
+		if !sent {
 			return
 		}
-		r := s.send(t, req)
-		var client clientText
-		client.addJSON(body)
-		client.add(contentType)
-		for _, u := range s.users {
-			client.add(u.Name)
-		}
-		checkFuzzResponse(t, req, r, client)
 
 		name, named := wantName(body)
 		before, exists := s.users[id]
