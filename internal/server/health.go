@@ -16,13 +16,13 @@ import (
 var openAPIDocument []byte
 
 // schemaVersioner reads the database's schema version, and so also tells
-// whether the database answers. migrations.VersionReader is one.
+// whether the database answers. postgres.Probe is one.
 type schemaVersioner interface {
 	SchemaVersion(ctx context.Context) (int64, error)
 }
 
 // databaseProbe is what /readyz asks the database: its schema version, and
-// whether it takes writes. migrations.VersionReader is one.
+// whether it takes writes. postgres.Probe is one.
 type databaseProbe interface {
 	schemaVersioner
 	// ReadOnly returns why the database refuses writes, or "" when it
