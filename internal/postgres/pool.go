@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -76,7 +77,10 @@ func NewReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) 
 // and has each new connection prepare every query when the query mode
 // allows.
 func tunePool(pc *pgxpool.Config, url string, maxConns int32, budget time.Duration) {
-	boundSessions(pc.ConnConfig, budget)
+	silent := boundSessions(pc.ConnConfig, budget)
+	pc.PrepareConn = func(_ context.Context, conn *pgx.Conn) (bool, error) {
+		return !silent.outlived(conn.PgConn()), nil
+	}
 	switch {
 	case maxConns > 0:
 		pc.MaxConns = maxConns
@@ -168,8 +172,15 @@ const serverKeepalive = 10 * time.Second
 //     idle_in_transaction_session_timeout of at most budget, so the server
 //     abandons by itself a statement that runs past it, and TCP keepalives
 //     and tcp_user_timeout that end a session whose client vanished
-//     (serverBounds; set in tunePool).
-func boundSessions(cc *pgx.ConnConfig, budget time.Duration) {
+//     (serverBounds; set in tunePool);
+//   - a host that left the data of a call unacknowledged until its context
+//     ended has vanished from the network: the returned silence drops every
+//     older connection to it (in tunePool's PrepareConn), so that none
+//     reaches it once the network returns, when it may be an old primary
+//     still taking connections before its fence (docs/reliability.md, "With
+//     a high-availability engine").
+func boundSessions(cc *pgx.ConnConfig, budget time.Duration) *silence {
+	silent := &silence{}
 	dialer := &net.Dialer{
 		Timeout:   budget,
 		KeepAlive: -1, // the server's keepalives watch idle sessions
@@ -191,7 +202,7 @@ func boundSessions(cc *pgx.ConnConfig, budget time.Duration) {
 		if err != nil {
 			return nil, err
 		}
-		return &resettableConn{Conn: c}, nil
+		return &resettableConn{Conn: c, addr: addr, born: time.Now(), silent: silent}, nil
 	}
 	cc.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
 		c := pc.Conn()
@@ -201,6 +212,28 @@ func boundSessions(cc *pgx.ConnConfig, budget time.Duration) {
 		rc, _ := c.(*resettableConn)
 		return resetOnCancel{rc}
 	}
+	return silent
+}
+
+// silence is when each host last went silent: left a call's data
+// unacknowledged until the call's context ended.
+type silence struct {
+	since sync.Map // addr to time.Time
+}
+
+// outlived reports whether pc is a connection made before its host last
+// went silent.
+func (s *silence) outlived(pc *pgconn.PgConn) bool {
+	c := pc.Conn()
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	rc, ok := c.(*resettableConn)
+	if !ok {
+		return false
+	}
+	t, ok := s.since.Load(rc.addr)
+	return ok && rc.born.Before(t.(time.Time))
 }
 
 // serverBounds returns the statement that gives a new session the
@@ -239,7 +272,10 @@ const tcpUserTimeout = 0x12
 // which is what ended them, so that pgx reports the context's error.
 type resettableConn struct {
 	net.Conn
-	reset atomic.Bool
+	addr   string
+	born   time.Time
+	silent *silence
+	reset  atomic.Bool
 }
 
 // resetNow drops what the kernel still had queued for the server and
@@ -247,6 +283,9 @@ type resettableConn struct {
 func (c *resettableConn) resetNow() {
 	c.reset.Store(true)
 	if tc, ok := c.Conn.(*net.TCPConn); ok {
+		if unacknowledged(tc) {
+			c.silent.since.Store(c.addr, time.Now())
+		}
 		_ = tc.SetLinger(0)
 	}
 	_ = c.Conn.Close()
