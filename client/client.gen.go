@@ -911,7 +911,7 @@ type ClientInterface interface {
 	// what Prometheus asks for first by default), the Prometheus protobuf
 	// format (asked for first when native histograms are on), else the
 	// Prometheus text format 0.0.4, which also answers a request that
-	// states no preference. See the README's Operations section for the
+	// states no preference. See docs/operations.md, Metrics, for the
 	// list. A server configured with `METRICS_ADDR` serves them on that
 	// listener instead, and answers 404 here.
 	//
@@ -1087,7 +1087,7 @@ func (c *Client) GetHealth(ctx context.Context, reqEditors ...RequestEditorFn) (
 // what Prometheus asks for first by default), the Prometheus protobuf
 // format (asked for first when native histograms are on), else the
 // Prometheus text format 0.0.4, which also answers a request that
-// states no preference. See the README's Operations section for the
+// states no preference. See docs/operations.md, Metrics, for the
 // list. A server configured with `METRICS_ADDR` serves them on that
 // listener instead, and answers 404 here.
 //
@@ -1903,7 +1903,7 @@ type ClientWithResponsesInterface interface {
 	// what Prometheus asks for first by default), the Prometheus protobuf
 	// format (asked for first when native histograms are on), else the
 	// Prometheus text format 0.0.4, which also answers a request that
-	// states no preference. See the README's Operations section for the
+	// states no preference. See docs/operations.md, Metrics, for the
 	// list. A server configured with `METRICS_ADDR` serves them on that
 	// listener instead, and answers 404 here.
 	//
@@ -3246,7 +3246,7 @@ func (c *ClientWithResponses) GetHealthWithResponse(ctx context.Context, reqEdit
 // what Prometheus asks for first by default), the Prometheus protobuf
 // format (asked for first when native histograms are on), else the
 // Prometheus text format 0.0.4, which also answers a request that
-// states no preference. See the README's Operations section for the
+// states no preference. See docs/operations.md, Metrics, for the
 // list. A server configured with `METRICS_ADDR` serves them on that
 // listener instead, and answers 404 here.
 //
