@@ -937,7 +937,7 @@ type ClientInterface interface {
 	// what Prometheus asks for first by default), the Prometheus protobuf
 	// format (asked for first when native histograms are on), else the
 	// Prometheus text format 0.0.4, which also answers a request that
-	// states no preference. See the README's Operations section for the
+	// states no preference. See docs/operations.md, Metrics, for the
 	// list. A server configured with `METRICS_ADDR` serves them on that
 	// listener instead, and answers 404 here.
 	//
@@ -1141,7 +1141,7 @@ func (c *Client) GetHealth(ctx context.Context, reqEditors ...RequestEditorFn) (
 // what Prometheus asks for first by default), the Prometheus protobuf
 // format (asked for first when native histograms are on), else the
 // Prometheus text format 0.0.4, which also answers a request that
-// states no preference. See the README's Operations section for the
+// states no preference. See docs/operations.md, Metrics, for the
 // list. A server configured with `METRICS_ADDR` serves them on that
 // listener instead, and answers 404 here.
 //
@@ -2078,7 +2078,7 @@ type ClientWithResponsesInterface interface {
 	// what Prometheus asks for first by default), the Prometheus protobuf
 	// format (asked for first when native histograms are on), else the
 	// Prometheus text format 0.0.4, which also answers a request that
-	// states no preference. See the README's Operations section for the
+	// states no preference. See docs/operations.md, Metrics, for the
 	// list. A server configured with `METRICS_ADDR` serves them on that
 	// listener instead, and answers 404 here.
 	//
@@ -3609,7 +3609,7 @@ func (c *ClientWithResponses) GetHealthWithResponse(ctx context.Context, reqEdit
 // what Prometheus asks for first by default), the Prometheus protobuf
 // format (asked for first when native histograms are on), else the
 // Prometheus text format 0.0.4, which also answers a request that
-// states no preference. See the README's Operations section for the
+// states no preference. See docs/operations.md, Metrics, for the
 // list. A server configured with `METRICS_ADDR` serves them on that
 // listener instead, and answers 404 here.
 //

@@ -117,7 +117,7 @@ func TestRunServe(t *testing.T) {
 }
 
 // checkMetrics scrapes base/metrics, which must pass promlint and hold
-// every family the README lists.
+// every family docs/operations.md lists.
 func checkMetrics(t *testing.T, base string) {
 	t.Helper()
 	res, err := http.Get(base + "/metrics")
@@ -149,8 +149,8 @@ func checkMetrics(t *testing.T, base string) {
 	}
 }
 
-// documentedMetrics are the metric families the README's Operations
-// section lists; TestREADMEDocumentsOperations checks that it does.
+// documentedMetrics are the metric families docs/operations.md lists;
+// TestREADMEDocumentsOperations checks that it does.
 var documentedMetrics = []string{
 	"usersvc_http_requests_total",
 	"usersvc_http_request_duration_seconds",
@@ -217,7 +217,7 @@ func TestHTTPServerLimits(t *testing.T) {
 		{"IdleTimeout", srv.IdleTimeout, 75 * time.Second},
 	} {
 		if tt.got != tt.want {
-			t.Errorf("%s = %v, want %v (as the README says)", tt.name, tt.got, tt.want)
+			t.Errorf("%s = %v, want %v (as docs/operations.md, Life cycle, says)", tt.name, tt.got, tt.want)
 		}
 	}
 	// No timeout may cut off an answer still allowed: one whose body came

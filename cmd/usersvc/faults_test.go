@@ -23,7 +23,7 @@ import (
 // the table holds.
 
 // TestFaultsUnderLoad serves clients that create users (retrying a create
-// that got 503 with the same name, as the README advises), read them back
+// that got 503 with the same name, as docs/api.md advises), read them back
 // and list pages, while the database's sessions are terminated, and then
 // while the database is stopped and started again. Every answer is 2xx, a
 // 4xx that the retry explains, or 503 unavailable, within REQUEST_TIMEOUT

@@ -1,10 +1,10 @@
 //go:build ha && linux
 
 // The test in this file runs usersvc against a pg_auto_failover formation,
-// as README's "High availability" describes: a monitor and two PostgreSQL
-// nodes with synchronous replication, each node a host of its own on a
-// private network, whose primary it kills, switches over, fences and cuts
-// off from the network under load. It needs root and pg_autoctl, so it is
+// as docs/operations.md, "High availability", describes: a monitor and two
+// PostgreSQL nodes with synchronous replication, each node a host of its
+// own on a private network, whose primary it kills, switches over, fences
+// and cuts off from the network under load. It needs root and pg_autoctl, so it is
 // not part of make test: make test-ha installs pg_autoctl when it is
 // missing and runs it.
 
@@ -146,9 +146,9 @@ type haClients struct {
 const settleDeadline = 60 * time.Second
 
 // settle sends a write through l and retries it while it gets 503, as
-// README's Faults advises, until it gets another answer: the retries are
-// labelled op+" retry". Returns the last attempt, and whether a retry
-// was needed.
+// docs/api.md, "Retrying after a 503", advises, until it gets another
+// answer: the retries are labelled op+" retry". Returns the last attempt,
+// and whether a retry was needed.
 func settle(l *load, op, name, method, path, body string) (attempt, bool) {
 	a := l.do(op, name, method, path, body)
 	retried := false

@@ -127,7 +127,8 @@ func mustPodman(t *testing.T, args ...string) string {
 	return r.stdout
 }
 
-// TestImage builds the image and checks it as the README describes it.
+// TestImage builds the image and checks it as docs/operations.md (Container)
+// and docs/development.md (The image test) describe it.
 func TestImage(t *testing.T) {
 	for _, tool := range []string{"podman", "runc"} {
 		if _, err := exec.LookPath(tool); err != nil {

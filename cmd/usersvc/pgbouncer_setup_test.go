@@ -35,7 +35,7 @@ const (
 	bouncerPoolSize = 5
 	replicaCount    = 3
 	replicaConns    = 4 // each replica's DB_MAX_CONNS
-	// execSetting is what README tells operators to add to DATABASE_URL.
+	// execSetting is what docs/operations.md tells operators to add to DATABASE_URL.
 	execSetting = "default_query_exec_mode=exec"
 )
 

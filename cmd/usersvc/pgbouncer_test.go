@@ -1,7 +1,8 @@
 //go:build pgbouncer && linux
 
 // The tests in this file run usersvc as several replicas behind PgBouncer
-// in transaction mode, as README's "Behind a connection pooler" describes.
+// in transaction mode, as docs/operations.md, "Behind a connection pooler",
+// describes.
 // They need the pgbouncer program, so they are not part of make test:
 // make test-pgbouncer installs it when it is missing and runs them.
 
@@ -59,7 +60,7 @@ func TestPgBouncer(t *testing.T) {
 		t.Fatalf("usersvc migrate up against PostgreSQL: exit status %d, want 0 and schema version 2", status)
 	}
 
-	// exec is the setting README recommends; the other two work too.
+	// exec is the setting docs/operations.md recommends; the other two work too.
 	rates := map[string]float64{}
 	for _, mode := range []string{"exec", "cache_describe", "simple_protocol"} {
 		t.Run(mode, func(t *testing.T) {

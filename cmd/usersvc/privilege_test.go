@@ -20,21 +20,15 @@ import (
 	"usersvc/internal/pgtest"
 )
 
-// securitySQL returns the sql code blocks of the README's Security
-// section, in order: the roles as the README tells operators to make them.
+// securitySQL returns the sql code blocks of docs/security.md, in order:
+// the roles as that page tells operators to make them.
 func securitySQL(t *testing.T) []string {
 	t.Helper()
-	readme, err := os.ReadFile("../../README.md")
+	doc, err := os.ReadFile("../../docs/security.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, ok := strings.Cut(string(readme), "\n### Security\n")
-	if !ok {
-		t.Fatal("README.md has no Security section")
-	}
-	if end := strings.Index(section, "\n## "); end >= 0 {
-		section = section[:end]
-	}
+	section := string(doc)
 	var blocks []string
 	for {
 		_, rest, ok := strings.Cut(section, "\n```sql\n")
@@ -43,7 +37,7 @@ func securitySQL(t *testing.T) []string {
 		}
 		block, after, ok := strings.Cut(rest, "\n```\n")
 		if !ok {
-			t.Fatal("README.md's Security section has an unterminated sql block")
+			t.Fatal("docs/security.md has an unterminated sql block")
 		}
 		blocks = append(blocks, block+"\n")
 		section = after
@@ -69,13 +63,13 @@ func psql(t *testing.T, url, script string) {
 	}
 }
 
-// TestLeastPrivilege makes the two roles exactly as the README shows,
+// TestLeastPrivilege makes the two roles exactly as docs/security.md shows,
 // migrates as the owner and serves as the app role: the API works, and the
 // app role can change rows but not the schema.
 func TestLeastPrivilege(t *testing.T) {
 	blocks := securitySQL(t)
 	if len(blocks) != 2 {
-		t.Fatalf("README's Security section has %d sql blocks, want 2: the roles, then the grant after the first migration", len(blocks))
+		t.Fatalf("docs/security.md has %d sql blocks, want 2: the roles, then the grant after the first migration", len(blocks))
 	}
 	port := pgtest.FreePort(t)
 	pg := startPostgres(t, newPGDir(t), port)

@@ -8,24 +8,17 @@ import (
 	"usersvc/internal/config"
 )
 
-// operationsSection returns the README's Operations section.
+// operationsSection returns docs/operations.md, the operators' page.
 func operationsSection(t *testing.T) string {
 	t.Helper()
-	readme, err := os.ReadFile("../../README.md")
+	doc, err := os.ReadFile("../../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, ok := strings.Cut(string(readme), "\n## Operations\n")
-	if !ok {
-		t.Fatal("README.md has no Operations section")
-	}
-	if end := strings.Index(section, "\n## "); end >= 0 {
-		section = section[:end]
-	}
-	return section
+	return string(doc)
 }
 
-// TestREADMEDocumentsOperations checks that the Operations section names
+// TestREADMEDocumentsOperations checks that docs/operations.md names
 // every variable the configuration reads, every metric family /metrics
 // serves (checkMetrics checks the other way), and every operator endpoint.
 func TestREADMEDocumentsOperations(t *testing.T) {
@@ -36,19 +29,19 @@ func TestREADMEDocumentsOperations(t *testing.T) {
 	names = append(names, "GET /healthz", "GET /readyz", "GET /metrics", "X-Request-ID")
 	for _, name := range names {
 		if !strings.Contains(doc, "`"+name+"`") && !strings.Contains(doc, "`"+name+" ") {
-			t.Errorf("README's Operations section does not document `%s`", name)
+			t.Errorf("docs/operations.md does not document `%s`", name)
 		}
 	}
 }
 
-// checkLogFieldsDocumented fails the test unless the Operations section
-// names every field of rec as `field`.
+// checkLogFieldsDocumented fails the test unless docs/operations.md names
+// every field of rec as `field`.
 func checkLogFieldsDocumented(t *testing.T, rec map[string]any) {
 	t.Helper()
 	doc := operationsSection(t)
 	for field := range rec {
 		if !strings.Contains(doc, "`"+field+"`") {
-			t.Errorf("log line %q has field %s, which README's Operations section does not document", rec["msg"], field)
+			t.Errorf("log line %q has field %s, which docs/operations.md does not document", rec["msg"], field)
 		}
 	}
 }

@@ -27,7 +27,7 @@ import (
 	"usersvc/migrations"
 )
 
-// TestHostileInput sends each kind of hostile value the README's "Bad
+// TestHostileInput sends each kind of hostile value docs/api.md's "Bad
 // input" section names, and wants its exact status and problem code. The
 // fuzz targets (fuzz_test.go) try everything else.
 func TestHostileInput(t *testing.T) {
@@ -307,7 +307,7 @@ func chunked(s string) string {
 	return fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(s), s)
 }
 
-// framingCases are requests framed every way the README's "Bad input"
+// framingCases are requests framed every way docs/api.md's "Bad input"
 // names, as raw bytes, each with the answers it gets, as "status code"
 // ("201" for a success): a request smuggled behind one is never one of
 // them.

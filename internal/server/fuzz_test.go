@@ -463,7 +463,7 @@ type fuzzKeyed struct {
 var quotedKey = regexp.MustCompile(`^"((?:[ !#-\[\]-~]|\\["\\])*)"$`)
 
 // wantKey returns the key an Idempotency-Key header value names, as the
-// draft and the README define it, and whether it is a valid one: trimmed of
+// draft and docs/api.md define it, and whether it is a valid one: trimmed of
 // surrounding spaces and tabs (as HTTP does), then 1 to 255 printable
 // ASCII characters, bare, or quoted with \" and \\ escapes.
 func wantKey(value string) (string, bool) {

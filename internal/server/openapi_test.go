@@ -519,7 +519,7 @@ func checkProblemSchema(t testing.TB, what string, body []byte) {
 	}
 }
 
-// TestProblemCodesDocumented checks that the README's Errors section names
+// TestProblemCodesDocumented checks that docs/api.md's Errors section names
 // every code of the problem table (TestOpenAPIProblemCodes holds
 // openapi.yaml's to it).
 func TestProblemCodesDocumented(t *testing.T) {
@@ -536,15 +536,15 @@ func TestProblemCodesDocumented(t *testing.T) {
 	if slices.Sort(documented); !slices.Equal(documented, codes) {
 		t.Errorf("openapi.yaml's ProblemCode = %q, want the problem table's %q", documented, codes)
 	}
-	readme, err := os.ReadFile("../../README.md")
+	apiDoc, err := os.ReadFile("../../docs/api.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, errorsSection, _ := strings.Cut(string(readme), "\n### Errors\n")
+	_, errorsSection, _ := strings.Cut(string(apiDoc), "\n## Errors\n")
 	errorsSection, _, _ = strings.Cut(errorsSection, "\n## ")
 	for _, code := range codes {
 		if !strings.Contains(errorsSection, "`"+code+"`") {
-			t.Errorf("README's Errors section does not name code `%s`", code)
+			t.Errorf("docs/api.md's Errors section does not name code `%s`", code)
 		}
 	}
 }
