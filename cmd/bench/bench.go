@@ -174,9 +174,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 			}
 			for _, t := range h.targets {
 				m := runs[t]
-				extra := []string{fmt.Sprintf(" %.3f ceiling-ratio", m.rate()/ceiling)}
+				// In %, for benchstat, which would print 0.8 as 800m.
+				extra := []string{fmt.Sprintf(" %.1f ceiling-%%", 100*m.rate()/ceiling)}
 				if t != floor {
-					extra = append(extra, fmt.Sprintf(" %.3f floor-ratio", m.perOp(m.cpu)/runs[floor].perOp(runs[floor].cpu)))
+					extra = append(extra, fmt.Sprintf(" %.1f floor-cpu-%%", 100*m.perOp(m.cpu)/runs[floor].perOp(runs[floor].cpu)))
 				}
 				p("%s", m.line(s.name+"/impl="+t.name, extra...))
 			}

@@ -127,8 +127,8 @@ func TestParseOptions(t *testing.T) {
 
 func TestBenchmarkLine(t *testing.T) {
 	m := measured{n: 50_000, seconds: 2, http: true, p50: 1.5e6, p99: 4e6, cpu: 1, client: 0.5, pg: 0.75, rss: 30 << 20}
-	want := "BenchmarkGetUser/impl=usersvc 50000 25000 req/s 1500000 p50-ns 4000000 p99-ns 20000 cpu-ns/op 10000 client-cpu-ns/op 15000 pg-cpu-ns/op 31457280 rss-bytes 1.250 floor-ratio"
-	if got := m.line("GetUser/impl=usersvc", " 1.250 floor-ratio"); got != want {
+	want := "BenchmarkGetUser/impl=usersvc 50000 25000 req/s 1500000 p50-ns 4000000 p99-ns 20000 cpu-ns/op 10000 client-cpu-ns/op 15000 pg-cpu-ns/op 31457280 rss-bytes 125.0 floor-cpu-%"
+	if got := m.line("GetUser/impl=usersvc", " 125.0 floor-cpu-%"); got != want {
 		t.Errorf("line =\n%s\nwant\n%s", got, want)
 	}
 	// pgbench's: no latencies, no target.
