@@ -12,7 +12,7 @@ BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 OPENAPI := internal/server/openapi.yaml
 
-.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-partition install-iptables test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench bench-go soak bench-deps install-wrk
+.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-partition install-iptables test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench benchstat bench-go soak bench-deps install-wrk
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -170,13 +170,22 @@ fuzz:
 		go test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) ./internal/server; \
 	done
 
-## bench: the load benchmark of docs/benchmarks.md, about 20 minutes on a
-## quiet machine; BENCH_ARGS passes flags, e.g. BENCH_ARGS='-quick' for a
-## one-minute smoke run (bin/bench -h lists them). Installs wrk when root.
-## PostgreSQL's data goes under .bench/, on the checkout's disk.
-## The report is markdown on stdout (progress on stderr): make bench > run.md
+## bench: the load benchmark of docs/benchmarks.md: usersvc, the floor (a
+## bare handler of the same routes) and pgbench on the same SQL, 10 rounds,
+## about 12 minutes on a quiet machine. BENCH_ARGS passes flags, e.g.
+## BENCH_ARGS='-quick' for a one-minute smoke run (bin/bench -h lists them).
+## Installs wrk when root. PostgreSQL's data goes under .bench/, on the
+## checkout's disk. Go benchmark format on stdout (progress on stderr), for
+## benchstat: make bench > new.txt; make benchstat BENCH='old.txt new.txt'
 bench: bench-deps
 	@./bin/bench $(BENCH_ARGS)
+
+## benchstat: benchstat (pinned in tools/go.mod) on make bench's output:
+## BENCH=new.txt summarises a run, BENCH='old.txt new.txt' compares two;
+## BENCHSTAT_ARGS passes flags, e.g. '-col /impl' for usersvc beside the
+## floor and pgbench in one run
+benchstat:
+	$(TOOL) benchstat $(BENCHSTAT_ARGS) $(BENCH)
 
 ## soak: sustained mixed load (every kind of request, each with the answer
 ## it must get) from wrk for SOAK_DURATION over SOAK_CONNECTIONS connections,

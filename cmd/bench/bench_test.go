@@ -3,371 +3,244 @@
 package main
 
 import (
-	"fmt"
+	"encoding/json"
 	"io"
-	"math"
+	"net/http"
+	"net/http/httptest"
 	"os"
-	"os/exec"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"usersvc/db"
+	"usersvc/internal/pgtest"
 )
 
-// These tests cover the harness's own logic: what it reads from wrk,
-// pgbench and /proc, how it summarizes, and that the ceiling runs the
-// service's SQL. They start no process and need no network.
+func TestMain(m *testing.M) { pgtest.Main(m) }
 
-const wrkOutput = `Running 2s test @ http://127.0.0.1:40231
-  2 threads and 32 connections
-  Thread Stats   Avg      Stdev     Max   +/- Stdev
-    Latency     1.21ms    1.02ms  20.11ms   91.02%
-    Req/Sec    13.41k     1.10k   15.02k    70.00%
-  53418 requests in 2.00s, 12.43MB read
-  Non-2xx or 3xx responses: 7
-Requests/sec:  26706.02
-Transfer/sec:      6.21MB
-BENCH_RESULT {"requests":53418,"duration_us":2000221,"bytes":13032144,"connect_errors":0,"read_errors":1,"write_errors":0,"status_errors":7,"timeouts":2,"p50_us":1020,"p90_us":2113,"p99_us":4502,"p999_us":9120,"max_us":20110,"mean_us":1210.5,"expected":53400,"unexpected":18}
-`
-
-func TestParseWrkOutput(t *testing.T) {
-	r, err := parseWrkOutput([]byte(wrkOutput))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := wrkResult{Requests: 53418, DurationUS: 2000221, Bytes: 13032144, ReadErrors: 1, StatusErrors: 7, Timeouts: 2,
-		P50US: 1020, P90US: 2113, P99US: 4502, P999US: 9120, MaxUS: 20110, MeanUS: 1210.5, Expected: 53400, Unexpected: 18}
-	if r != want {
-		t.Errorf("parseWrkOutput = %+v, want %+v", r, want)
-	}
-	if got, want := r.reqPerSec(), 53418/2.000221; math.Abs(got-want) > 1e-6 {
-		t.Errorf("reqPerSec = %v, want %v", got, want)
-	}
-	// Socket errors and timeouts count always; then either every answer
-	// outside 2xx and 3xx, or what the script found unexpected.
-	if got := r.errors(false); got != 1+2+7 {
-		t.Errorf("errors(false) = %d, want 10", got)
-	}
-	r.Expected = r.Requests - r.Unexpected
-	if got := r.errors(true); got != 1+2+18 {
-		t.Errorf("errors(true) = %d, want 21", got)
-	}
-	// Answers the script did not count are not known to be right.
-	r.Expected -= 100
-	if got := r.errors(true); got != 1+2+18+100 {
-		t.Errorf("errors(true) with 100 answers uncounted = %d, want 121", got)
-	}
-
-	for name, out := range map[string]string{
-		"no result line": "Running 2s test @ http://127.0.0.1:1\nRequests/sec: 1.0\n",
-		"bad json":       "BENCH_RESULT {\"requests\":\n",
-		"no duration":    "BENCH_RESULT {\"requests\":1}\n",
-	} {
-		if _, err := parseWrkOutput([]byte(out)); err == nil {
-			t.Errorf("parseWrkOutput(%s): no error", name)
-		}
-	}
-}
-
-const pgbenchOutput = `pgbench (15.18 (Debian 15.18-0+deb12u1))
-transaction type: /tmp/usersvc-bench-1/get.sql
-scaling factor: 1
-query mode: prepared
-number of clients: 4
-number of threads: 2
-maximum number of tries: 1
-duration: 2 s
-number of transactions actually processed: 178406
-number of failed transactions: 3 (0.002%)
-latency average = 0.045 ms
-initial connection time = 3.966 ms
-tps = 89295.123456 (without initial connection time)
-`
-
-func TestParsePgbenchOutput(t *testing.T) {
-	r, err := parsePgbenchOutput([]byte(pgbenchOutput))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := pgbenchResult{tps: 89295.123456, processed: 178406, failed: 3}
-	if r != want {
-		t.Errorf("parsePgbenchOutput = %+v, want %+v", r, want)
-	}
-
-	// With -t, pgbench prints processed/planned.
-	r, err = parsePgbenchOutput([]byte("number of transactions actually processed: 10/10\ntps = 2797.2 (without initial connection time)\n"))
-	if err != nil || r.processed != 10 || r.tps != 2797.2 {
-		t.Errorf("parsePgbenchOutput(-t output) = %+v, %v; want 10 processed, 2797.2 tps", r, err)
-	}
-
-	aborted := "pgbench: error: client 0 aborted in command 1 (SQL) of script 0; ERROR:  duplicate key value violates unique constraint \"users_name_key\"\n"
-	for name, out := range map[string]string{
-		"aborted": aborted,
-		"bad tps": "tps = many (without initial connection time)\n",
-	} {
-		if _, err := parsePgbenchOutput([]byte(out)); err == nil {
-			t.Errorf("parsePgbenchOutput(%s): no error", name)
-		}
-	}
-}
-
-// TestMemory reads this process's memory as the harness reads the
-// service's.
-func TestMemory(t *testing.T) {
-	self, err := os.FindProcess(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := (&service{cmd: &exec.Cmd{Process: self}}).memory()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m.rss < 1<<20 || m.hwm < m.rss {
-		t.Errorf("memory = %+v, want an RSS of at least 1 MiB and a peak at least as high", m)
-	}
-}
-
-func TestSummarize(t *testing.T) {
-	for _, tc := range []struct {
-		xs   []float64
-		want spread
+// TestScriptsSendServiceSQL checks that each scenario's pgbench script
+// sends the statement that the service sends, as sqlc generated it in
+// db/, with its parameters in the same order, as pgbench -M prepared
+// numbers them: so that the ceiling is the same SQL, and a changed query
+// fails here until its script follows. Every wrk script must load
+// common.lua first.
+func TestScriptsSendServiceSQL(t *testing.T) {
+	want := map[string]struct {
+		query string
+		vars  []string
 	}{
-		{nil, spread{}},
-		{[]float64{5}, spread{median: 5, min: 5, max: 5, n: 1}},
-		{[]float64{9, 1, 5}, spread{median: 5, min: 1, max: 9, n: 3}},
-		{[]float64{4, 1, 9, 2}, spread{median: 3, min: 1, max: 9, n: 4}},
-	} {
-		in := slices.Clone(tc.xs)
-		if got := summarize(tc.xs); got != tc.want {
-			t.Errorf("summarize(%v) = %+v, want %+v", tc.xs, got, tc.want)
+		"get.sql":    {db.GetUser, []string{"id"}},
+		"list.sql":   {db.ListUsers, []string{"after", "max_rows"}},
+		"create.sql": {db.CreateUser, []string{"name"}},
+	}
+	variable := regexp.MustCompile(`::|:[A-Za-z_][A-Za-z0-9_]*`)
+	for _, s := range scenarios {
+		body, err := scripts.ReadFile("scripts/" + s.sql)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if !slices.Equal(in, tc.xs) {
-			t.Errorf("summarize(%v) reordered its argument", in)
+		var lines, vars []string
+		for line := range strings.Lines(string(body)) {
+			if l := strings.TrimSpace(line); l != "" && !strings.HasPrefix(l, "--") && !strings.HasPrefix(l, `\`) {
+				lines = append(lines, l)
+			}
 		}
-	}
-}
-
-func TestBest(t *testing.T) {
-	byClients := map[int][]float64{
-		2:  {10, 11, 12},
-		4:  {30, 5, 31}, // the best median, though not the best single run
-		8:  {29, 40, 28},
-		16: {31, 30, 1},
-	}
-	c, s, ok := best(byClients)
-	if !ok || c != 4 || s.median != 30 {
-		t.Errorf("best = %d, %+v, %v; want 4 with median 30", c, s, ok)
-	}
-	// A tie goes to the fewer clients.
-	if c, _, _ := best(map[int][]float64{8: {7}, 4: {7}}); c != 4 {
-		t.Errorf("best of a tie = %d, want 4", c)
-	}
-	if _, _, ok := best(map[int][]float64{}); ok {
-		t.Error("best of nothing: ok")
-	}
-}
-
-func TestJudge(t *testing.T) {
-	get, healthz := scenarios[0], scenarios[5]
-	for _, tc := range []struct {
-		s      scenario
-		ratio  float64
-		p99US  float64
-		errs   int64
-		target string
-		met    string
-	}{
-		{get, 0.85, 9000, 0, "ratio ≥ 0.8, p99 < 10ms", "yes"},
-		{get, 0.79, 10000, 0, "ratio ≥ 0.8, p99 < 10ms", "no: ratio 0.79, p99 10.00 ms"},
-		{get, 0.9, 100, 3, "ratio ≥ 0.8, p99 < 10ms", "no: 3 errors"},
-		{healthz, 0, 100, 0, "–", "–"},
-	} {
-		if v := judge(tc.s, tc.ratio, tc.p99US, tc.errs); v.target != tc.target || v.met != tc.met {
-			t.Errorf("judge(scenario %d, %v, %v, %d) = %+v, want %q, %q", tc.s.n, tc.ratio, tc.p99US, tc.errs, v, tc.target, tc.met)
+		sql := variable.ReplaceAllStringFunc(strings.Join(lines, " "), func(v string) string {
+			if v == "::" {
+				return v
+			}
+			if !slices.Contains(vars, v[1:]) {
+				vars = append(vars, v[1:])
+			}
+			return "$" + strconv.Itoa(slices.Index(vars, v[1:])+1)
+		})
+		w, ok := want[s.sql]
+		if !ok {
+			t.Errorf("%s: %s is not checked against db/", s.name, s.sql)
+			continue
+		}
+		_, query, _ := strings.Cut(w.query, "\n") // after its "-- name:" line
+		if got, want := strings.TrimSuffix(sql, ";"), strings.Join(strings.Fields(query), " "); got != want {
+			t.Errorf("%s sends\n\t%s\nbut the service sends\n\t%s", s.sql, got, want)
+		}
+		if !slices.Equal(vars, w.vars) {
+			t.Errorf("%s: variables %q, want %q", s.sql, vars, w.vars)
+		}
+		lua, err := scripts.ReadFile("scripts/" + s.lua)
+		if err != nil || !strings.Contains(string(lua), `dofile(os.getenv("BENCH_SCRIPTS") .. "/common.lua")`) {
+			t.Errorf("%s does not load common.lua (%v)", s.lua, err)
 		}
 	}
 }
 
 func TestParseOptions(t *testing.T) {
-	defaults, err := parseOptions(nil, io.Discard)
+	o, err := parseBenchOptions([]string{"-quick", "-reps", "3", "-service-bin", "/tmp/a/usersvc", "-service-bin", "/tmp/old"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := defaults
-	if o.duration != 10*time.Second || o.reps != 3 || o.seed != 100_000 || o.deepRows != 1_000_000 ||
-		!slices.Equal(o.pgbenchClients, []int{2, 4, 8, 16}) || !slices.Equal(o.scenarios, []int{1, 2, 3, 4, 5, 6, 7}) {
-		t.Errorf("defaults = %+v", o)
+	// -quick changes the defaults only: -reps, given, wins.
+	if o.duration != 2*time.Second || o.reps != 3 || o.seed != 20000 || !slices.Equal(o.clients, []int{4}) || !slices.Equal(o.bins, []string{"/tmp/a/usersvc", "/tmp/old"}) {
+		t.Errorf("-quick -reps 3: %+v, want 2s runs, 3 rounds, 20000 users, pgbench at 4 clients, both binaries", o)
 	}
-
-	// -quick changes the defaults; flags given win, before or after it.
-	o, err = parseOptions([]string{"-reps", "2", "-quick", "-pgbench-clients", "8,2,8"}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
+	if o, err := parseBenchOptions(nil, io.Discard); err != nil || o.reps != 10 || o.duration != 5*time.Second || !slices.Equal(o.bins, []string{"bin/usersvc"}) || o.connections != 16 {
+		t.Errorf("no flags: %+v, %v; want 10 rounds of 5s, bin/usersvc, 16 connections", o, err)
 	}
-	if o.duration != 2*time.Second || o.reps != 2 || o.seed != 20_000 || !slices.Equal(o.pgbenchClients, []int{2, 8}) {
-		t.Errorf("-reps 2 -quick -pgbench-clients 8,2,8 = %+v", o)
-	}
-
-	o, err = parseOptions([]string{"-sweep", "DB_MAX_CONNS=4,16", "-tmpfs"}, io.Discard)
-	if err != nil || o.sweepKey != "DB_MAX_CONNS" || !slices.Equal(o.sweepValues, []string{"4", "16"}) || !o.tmpfs {
-		t.Errorf("-sweep DB_MAX_CONNS=4,16 -tmpfs = %+v, %v", o, err)
-	}
-
-	// Several binaries and a sweep: each scenario runs once per pair, the
-	// binaries named only when there are several.
-	o, err = parseOptions([]string{"-service-bin", "bin/a,bin/b", "-sweep", "GOGC=100,200", "-env", "LOG_LEVEL=warn"}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, sr := range o.variants(scenarios[0]) {
-		got = append(got, fmt.Sprintf("%s %s %q", sr.variant, sr.bin, sr.env))
-	}
-	want := []string{
-		`bin/a, GOGC=100 bin/a ["LOG_LEVEL=warn" "GOGC=100"]`,
-		`bin/a, GOGC=200 bin/a ["LOG_LEVEL=warn" "GOGC=200"]`,
-		`bin/b, GOGC=100 bin/b ["LOG_LEVEL=warn" "GOGC=100"]`,
-		`bin/b, GOGC=200 bin/b ["LOG_LEVEL=warn" "GOGC=200"]`,
-	}
-	if !slices.Equal(got, want) {
-		t.Errorf("variants of -service-bin bin/a,bin/b -sweep GOGC=100,200 = %q, want %q", got, want)
-	}
-	if vs := defaults.variants(scenarios[0]); len(vs) != 1 || vs[0].variant != "" || vs[0].bin != "bin/usersvc" {
-		t.Errorf("variants by default = %+v, want one, of bin/usersvc, unlabelled", vs)
-	}
-
 	for _, args := range [][]string{
-		{"-duration", "1500ms"}, // pgbench counts whole seconds
-		{"-service-bin", "bin/a,"},
+		{"-duration", "1500ms"},
 		{"-reps", "0"},
+		{"-pgbench-clients", "2,x"},
 		{"-seed", "10"},
-		{"-deep-rows", "50000"}, // fewer than -seed
-		{"-scenarios", "8"},
-		{"-pgbench-clients", "four"},
-		{"-env", "NOEQUALS"},
-		{"-threads", "4", "-connections", "2"},
-		{"-sweep", "DB_MAX_CONNS"},
-		{"-sweep", "DB_MAX_CONNS=4,,8"},
-		{"stray"},
+		{"-env", "=1"},
+		{"-service-bin", "a/usersvc", "-service-bin", "b/usersvc"}, // the same name twice
+		{"-service-bin", "bin/floor"},
+		{"extra"},
 	} {
-		if _, err := parseOptions(args, io.Discard); err == nil {
-			t.Errorf("parseOptions(%q): no error", args)
+		if _, err := parseBenchOptions(args, io.Discard); err == nil {
+			t.Errorf("bench %q: no error", args)
 		}
 	}
-}
 
-func TestCommand(t *testing.T) {
+	// The soak's warm-up is a fifth of the run, whole intervals, one at
+	// least; two samples at least come after it.
 	for _, tc := range []struct {
-		args []string
-		want string
+		args   []string
+		warmup time.Duration
 	}{
-		{nil, "make bench"},
-		{[]string{"-quick"}, "make bench BENCH_ARGS=-quick"},
-		{[]string{"-quick", "-scenarios", "1,2"}, "make bench BENCH_ARGS='-quick -scenarios 1,2'"},
-		{[]string{"-env", "A=it's"}, `make bench BENCH_ARGS='-env '\''A=it'\''\'\'''\''s'\'''`},
+		{nil, time.Minute},
+		{[]string{"-duration", "30s"}, 10 * time.Second},
+		{[]string{"-duration", "20s", "-interval", "2s"}, 4 * time.Second},
 	} {
-		if got := command("make bench", tc.args); got != tc.want {
-			t.Errorf("command(%q) = %s, want %s", tc.args, got, tc.want)
+		if o, err := parseSoakOptions(tc.args, io.Discard); err != nil || o.warmup != tc.warmup {
+			t.Errorf("soak %q: warm-up %v, %v; want %v", tc.args, o.warmup, err, tc.warmup)
+		}
+	}
+	for _, args := range [][]string{{"-duration", "20s"}, {"-interval", "0s"}, {"-service-bin", "a", "-service-bin", "b"}} {
+		if _, err := parseSoakOptions(args, io.Discard); err == nil {
+			t.Errorf("soak %q: no error", args)
 		}
 	}
 }
 
-func TestScriptSQL(t *testing.T) {
-	sql, vars := scriptSQL("-- a comment: with :colon\n\\set after random(:lo, :hi)\nSELECT :a, :b::int, :a,\n  '::x', now()::date;\n")
-	if want := "SELECT $1, $2::int, $1,\n  '::x', now()::date"; sql != want {
-		t.Errorf("sql = %q, want %q", sql, want)
+func TestBenchmarkLine(t *testing.T) {
+	m := measured{n: 50_000, seconds: 2, http: true, p50: 1.5e6, p99: 4e6, cpu: 1, client: 0.5, pg: 0.75, rss: 30 << 20}
+	want := "BenchmarkGetUser/impl=usersvc 50000 25000 req/s 1500000 p50-ns 4000000 p99-ns 20000 cpu-ns/op 10000 client-cpu-ns/op 15000 pg-cpu-ns/op 31457280 rss-bytes 125.0 floor-cpu-%"
+	if got := m.line("GetUser/impl=usersvc", " 125.0 floor-cpu-%"); got != want {
+		t.Errorf("line =\n%s\nwant\n%s", got, want)
 	}
-	if !slices.Equal(vars, []string{"a", "b"}) {
-		t.Errorf("vars = %q, want [a b]", vars)
-	}
-}
-
-// TestCeilingRunsServiceSQL checks that each ceiling script sends exactly
-// the statement that the service sends, as sqlc generated it in db/, with
-// its parameters in the same order; so that the ratio compares like with
-// like, and a changed query fails here until its script follows.
-func TestCeilingRunsServiceSQL(t *testing.T) {
-	for _, tc := range []struct {
-		script, query string
-		vars          []string
-	}{
-		{"get.sql", db.GetUser, []string{"id"}},
-		{"list.sql", db.ListUsers, []string{"after", "max_rows"}},
-		{"create.sql", db.CreateUser, []string{"name"}},
-		{"existing.sql", db.CreateUser, []string{"name"}},
-		{"rename.sql", db.RenameUser, []string{"name", "id"}},
-	} {
-		body, err := scripts.ReadFile("scripts/" + tc.script)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sql, vars := scriptSQL(string(body))
-		// The generated SQL starts with its "-- name:" line.
-		_, want, _ := strings.Cut(tc.query, "\n")
-		want = strings.Join(strings.Fields(want), " ")
-		if got := strings.Join(strings.Fields(sql), " "); got != want {
-			t.Errorf("%s sends\n\t%s\nbut the service sends\n\t%s", tc.script, got, want)
-		}
-		if !slices.Equal(vars, tc.vars) {
-			t.Errorf("%s: variables %q, want %q", tc.script, vars, tc.vars)
-		}
-	}
-	// Every scenario with a ceiling has its script checked above.
-	for _, s := range scenarios {
-		if s.pgbench != "" && !slices.Contains([]string{"get.sql", "list.sql", "create.sql", "existing.sql", "rename.sql"}, s.pgbench) {
-			t.Errorf("scenario %d: %s is not checked against db/", s.n, s.pgbench)
-		}
+	// pgbench's: no latencies, no target.
+	m = measured{n: 1000, seconds: 0.5, client: 0.01, pg: 0.02}
+	if got, want := m.line("GetUser/impl=pgbench-c2"), "BenchmarkGetUser/impl=pgbench-c2 1000 2000 req/s 10000 client-cpu-ns/op 20000 pg-cpu-ns/op"; got != want {
+		t.Errorf("line =\n%s\nwant\n%s", got, want)
 	}
 }
 
-func TestWriteScripts(t *testing.T) {
-	dir := t.TempDir()
-	paths, err := writeScripts(dir)
+func TestParseOutputs(t *testing.T) {
+	out := "Running 2s test @ http://127.0.0.1:1\n  53418 requests in 2.00s\n" +
+		`BENCH_RESULT {"requests":53418,"duration_us":2000221,"connect_errors":1,"read_errors":2,"write_errors":3,"timeouts":4,"status_errors":7,"p50_us":1020,"p99_us":4502,"max_us":20110,"expected":53400,"unexpected":18}` + "\n" +
+		`SOAK_ANSWERS {"expect":{"get":200},"answers":{"get 200":10,"get 503":2},"unexpected":{"get 503":2}}` + "\n"
+	var r wrkResult
+	if err := parseLine([]byte(out), "BENCH_RESULT ", &r); err != nil {
+		t.Fatal(err)
+	}
+	want := wrkResult{Requests: 53418, DurationUS: 2000221, Connect: 1, Read: 2, Write: 3, Timeouts: 4, Status: 7, P50US: 1020, P99US: 4502, MaxUS: 20110, Expected: 53400, Unexpected: 18}
+	if r != want || r.socketErrors() != 10 {
+		t.Errorf("wrk result = %+v (%d socket errors), want %+v (10)", r, r.socketErrors(), want)
+	}
+	var a soakAnswers
+	if err := parseLine([]byte(out), "SOAK_ANSWERS ", &a); err != nil || a.Answers["get 503"] != 2 || a.Unexpected["get 503"] != 2 || a.Expect["get"] != 200 {
+		t.Errorf("soak answers = %+v, %v", a, err)
+	}
+	if err := parseLine([]byte("Running 2s test\n"), "BENCH_RESULT ", &r); err == nil {
+		t.Error("no result line: no error")
+	}
+
+	pgbench := "number of failed transactions: 0 (0.000%)\nnumber of transactions actually processed: 178406\nlatency average = 0.089 ms\ninitial connection time = 3.966 ms\ntps = 89295.123456 (without initial connection time)\n"
+	if tps, n := pgbenchTPS.FindStringSubmatch(pgbench), pgbenchN.FindStringSubmatch(pgbench); tps == nil || tps[1] != "89295.123456" || n == nil || n[1] != "178406" {
+		t.Errorf("pgbench's summary: tps %q, processed %q; want 89295.123456 and 178406", tps, n)
+	}
+}
+
+const metricsText = `# HELP go_goroutines Number of goroutines that currently exist.
+# TYPE go_goroutines gauge
+go_goroutines 41
+# TYPE go_memstats_heap_inuse_bytes gauge
+go_memstats_heap_inuse_bytes 8.8e+06
+# TYPE process_open_fds gauge
+process_open_fds 31
+# TYPE usersvc_db_pool_total_connections gauge
+usersvc_db_pool_total_connections{pool="write"} 4
+# TYPE usersvc_http_requests_total counter
+usersvc_http_requests_total{code="200",method="GET",route="GET /users/{id}"} 1000
+usersvc_http_requests_total{code="503",method="GET",route="say \"}\" here"} 7
+`
+
+func TestReadMetrics(t *testing.T) {
+	s, err := readMetrics(strings.NewReader(metricsText))
 	if err != nil {
 		t.Fatal(err)
 	}
-	common, err := scripts.ReadFile("scripts/common.lua")
-	if err != nil {
-		t.Fatal(err)
+	want := map[string]float64{"go_goroutines": 41, "go_memstats_heap_inuse_bytes": 8.8e6, "process_open_fds": 31, "usersvc_db_pool_total_connections": 4, requestsTotal: 1007}
+	for k, v := range want {
+		if s.values[k] != v {
+			t.Errorf("%s = %v, want %v", k, s.values[k], v)
+		}
 	}
-	for _, s := range scenarios {
-		for _, name := range []string{s.lua, s.pgbench} {
-			if name == "" {
-				continue
-			}
-			b, err := os.ReadFile(paths[name])
-			if err != nil {
-				t.Fatalf("scenario %d: %v", s.n, err)
-			}
-			// wrk runs one script: the shared part must come with each.
-			if strings.HasSuffix(name, ".lua") && !strings.HasPrefix(string(b), string(common)) {
-				t.Errorf("%s does not start with common.lua", name)
-			}
+	for _, text := range []string{strings.Replace(metricsText, "go_goroutines 41", "", 1), metricsText + "go_threads many\n"} {
+		if _, err := readMetrics(strings.NewReader(text)); err == nil {
+			t.Errorf("readMetrics(%q): no error", text)
 		}
 	}
 }
 
-func TestBounds(t *testing.T) {
-	const seed = 100_000
-	for _, tc := range []struct{ n, lo, hi int }{
-		{1, 1, seed},
-		{2, 0, seed - listMaxRows},
-		{4, 1, seed / 2},
-		{5, seed/2 + 1, seed},
+func TestJudgeSoak(t *testing.T) {
+	const mib = 1 << 20
+	// samples returns before, a sample under load every 10 s with the RSS
+	// of rss(i) and goroutines(i), and after, idle with idleAfter.
+	samples := func(n int, rss, goroutines func(i int) float64, idleAfter float64) []sample {
+		ss := []sample{{values: map[string]float64{"go_goroutines": 10}}}
+		for i := range n {
+			ss = append(ss, sample{at: time.Duration(i+1) * 10 * time.Second, load: true, values: map[string]float64{"rss": rss(i), "go_goroutines": goroutines(i)}})
+		}
+		return append(ss, sample{at: time.Hour, values: map[string]float64{"go_goroutines": idleAfter}})
+	}
+	flat := func(v float64) func(int) float64 { return func(int) float64 { return v } }
+	for _, tc := range []struct {
+		name string
+		ss   []sample
+		want []bool // RSS, goroutines under load, when idle
+	}{
+		{"steady", samples(29, flat(26*mib), flat(40), 10), []bool{true, true, true}},
+		// 0.25 MiB more every sample: 6.5 MiB between the windows' maxima.
+		{"RSS leak", samples(29, func(i int) float64 { return 26*mib + float64(i)*mib/4 }, flat(40), 10), []bool{false, true, true}},
+		// A spike between the windows is no trend.
+		{"RSS spike", samples(29, func(i int) float64 {
+			if i == 12 {
+				return 46 * mib
+			}
+			return 26 * mib
+		}, flat(40), 10), []bool{true, true, true}},
+		{"goroutine leak", samples(29, flat(26*mib), func(i int) float64 { return 40 + 2*float64(i) }, 10), []bool{true, false, true}},
+		{"idle leak", samples(29, flat(26*mib), flat(40), 13), []bool{true, true, false}},
+		{"no sample after the warm-up", samples(1, flat(26*mib), flat(40), 10), []bool{false, false, true}},
 	} {
-		if lo, hi := scenarios[tc.n-1].bounds(seed); lo != tc.lo || hi != tc.hi {
-			t.Errorf("scenario %d: bounds = %d..%d, want %d..%d", tc.n, lo, hi, tc.lo, tc.hi)
+		vs := judgeSoak(tc.ss, 60*time.Second, 16)
+		var got []bool
+		for _, v := range vs {
+			got = append(got, v.flat())
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: flat = %v, want %v (%+v)", tc.name, got, tc.want, vs)
 		}
 	}
 }
 
-// TestCPUSample spins until getrusage says this process has spent 200 ms
-// of CPU, and checks what the harness reads of it, and of the machine,
-// from /proc.
-func TestCPUSample(t *testing.T) {
+// TestCPUTimes spins until getrusage says this process has spent 200 ms
+// of CPU, and checks what /proc says of it and of the machine.
+func TestCPUTimes(t *testing.T) {
 	self := func() time.Duration {
 		var ru syscall.Rusage
 		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
@@ -375,19 +248,77 @@ func TestCPUSample(t *testing.T) {
 		}
 		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	var c cpuSample
-	end := c.start(os.Getpid())
+	m0, p0, err := cpuTimes(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
 	for t0 := self(); self()-t0 < 200*time.Millisecond; {
 	}
-	end()
+	m1, p1, err := cpuTimes(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
 	// /proc counts in ticks of 10 ms.
-	if c.service < 180*time.Millisecond || c.machine < c.service-20*time.Millisecond {
-		t.Errorf("after 200 ms of CPU: %+v, want about 200 ms for this process, and at least as much for the machine", c)
+	if p := p1 - p0; p < 0.18 || m1-m0 < p-0.02 {
+		t.Errorf("after 200 ms of CPU: this process %.3f s, the machine %.3f s; want about 0.2 s, and at least as much", p, m1-m0)
 	}
-	if got := (cpuSample{machine: 10, service: 4, client: 3}).rest(); got != 3 {
-		t.Errorf("rest = %v, want 3", got)
+}
+
+// TestFloor checks the floor's answers against a real database: the
+// statuses, headers and JSON of the service's, on the benchmarked routes.
+func TestFloor(t *testing.T) {
+	srv := httptest.NewServer(floorHandler(db.New(pgtest.NewPool(t))))
+	defer srv.Close()
+	do := func(method, path, body string, status int) (*http.Response, []map[string]any) {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		if res.StatusCode != status {
+			t.Fatalf("%s %s: status = %d, want %d: %s", method, path, res.StatusCode, status, b)
+		}
+		if status >= 300 {
+			return res, nil
+		}
+		if ct := res.Header.Get("Content-Type"); ct != "application/json" || res.Header.Get("Content-Length") != strconv.Itoa(len(b)) {
+			t.Errorf("%s %s: Content-Type %q, Content-Length %q for %d bytes", method, path, ct, res.Header.Get("Content-Length"), len(b))
+		}
+		var users []map[string]any
+		if b[0] == '{' {
+			b = append(append([]byte("["), b...), ']')
+		}
+		if err := json.Unmarshal(b, &users); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, path, err, b)
+		}
+		for _, u := range users {
+			created, _ := time.Parse(time.RFC3339Nano, u["created_at"].(string))
+			if len(u) != 4 || u["name"] == nil || u["id"] == nil || created.IsZero() || !strings.HasSuffix(u["updated_at"].(string), "Z") {
+				t.Errorf("%s %s: user %v, want id, name, created_at and updated_at in UTC", method, path, u)
+			}
+		}
+		return res, users
 	}
-	if got := perOp(3*time.Second, 1000); got != 3000 {
-		t.Errorf("perOp(3s, 1000) = %v µs, want 3000", got)
+	for i := range 3 {
+		res, users := do("POST", "/users", `{"name":"u`+strconv.Itoa(i)+`"}`, http.StatusCreated)
+		if id := strconv.Itoa(int(users[0]["id"].(float64))); res.Header.Get("Location") != "/users/"+id || !strings.HasPrefix(res.Header.Get("ETag"), `"`+id+"-") {
+			t.Errorf("POST /users: Location %q, ETag %q for user %s", res.Header.Get("Location"), res.Header.Get("ETag"), id)
+		}
 	}
+	do("POST", "/users", `{"name":"u1"}`, http.StatusBadRequest)
+	res, users := do("GET", "/users?limit=2", "", http.StatusOK)
+	if len(users) != 2 || users[0]["name"] != "u0" || !strings.HasPrefix(res.Header.Get("Link"), "</users?after=") {
+		t.Errorf("GET /users?limit=2: %v, Link %q; want u0 and u1, and a next link", users, res.Header.Get("Link"))
+	}
+	id := strconv.Itoa(int(users[1]["id"].(float64)))
+	if res, _ := do("GET", "/users?after="+id+"&limit=2", "", http.StatusOK); res.Header.Get("Link") != "" {
+		t.Errorf("last page: Link %q, want none", res.Header.Get("Link"))
+	}
+	if res, users := do("GET", "/users/"+id, "", http.StatusOK); users[0]["name"] != "u1" || res.Header.Get("ETag") == "" {
+		t.Errorf("GET /users/%s: %v, ETag %q", id, users, res.Header.Get("ETag"))
+	}
+	do("GET", "/users/999999", "", http.StatusNotFound)
 }

@@ -3,17 +3,18 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
+	"embed"
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,100 +28,107 @@ import (
 	"usersvc/migrations"
 )
 
-const (
-	// database is the database the service and pgbench use.
-	database = "usersvc"
-	// dirPrefix names the benchmark's scratch directories, so that a later
-	// run finds those of a run that was killed.
-	dirPrefix = "usersvc-bench-"
-	// diskDir, under the working directory, holds PostgreSQL's data: on the
-	// disk of the checkout, as a production database's data is on a disk,
-	// where every commit waits for its flush.
-	diskDir = ".bench"
-)
+// scripts are the wrk Lua scripts and the pgbench scripts.
+//
+//go:embed scripts
+var scripts embed.FS
 
-// harness is what every mode of bench runs against: wrk, a throwaway
-// PostgreSQL over TCP with seeded users, and the service on loopback.
+// database is the database that the targets and pgbench use: the
+// throwaway server's own.
+const database = "postgres"
+
+// harness is what the benchmark and the soak run against: wrk, a
+// throwaway PostgreSQL over TCP with seeded users, and the targets on
+// loopback.
 type harness struct {
-	binDir   string            // PostgreSQL's binaries
-	wrk      string            // the wrk binary
-	bin      string            // the service's first binary, which the report describes
-	tmp      string            // scratch directory: scripts, log
-	scripts  map[string]string // the scripts' paths by name
-	machine  machine
-	pg       *pglocal.Server
-	settings []string // PostgreSQL's, name=value, for the report
-	svc      *service
+	binDir  string // PostgreSQL's binaries, pgbench's too
+	wrkBin  string
+	tmp     string // the scripts and the targets' logs
+	token   string // the bearer token the service requires (AUTH_TOKENS)
+	flags   harnessFlags
+	pg      *pglocal.Server
+	conn    *pgx.Conn // to the database, for the harness's own statements
+	targets []*target
+	facts   []string // about the machine and the software, for the output
 }
 
-// startHarness finds the tools, starts PostgreSQL, seeds ho.seed users and
-// starts the service. On error, whatever it started is stopped and
-// removed; otherwise the caller must call stop.
-func startHarness(ctx context.Context, ho harnessOptions, logf func(string, ...any)) (_ *harness, err error) {
-	h := &harness{bin: ho.serviceBins[0]}
+// startHarness finds the tools, starts PostgreSQL, seeds hf.seed users and
+// starts a target per service binary, and the floor when withFloor. On
+// error, what it started is stopped; otherwise the caller must call stop.
+func startHarness(ctx context.Context, hf harnessFlags, withFloor bool, logf func(string, ...any)) (_ *harness, err error) {
+	h := &harness{token: rand.Text(), flags: hf}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, h.stop())
 		}
 	}()
-	// Tools first: better to fail before a minute of seeding.
+	// Tools first: better to fail before the seeding.
 	if h.binDir, err = pglocal.FindBinDir(); err != nil {
 		return nil, err
 	}
-	if h.wrk, err = exec.LookPath(ho.wrk); err != nil {
-		return nil, fmt.Errorf("%w: make bench and make soak install it (as root), or pass -wrk", err)
-	}
-	for _, bin := range ho.serviceBins {
-		if _, err := os.Stat(bin); err != nil {
-			return nil, fmt.Errorf("the service's binary: %w (make build builds it)", err)
-		}
+	if h.wrkBin, err = exec.LookPath("wrk"); err != nil {
+		return nil, fmt.Errorf("%w: make bench and make soak install it (as root)", err)
 	}
 	if h.tmp, err = os.MkdirTemp("", "usersvc-bench-"); err != nil {
 		return nil, err
 	}
-	if h.scripts, err = writeScripts(h.tmp); err != nil {
+	sub, _ := fs.Sub(scripts, "scripts")
+	if err := os.CopyFS(h.tmp, sub); err != nil {
 		return nil, err
 	}
-	h.machine = describeMachine(ctx, h.binDir, h.wrk, h.bin)
-
 	parent := "" // pglocal's scratch directory: /dev/shm
-	if !ho.tmpfs {
-		if parent, err = filepath.Abs(diskDir); err == nil {
-			err = os.MkdirAll(parent, 0o755)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("start postgres: %w", err)
+	if !hf.tmpfs {
+		// On the checkout's disk, as a production database's data is on a
+		// disk, where each commit waits for its flush.
+		parent, _ = filepath.Abs(".bench")
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return nil, err
 		}
 	}
 	port, err := pglocal.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	logf("starting PostgreSQL")
-	// Not pglocal's Ephemeral settings: the service and pgbench are both
-	// measured on PostgreSQL's default durability (fsync, synchronous_commit
-	// and full_page_writes on), as in production. TCP rather than the unix
-	// socket, since a production database is at the other end of one.
-	if h.pg, err = pglocal.StartScratch(ctx, parent, dirPrefix, pglocal.Options{Port: port}); err != nil {
+	logf("starting PostgreSQL, seeding %d users", hf.seed)
+	// PostgreSQL's default durability (fsync, synchronous_commit and
+	// full_page_writes on), not pglocal's Ephemeral settings; TCP, not the
+	// unix socket: as in production.
+	if h.pg, err = pglocal.StartScratch(ctx, parent, "usersvc-bench-", pglocal.Options{Port: port}); err != nil {
 		return nil, err
 	}
-	logf("seeding %d users", ho.seed)
-	if err := h.prepareDatabase(ctx, ho.seed); err != nil {
+	if err := h.prepareDatabase(ctx, hf.seed); err != nil {
 		return nil, err
 	}
-	if h.settings, err = h.pgSettings(ctx); err != nil {
-		return nil, err
+	h.describe(ctx, hf.bins[0])
+	for _, bin := range hf.bins {
+		// Authentication on, as in production; otherwise the defaults, as
+		// operators run it: JSON logs at info, an access log line per
+		// request.
+		if _, err := h.start(ctx, filepath.Base(bin), bin, []string{"serve"}, append([]string{"AUTH_TOKENS=" + h.token}, hf.env...)); err != nil {
+			return nil, err
+		}
 	}
-	return h, h.startService(ctx, h.bin, ho.env)
+	if withFloor {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		if _, err := h.start(ctx, "floor", self, []string{"floor"}, nil); err != nil {
+			return nil, err
+		}
+	}
+	return h, nil
 }
 
-// stop stops the service and PostgreSQL and removes the scratch
-// directories. Returns an error, with the end of the service's log, when
-// the service did not stop cleanly.
+// stop stops the targets and PostgreSQL and removes the scratch
+// directories. Returns an error when a target did not stop cleanly.
 func (h *harness) stop() error {
 	var err error
-	if h.svc != nil {
-		err = h.svc.stop()
+	for _, t := range h.targets {
+		err = errors.Join(err, t.stop())
+	}
+	if h.conn != nil {
+		err = errors.Join(err, h.conn.Close(context.Background()))
 	}
 	if h.pg != nil {
 		err = errors.Join(err, h.pg.Stop())
@@ -131,314 +139,161 @@ func (h *harness) stop() error {
 	return err
 }
 
-// exec runs the statements on a new connection to the server's database
-// db, one after the other.
-func (h *harness) exec(ctx context.Context, db string, stmts ...string) error {
-	conn, err := pgx.Connect(ctx, h.pg.URL(db))
-	if err != nil {
+// prepareDatabase applies the migrations, seeds the users and keeps a
+// session open for exec.
+func (h *harness) prepareDatabase(ctx context.Context, seed int) (err error) {
+	if h.conn, err = pgx.Connect(ctx, h.pg.URL(database)); err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	sqlDB := stdlib.OpenDB(*h.conn.Config())
+	defer sqlDB.Close()
+	provider, err := migrations.NewProvider(sqlDB)
+	if err == nil {
+		_, err = provider.Up(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("apply migrations: %w", err)
+	}
+	// Users 1 to seed, each named for its id: names that pgbench, which
+	// computes only numbers, sends as well as wrk.
+	return h.exec(ctx, fmt.Sprintf("INSERT INTO users (name) SELECT g::text FROM generate_series(1, %d) g", seed), "VACUUM (ANALYZE) users", "CHECKPOINT")
+}
+
+// exec runs the statements in turn.
+func (h *harness) exec(ctx context.Context, stmts ...string) error {
 	for _, stmt := range stmts {
-		if _, err := conn.Exec(ctx, stmt); err != nil {
+		if _, err := h.conn.Exec(ctx, stmt); err != nil {
 			return fmt.Errorf("%s: %w", stmt, err)
 		}
 	}
 	return nil
 }
 
-// queryInts returns the integers of the first row of query on the
-// service's database.
-func (h *harness) queryInts(ctx context.Context, query string, n int) ([]int, error) {
-	conn, err := pgx.Connect(ctx, h.pg.URL(database))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	out := make([]int, n)
-	dest := make([]any, n)
-	for i := range out {
-		dest[i] = &out[i]
-	}
-	return out, conn.QueryRow(ctx, query).Scan(dest...)
-}
-
-// tidy vacuums and analyzes the table and checkpoints, so that the next
-// run pays neither for hint bits nor dead rows, nor for a checkpoint it
-// did not cause.
-var tidy = []string{"VACUUM (ANALYZE) users", "CHECKPOINT"}
-
-// prepareDatabase creates the database, applies the service's migrations
-// and seeds seed users.
-func (h *harness) prepareDatabase(ctx context.Context, seed int) error {
-	if err := h.exec(ctx, "postgres", "CREATE DATABASE "+database); err != nil {
-		return fmt.Errorf("create database: %w", err)
-	}
-	cfg, err := pgx.ParseConfig(h.pg.URL(database))
-	if err != nil {
-		return err
-	}
-	sqlDB := stdlib.OpenDB(*cfg)
-	defer sqlDB.Close()
-	provider, err := migrations.NewProvider(sqlDB)
-	if err != nil {
-		return err
-	}
-	if _, err := provider.Up(ctx); err != nil {
-		return fmt.Errorf("apply migrations: %w", err)
-	}
-	if err := h.growTo(ctx, seed); err != nil {
-		return err
-	}
-	if ids, err := h.queryInts(ctx, "SELECT min(id), max(id) FROM users", 2); err != nil || ids[0] != 1 || ids[1] != seed {
-		return fmt.Errorf("seed users: ids %v, %v; want 1 to %d", ids, err, seed)
-	}
-	return nil
-}
-
-// growTo adds users until the table holds rows of them, then tidies. The
-// first users of an empty table get ids 1, 2, ... and are named for their
-// id in decimal ("1", "2", ...): names that pgbench, which computes only
-// numbers, can send as well as wrk. Later users, for the deep pages, are
-// named "d" and a number, so that they collide with nothing.
-func (h *harness) growTo(ctx context.Context, rows int) error {
-	have, err := h.queryInts(ctx, "SELECT count(*) FROM users", 1)
-	if err != nil || have[0] >= rows {
-		return err
-	}
-	prefix := ""
-	if have[0] > 0 {
-		prefix = "d"
-	}
-	insert := fmt.Sprintf("INSERT INTO users (name) SELECT '%s' || g FROM generate_series(%d, %d) g", prefix, have[0]+1, rows)
-	if err := h.exec(ctx, database, append([]string{insert}, tidy...)...); err != nil {
-		return fmt.Errorf("seed users: %w", err)
-	}
-	return nil
-}
-
-// restore brings the table back to the seed users (ids 1 to seed): it
-// deletes the users that runs added, then tidies. Every run that reads or
-// writes the table starts from it: otherwise pgbench's inserts alone would
-// grow it tenfold in a full run, and each run would step over the dead rows
-// of the renames and failed inserts before it, and pay for an autovacuum or
-// a checkpoint that an earlier run made due. Renamed users keep their new
-// names: no scenario needs their old ones.
-func (h *harness) restore(ctx context.Context, seed int) error {
-	if err := h.exec(ctx, database, append([]string{fmt.Sprintf("DELETE FROM users WHERE id > %d", seed)}, tidy...)...); err != nil {
-		return fmt.Errorf("restore users: %w", err)
-	}
-	return nil
-}
-
-// pgSettings returns, as name=value, the server settings that decide what
-// a write costs and the memory the table lives in, then the disk of the
-// data directory.
-func (h *harness) pgSettings(ctx context.Context) ([]string, error) {
-	conn, err := pgx.Connect(ctx, h.pg.URL(database))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	var out []string
-	for _, name := range []string{"server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_level",
-		"shared_buffers", "max_connections", "log_min_error_statement", "data_directory"} {
-		var v string
-		if err := conn.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v); err != nil {
-			return nil, fmt.Errorf("show %s: %w", name, err)
+// describe gathers what makes one run's figures comparable with another's;
+// a fact that cannot be read says why instead.
+func (h *harness) describe(ctx context.Context, bin string) {
+	version := func(name string, args ...string) string {
+		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+		if line, _, _ := strings.Cut(string(bytes.TrimSpace(out)), "\n"); line != "" {
+			return line
 		}
-		out = append(out, name+"="+v)
+		return err.Error()
 	}
-	return append(out, "data on "+mountOf(h.pg.Dir())), nil
+	var settings string
+	if err := h.conn.QueryRow(ctx, `SELECT string_agg(name || '=' || current_setting(name), ' ' ORDER BY name) FROM pg_settings
+		WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', 'data_directory')`).Scan(&settings); err != nil {
+		settings = err.Error()
+	}
+	h.facts = []string{
+		"usersvc: " + version(bin, "version") + ", GOMAXPROCS " + strconv.Itoa(runtime.GOMAXPROCS(0)),
+		"postgres: " + version(filepath.Join(h.binDir, "postgres"), "--version") + "; " + settings,
+		"wrk: " + version(h.wrkBin, "-v"), // wrk -v exits with status 1
+	}
 }
 
-// mountOf returns the device and file system type of the mount that holds
-// path, as /proc/self/mountinfo lists them.
-func mountOf(path string) string {
-	mounts, err := procfs.GetMounts()
-	if err != nil {
-		return fmt.Sprintf("(unknown: %v)", err)
-	}
-	var best *procfs.MountInfo
-	for _, m := range mounts {
-		in := path == m.MountPoint || strings.HasPrefix(path, strings.TrimSuffix(m.MountPoint, "/")+"/")
-		if in && (best == nil || len(m.MountPoint) >= len(best.MountPoint)) {
-			best = m
-		}
-	}
-	if best == nil {
-		return "(unknown mount)"
-	}
-	return fmt.Sprintf("%s (%s, mounted on %s)", best.Source, best.FSType, best.MountPoint)
-}
-
-// service is the running usersvc process.
-type service struct {
+// target is a running HTTP server under load: usersvc, or the floor.
+type target struct {
+	name    string // in the benchmark's names
 	cmd     *exec.Cmd
-	url     string // http://127.0.0.1:port
-	logPath string
-	token   string        // the bearer token it requires (AUTH_TOKENS)
-	done    chan struct{} // closed when the process has exited
+	url     string             // http://127.0.0.1:port
+	log     string             // its output
+	cancel  context.CancelFunc // stops it
+	done    chan struct{}
 	waitErr error
 }
 
-// startService starts (or restarts) the service's binary bin serving on a
-// free port of 127.0.0.1, and returns once GET /readyz answers 200. The environment
-// holds only what the service is given here, so that settings of the
-// caller's environment (DB_MAX_CONNS, say) do not change the benchmark
-// unseen; extra are added through -env and -sweep. Its output is appended
-// to service.log.
-func (h *harness) startService(ctx context.Context, bin string, extra []string) error {
-	if h.svc != nil {
-		err := h.svc.stop()
-		if h.svc = nil; err != nil {
-			return err
-		}
-	}
+// start starts bin with args, serving on a free port of 127.0.0.1 the
+// database of h, and returns once GET /readyz answers 200. The
+// environment holds only what it is given here, so that the caller's
+// (DB_MAX_CONNS, say) cannot change the figures unseen.
+func (h *harness) start(ctx context.Context, name, bin string, args, env []string) (*target, error) {
 	port, err := pglocal.FreePort()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	s := &service{url: "http://127.0.0.1:" + strconv.Itoa(port), logPath: filepath.Join(h.tmp, "service.log"), token: rand.Text(), done: make(chan struct{})}
-	logFile, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	t := &target{name: name, url: "http://127.0.0.1:" + strconv.Itoa(port), log: filepath.Join(h.tmp, name+".log"), done: make(chan struct{})}
+	out, err := os.Create(t.log)
 	if err != nil {
-		return fmt.Errorf("start the service: %w", err)
+		return nil, err
 	}
-	defer logFile.Close() // the process has its own descriptor
-	s.cmd = exec.Command(bin, "serve")
-	// Authentication on, as it should be in production: its cost is
-	// measured too. Otherwise the defaults, as operators run it: JSON logs
-	// at info, one access log line per request.
-	s.cmd.Env = append([]string{"DATABASE_URL=" + h.pg.URL(database), "HTTP_ADDR=127.0.0.1:" + strconv.Itoa(port), "AUTH_TOKENS=" + s.token}, extra...)
-	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
-	// A process group of its own keeps a Ctrl-C in the terminal away from
-	// it (bench stops it, after reading its memory); killed should bench
-	// die without stopping it.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := s.cmd.Start(); err != nil {
-		return fmt.Errorf("start the service: %w", err)
+	defer out.Close()                                                // the process has its own descriptor
+	cmdCtx, cancel := context.WithCancel(context.WithoutCancel(ctx)) // stop ends it, not ctx
+	t.cmd, t.cancel = exec.CommandContext(cmdCtx, bin, args...), cancel
+	t.cmd.Cancel = func() error { return t.cmd.Process.Signal(syscall.SIGTERM) }
+	t.cmd.WaitDelay = 20 * time.Second
+	t.cmd.Env = append([]string{"DATABASE_URL=" + h.pg.URL(database), "HTTP_ADDR=127.0.0.1:" + strconv.Itoa(port)}, env...)
+	t.cmd.Stdout, t.cmd.Stderr = out, out
+	// A process group of its own keeps a Ctrl-C away from it (bench stops
+	// it itself); it dies should bench die first.
+	t.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := t.cmd.Start(); err != nil {
+		cancel()
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	go func() {
-		s.waitErr = s.cmd.Wait()
-		close(s.done)
+		t.waitErr = t.cmd.Wait()
+		close(t.done)
 	}()
-	h.svc = s
-	if err := s.waitReady(ctx, 30*time.Second); err != nil {
-		return fmt.Errorf("start the service: %w; its log ends:\n%s", err, s.logTail())
-	}
-	return nil
-}
-
-// waitReady polls GET /readyz until it answers 200. Returns an error when
-// the process exits, or ctx or the timeout ends first.
-func (s *service) waitReady(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	h.targets = append(h.targets, t)
+	timeout := time.After(30 * time.Second)
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url+"/readyz", nil)
-		if err != nil {
-			return err
-		}
-		if res, err := http.DefaultClient.Do(req); err == nil {
-			io.Copy(io.Discard, res.Body)
+		if res, err := http.Get(t.url + "/readyz"); err == nil {
 			res.Body.Close()
 			if res.StatusCode == http.StatusOK {
-				return nil
+				return t, nil
 			}
 		}
 		select {
-		case <-s.done:
-			return fmt.Errorf("the service exited: %v", s.waitErr)
+		case <-t.done:
+			return nil, fmt.Errorf("%s exited: %v; its log ends:\n%s", name, t.waitErr, t.logTail())
+		case <-timeout:
+			return nil, fmt.Errorf("%s: GET /readyz did not answer 200 within 30s", name)
 		case <-ctx.Done():
-			return fmt.Errorf("wait for GET /readyz to answer 200: %w", ctx.Err())
+			return nil, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
 
-// memory is what /proc says of the service's memory, in bytes.
-type memory struct {
-	rss, hwm int64 // resident now, and at its peak
+// stop sends SIGTERM and waits for the graceful shutdown (20 seconds at
+// most, then SIGKILL). Returns an error, with the end of its log, unless
+// the process exited with status 0 after the signal.
+func (t *target) stop() error {
+	err := t.alive()
+	t.cancel()
+	<-t.done
+	if err == nil && !errors.Is(t.waitErr, context.Canceled) { // what Wait returns after a clean exit
+		err = fmt.Errorf("stop %s: %v; its log ends:\n%s", t.name, t.waitErr, t.logTail())
+	}
+	return err
 }
 
-// memory reads the service's VmRSS and VmHWM from /proc/<pid>/status.
-func (s *service) memory() (memory, error) {
-	p, err := procfs.NewProc(s.cmd.Process.Pid)
+// alive returns an error, with the end of its log, when the process has
+// exited.
+func (t *target) alive() error {
+	select {
+	case <-t.done:
+		return fmt.Errorf("%s exited: %v; its log ends:\n%s", t.name, t.waitErr, t.logTail())
+	default:
+		return nil
+	}
+}
+
+// rss returns the process's VmRSS in bytes.
+func (t *target) rss() (int64, error) {
+	p, err := procfs.NewProc(t.cmd.Process.Pid)
 	if err != nil {
-		return memory{}, fmt.Errorf("read the service's memory: %w", err)
+		return 0, err
 	}
 	st, err := p.NewStatus()
-	if err != nil {
-		return memory{}, fmt.Errorf("read the service's memory: %w", err)
-	}
-	return memory{rss: int64(st.VmRSS), hwm: int64(st.VmHWM)}, nil
+	return int64(st.VmRSS), err
 }
 
-// stop sends SIGTERM and waits for the graceful shutdown; after 20 seconds
-// it kills the process. Returns an error, with the end of its log, when
-// the service did not exit with status 0.
-func (s *service) stop() error {
-	err := s.waitErr
-	if !s.exited() {
-		s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.done:
-			err = s.waitErr
-		case <-time.After(20 * time.Second):
-			s.cmd.Process.Kill()
-			<-s.done
-			err = errors.New("killed after 20s")
-		}
-	} else {
-		err = fmt.Errorf("exited before the end: %v", err)
-	}
+// logTail returns the end of the target's log.
+func (t *target) logTail() string {
+	b, err := os.ReadFile(t.log)
 	if err != nil {
-		return fmt.Errorf("stop the service: %w; its log ends:\n%s", err, s.logTail())
-	}
-	return nil
-}
-
-// exited reports whether the service has exited.
-func (s *service) exited() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// trouble returns how many lines the service logged at warn or above (a
-// 5xx, a database that does not answer: worth a look), and the last few of
-// them; -1 and why when the log cannot be read. It reads the log a line at
-// a time: a soak's access log runs to hundreds of MiB.
-func (s *service) trouble() (int, string) {
-	f, err := os.Open(s.logPath)
-	if err != nil {
-		return -1, fmt.Sprintf("(read the service's log: %v)", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	var n int
-	var last []string
-	for sc.Scan() {
-		if line := sc.Bytes(); bytes.Contains(line, []byte(`"level":"WARN"`)) || bytes.Contains(line, []byte(`"level":"ERROR"`)) {
-			n++
-			last = append(last[max(0, len(last)-4):], sc.Text()+"\n")
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return -1, fmt.Sprintf("(read the service's log: %v)", err)
-	}
-	return n, strings.Join(last, "")
-}
-
-// logTail returns the end of the service's log.
-func (s *service) logTail() string {
-	b, err := os.ReadFile(s.logPath)
-	if err != nil {
-		return fmt.Sprintf("(read the service's log: %v)", err)
+		return err.Error()
 	}
 	return string(b[max(0, len(b)-4096):])
 }

@@ -1,54 +1,114 @@
 //go:build linux
 
-// Command bench is the service's load benchmark, `make bench`: it measures
-// usersvc over real HTTP against a private PostgreSQL, and measures pgbench
-// running the service's own SQL on the same server as the ceiling.
+// Command bench is the service's load benchmark (make bench) and soak
+// (make soak), against a throwaway PostgreSQL (package pglocal) on
+// loopback. See docs/benchmarks.md and docs/soak.md.
 //
 // Usage:
 //
-//	bench [-quick] [-duration 10s] [-reps 3] [-seed 100000] [flags]
-//	bench soak [-duration 5m] [-connections 16] [flags]
+//	bench [-quick] [-reps 10] [-duration 5s] [flags]   the benchmark, in Go benchmark format on stdout
+//	bench soak [-duration 5m] [flags]                 the soak: a markdown report, exit 1 when it fails
+//	bench floor                                       the floor: the bare handler that the benchmark runs
 //
-// One run starts a throwaway PostgreSQL (package pglocal) with its data on
-// the disk of the working directory, under .bench/ (-tmpfs puts it on
-// /dev/shm instead), migrates it, seeds the users table through COPY,
-// builds the service as `make build` does, starts it on loopback, and then,
-// for -reps rounds, runs every scenario with wrk and its SQL with pgbench at
-// several client counts. After that it grows the table for the deep-page
-// comparison. It prints a markdown report on stdout (progress goes to
-// stderr) and removes everything it made. Run it on a quiet machine: wrk,
-// the service and PostgreSQL share the CPU, and so does anything else.
-//
-// `bench soak` (make soak) runs on the same set-up a sustained mixed load
-// (scripts/soak.lua), samples the service's memory, goroutines and pool
-// every -interval, and prints a markdown report; it exits 1 on any error,
-// or when RSS or goroutines do not stay flat. docs/soak.md has the rules.
-//
-// Linux only: every figure of the machine comes from /proc.
+// Progress goes to stderr. Linux only: the CPU and memory figures come
+// from /proc.
 package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 )
 
 func main() {
-	// SIGINT (Ctrl-C) and SIGTERM stop the run early; the deferred clean-up
-	// then still stops the service and the database and removes their
-	// directories, which no signal would do.
+	// SIGINT and SIGTERM stop a run early; the deferred clean-up still
+	// stops the service and the database and removes their directories.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	var err error
-	if len(os.Args) > 1 && os.Args[1] == "soak" {
-		err = runSoak(ctx, os.Args[2:], os.Stdout, os.Stderr)
-	} else {
-		err = run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	}
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// run dispatches on the first argument: soak, floor, or a flag of the
+// benchmark.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cmd := ""
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "":
+		return runBench(ctx, args, stdout, stderr)
+	case "soak":
+		return runSoak(ctx, args, stdout, stderr)
+	case "floor":
+		return runFloor(ctx, getenv)
+	}
+	return fmt.Errorf("unknown command %q: want soak, floor, or flags", cmd)
+}
+
+// harnessFlags are the flags that the benchmark and the soak share.
+type harnessFlags struct {
+	seed        int      // users in the table
+	bins        []string // the service binaries, by -service-bin
+	env         []string // extra KEY=VALUE for the service
+	tmpfs       bool     // PostgreSQL's data on /dev/shm
+	connections int      // wrk's, over its threads, one per core
+}
+
+func (hf *harnessFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&hf.seed, "seed", 100_000, "users in the table")
+	fs.Func("service-bin", "a usersvc `binary` (default bin/usersvc); repeat it to compare several in one run", func(s string) error {
+		hf.bins = append(hf.bins, s)
+		return nil
+	})
+	fs.Func("env", "`KEY=VALUE` for the service's environment, e.g. LOG_LEVEL=warn (repeatable)", func(s string) error {
+		if k, _, ok := strings.Cut(s, "="); !ok || k == "" {
+			return errors.New("want KEY=VALUE")
+		}
+		hf.env = append(hf.env, s)
+		return nil
+	})
+	fs.BoolVar(&hf.tmpfs, "tmpfs", false, "PostgreSQL's data on /dev/shm, where an fsync costs nothing, instead of the checkout's disk")
+	// 16 connections saturate the two cores; more only queue in the
+	// service, and p99 would measure the queue.
+	fs.IntVar(&hf.connections, "connections", 16, "wrk connections, over all threads")
+}
+
+// parse parses args with fs, then checks what register set.
+func (hf *harnessFlags) parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if len(hf.bins) == 0 {
+		hf.bins = []string{"bin/usersvc"}
+	}
+	names := map[string]bool{"floor": true}
+	for _, bin := range hf.bins {
+		if names[filepath.Base(bin)] {
+			return fmt.Errorf("-service-bin %s: another target has its name", bin)
+		}
+		names[filepath.Base(bin)] = true
+	}
+	if hf.seed < 1000 {
+		return fmt.Errorf("-seed %d: want at least 1000", hf.seed)
+	}
+	if hf.connections < 1 {
+		return fmt.Errorf("-connections %d: want 1 or more", hf.connections)
+	}
+	return nil
 }

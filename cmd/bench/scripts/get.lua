@@ -1,4 +1,5 @@
--- Scenario 1: GET /users/{id} of a random existing id (lo..hi).
+-- GET /users/{id} of a random seeded user.
+dofile(os.getenv("BENCH_SCRIPTS") .. "/common.lua")
 function request()
-   return wrk.format("GET", "/users/" .. math.random(lo, hi))
+   return wrk.format("GET", "/users/" .. math.random(1, seed))
 end

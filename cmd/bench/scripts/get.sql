@@ -1,6 +1,5 @@
--- Scenario 1's ceiling: the service's GetUser query (db/users.sql.go) for a
--- random existing id. Defined with -D: lo, hi.
-\set id random(:lo, :hi)
+-- GetUser (db/users.sql.go) for a random seeded user. Defined with -D: seed.
+\set id random(1, :seed)
 SELECT id, name, created_at, updated_at
 FROM users
 WHERE id = :id;

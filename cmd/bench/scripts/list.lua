@@ -1,5 +1,5 @@
--- Scenario 2: a 50-user page after a random id (lo..hi), so every page is
--- full.
+-- GET /users?after=…&limit=50, a full page after a random seeded id.
+dofile(os.getenv("BENCH_SCRIPTS") .. "/common.lua")
 function request()
-   return wrk.format("GET", "/users?after=" .. math.random(lo, hi) .. "&limit=50")
+   return wrk.format("GET", "/users?after=" .. math.random(0, seed - 51) .. "&limit=50")
 end

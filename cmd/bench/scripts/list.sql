@@ -1,7 +1,8 @@
--- Scenario 2's ceiling: the service's ListUsers query after a random id.
--- max_rows is 51, as the handler asks for a page of 50: one row more tells
--- whether another page follows. Defined with -D: lo, hi, max_rows.
-\set after random(:lo, :hi)
+-- ListUsers after a random seeded id, with max_rows 51 as the handler asks
+-- for a page of 50: the row more tells whether another page follows.
+-- Defined with -D: seed.
+\set after random(0, :seed - 51)
+\set max_rows 51
 SELECT id, name, created_at, updated_at
 FROM users
 WHERE id > :after::bigint

@@ -1,6 +1,5 @@
 -- soak.lua: the mixed workload of `bench soak` (make soak). Arguments as
--- common.lua's: run tag, then lo and hi, the seeded ids (users lo..hi, each
--- named for its id; lo is 1).
+-- common.lua's.
 --
 -- Every request has one answer it must get. A thread's connections answer
 -- in any order, so the request's kind travels in its X-Request-ID
@@ -20,6 +19,7 @@
 --   missing   3  GET /users/{id}, an id far above any                404 not_found
 --
 -- Nothing deletes a seeded user, so gets and renames always find theirs.
+dofile(os.getenv("BENCH_SCRIPTS") .. "/common.lua")
 
 expect = {
    get = { status = 200 },
@@ -54,19 +54,19 @@ end
 
 function request()
    local r = math.random(1, 100)
-   local half = math.floor(hi / 2)
+   local half = math.floor(seed / 2)
    if r <= 40 then
-      return send("get", "GET", "/users/" .. math.random(lo, hi))
+      return send("get", "GET", "/users/" .. math.random(1, seed))
    elseif r <= 60 then
-      return send("list", "GET", "/users?after=" .. math.random(0, hi) .. "&limit=" .. math.random(1, 100))
+      return send("list", "GET", "/users?after=" .. math.random(0, seed) .. "&limit=" .. math.random(1, 100))
    elseif r <= 70 and #mine > 0 then
       return send("delete", "DELETE", "/users/" .. table.remove(mine))
    elseif r <= 82 then
       return send("create", "POST", "/users", newName("s"))
    elseif r <= 92 then
-      return send("rename", "PUT", "/users/" .. math.random(half + 1, hi), newName("r"))
+      return send("rename", "PUT", "/users/" .. math.random(half + 1, seed), newName("r"))
    elseif r <= 97 then
-      return send("taken", "POST", "/users", '{"name":"' .. math.random(lo, half) .. '"}')
+      return send("taken", "POST", "/users", '{"name":"' .. math.random(1, half) .. '"}')
    end
    return send("missing", "GET", "/users/" .. (1000000000000 + math.random(1, 1000000)))
 end
