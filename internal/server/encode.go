@@ -93,9 +93,10 @@ var errBodyTooLarge = &apiError{code: codePayloadTooLarge, detail: "the request 
 // declared length over maxBodyBytes, is left for it to refuse (415, 413) in
 // its turn, before a client waiting on "Expect: 100-continue" sends it.
 func readBody(w http.ResponseWriter, r *http.Request) error {
-	ct := r.Header.Get("Content-Type")
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength > maxBodyBytes ||
-		(checkContentType(ct, jsonContentType) != nil && checkContentType(ct, mergePatchType) != nil) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength > maxBodyBytes {
+		return nil
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != jsonContentType && mt != mergePatchType {
 		return nil
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
