@@ -128,7 +128,18 @@ func invalidFields(fields ...fieldError) error {
 	return &apiError{code: codeValidationFailed, detail: "the request has invalid fields; see errors", fields: fields}
 }
 
-var errNameInvalid = invalidFields(fieldError{In: "body", Field: "name", Detail: nameRule}).(*apiError)
+// databaseProblems is what a client gets for each outcome of the
+// database's work that is its to know (postgres.Translate).
+var databaseProblems = []struct {
+	outcome error
+	problem *apiError
+}{
+	{postgres.ErrNotFound, errNotFound},
+	{postgres.ErrNameTaken, errNameTaken},
+	// The handlers validate names as the constraint does; this is the
+	// database holding the line should they ever disagree.
+	{postgres.ErrNameInvalid, invalidFields(fieldError{In: "body", Field: "name", Detail: nameRule}).(*apiError)},
+}
 
 // classify returns err as an *apiError: err itself when it is one (or
 // wraps one), what it means when it comes from the database, else
@@ -143,15 +154,10 @@ func classify(err error) *apiError {
 		// (the log, /readyz).
 		return &apiError{code: codeUnavailable, detail: "the database is unavailable or did not answer in time; retry later", cause: u}
 	}
-	switch {
-	case errors.Is(meaning, postgres.ErrNotFound):
-		return errNotFound
-	case errors.Is(meaning, postgres.ErrNameTaken):
-		return errNameTaken
-	case errors.Is(meaning, postgres.ErrNameInvalid):
-		// The handlers validate names as this constraint does; this is
-		// the database holding the line should they ever disagree.
-		return errNameInvalid
+	for _, p := range databaseProblems {
+		if errors.Is(meaning, p.outcome) {
+			return p.problem
+		}
 	}
 	return &apiError{code: codeInternal, detail: "the server failed to handle the request", cause: err}
 }
