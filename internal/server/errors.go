@@ -213,6 +213,13 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 		}
 		logger.LogAttrs(r.Context(), level, "request failed", attrs...)
 	}
+	if r.Method == refusalMethod {
+		// Neither method nor path to log: what net/http refused, and why.
+		logger.LogAttrs(r.Context(), slog.LevelInfo, "request refused",
+			slog.Int("status", p.Status),
+			slog.String("detail", p.Detail),
+			slog.String("remote_addr", r.RemoteAddr))
+	}
 	if e.code == codeRequestTimeout {
 		// Not our failure, but one the access log's 408 alone would not
 		// explain: err says how much of the body came.

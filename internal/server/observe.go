@@ -58,8 +58,17 @@ func observe(logger *slog.Logger, m *metrics.Metrics) middleware {
 			next.ServeHTTP(rec, r)
 
 			took, route, status := time.Since(start), routeLabel(r.Pattern), rec.statusCode()
+			// net/http's refusal: no handler took any time, and writeError
+			// logged it as "request refused".
+			refused := r.Method == refusalMethod
+			if refused {
+				took = 0
+			}
 			if m != nil {
 				m.ObserveRequest(methodLabel(r.Method), route, status, took)
+			}
+			if refused {
+				return
 			}
 			level := slog.LevelInfo
 			if quietRoutes[route] {
