@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -217,5 +219,32 @@ func TestNewRoutesAreProtected(t *testing.T) {
 		if res.StatusCode != tt.status {
 			t.Errorf("GET %s with Authorization %q: status = %d, want %d", tt.path, tt.authorization, res.StatusCode, tt.status)
 		}
+	}
+}
+
+// TestREADMEListsEveryRoute checks that the README's route table has a row
+// for each route that routes.go registers, and none for a route it does
+// not.
+func TestREADMEListsEveryRoute(t *testing.T) {
+	t.Parallel()
+	source, err := os.ReadFile("routes.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var registered, listed []string
+	for _, m := range regexp.MustCompile(`rs\.(?:Handle|Open)\("([A-Z]+ [^"]+)"`).FindAllSubmatch(source, -1) {
+		registered = append(registered, strings.TrimSuffix(string(m[1]), "{$}"))
+	}
+	for _, m := range regexp.MustCompile("(?m)^\\| `([A-Z]+ /[^`?]*)").FindAllSubmatch(readme, -1) {
+		listed = append(listed, string(m[1]))
+	}
+	slices.Sort(registered)
+	slices.Sort(listed)
+	if len(registered) < 10 || !slices.Equal(registered, listed) {
+		t.Errorf("README's route table lists\n%q\nroutes.go registers\n%q", listed, registered)
 	}
 }
