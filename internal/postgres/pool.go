@@ -205,12 +205,7 @@ func boundSessions(cc *pgx.ConnConfig, budget time.Duration) *silence {
 		return &resettableConn{Conn: c, addr: addr, born: time.Now(), silent: silent}, nil
 	}
 	cc.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
-		c := pc.Conn()
-		if tc, ok := c.(*tls.Conn); ok {
-			c = tc.NetConn()
-		}
-		rc, _ := c.(*resettableConn)
-		return resetOnCancel{rc}
+		return resetOnCancel{resettable(pc)}
 	}
 	return silent
 }
@@ -224,12 +219,8 @@ type silence struct {
 // outlived reports whether pc is a connection made before its host last
 // went silent.
 func (s *silence) outlived(pc *pgconn.PgConn) bool {
-	c := pc.Conn()
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	rc, ok := c.(*resettableConn)
-	if !ok {
+	rc := resettable(pc)
+	if rc == nil {
 		return false
 	}
 	t, ok := s.since.Load(rc.addr)
@@ -276,6 +267,17 @@ type resettableConn struct {
 	born   time.Time
 	silent *silence
 	reset  atomic.Bool
+}
+
+// resettable returns pc's connection, under its TLS if any, or nil for one
+// that boundSessions' dialer did not make.
+func resettable(pc *pgconn.PgConn) *resettableConn {
+	c := pc.Conn()
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	rc, _ := c.(*resettableConn)
+	return rc
 }
 
 // resetNow drops what the kernel still had queued for the server and

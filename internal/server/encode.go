@@ -109,8 +109,22 @@ func readBody(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return invalidJSON("the request body could not be read")
 	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.Body = bufferedBody{Reader: bytes.NewReader(body), bytes: body}
 	return nil
+}
+
+// bufferedBody is a request body that readBody has read into memory.
+type bufferedBody struct {
+	*bytes.Reader
+	bytes []byte
+}
+
+func (bufferedBody) Close() error { return nil }
+
+// bodyBytes returns what readBody read of r's body: none when it had none.
+func bodyBytes(r *http.Request) []byte {
+	b, _ := r.Body.(bufferedBody)
+	return b.bytes
 }
 
 // decode reads a request body of mediaType, a JSON type, into a T: exactly
@@ -126,10 +140,7 @@ func decode[T any](r *http.Request, mediaType string) (T, error) {
 	if r.ContentLength > maxBodyBytes {
 		return v, errBodyTooLarge
 	}
-	body, err := io.ReadAll(r.Body) // in memory already: readBody
-	if err != nil {
-		return v, invalidJSON("the request body could not be read")
-	}
+	body := bodyBytes(r)
 	if len(bytes.TrimSpace(body)) == 0 {
 		return v, invalidJSON("the request body is empty; send a JSON object")
 	}

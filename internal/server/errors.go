@@ -255,15 +255,16 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 // database work.
 func handle(logger *slog.Logger, timeout time.Duration, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := readBody(w, r)
-		if err == nil && timeout > 0 {
+		if err := readBody(w, r); err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		if timeout > 0 {
 			ctx, cancel := context.WithTimeout(r.Context(), timeout)
 			defer cancel()
-			err = h(w, r.WithContext(ctx))
-		} else if err == nil {
-			err = h(w, r)
+			r = r.WithContext(ctx)
 		}
-		if err != nil {
+		if err := h(w, r); err != nil {
 			writeError(w, r, logger, err)
 		}
 	})
