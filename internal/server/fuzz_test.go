@@ -390,10 +390,7 @@ func FuzzPatchUser(f *testing.F) {
 		case code == codeNotFound && exists:
 			t.Errorf("PATCH %s: 404, but the user exists", target)
 		case exists:
-			g := s.get(t, target, client)
-			if got := decodeJSON[user](t, g.body); !sameUser(got, before) {
-				t.Errorf("PATCH %s %q answered %d, yet the user changed from %+v to %+v", target, body, r.status, before, got)
-			}
+			s.wantUnchanged(t, fmt.Sprintf("PATCH %s %q", target, body), r, before, client)
 		}
 		if exists && isObject && named && asked == nil && r.status != http.StatusBadRequest && r.status != http.StatusUnsupportedMediaType {
 			t.Errorf("PATCH %s %q: %d, want 400 for a null name", target, body, r.status)
@@ -419,6 +416,16 @@ func (s *fuzzServer) sendToUser(t *testing.T, method string, id int64, body []by
 	}
 	checkFuzzResponse(t, req, r, client)
 	return target, r, client, true
+}
+
+// wantUnchanged checks that the user before is as it was after what, which
+// was refused with r.
+func (s *fuzzServer) wantUnchanged(t *testing.T, what string, r response, before user, client clientText) {
+	t.Helper()
+	g := s.get(t, userPath(before.ID), client)
+	if got := decodeJSON[user](t, g.body); !sameUser(got, before) {
+		t.Errorf("%s answered %d, yet the user changed from %+v to %+v", what, r.status, before, got)
+	}
 }
 
 func wantName(body []byte) (string, bool) {
@@ -611,11 +618,7 @@ func FuzzRenameUser(f *testing.F) {
 		case code == codeNotFound && exists:
 			t.Errorf("PUT %s: 404, but the user exists", target)
 		case exists:
-			// Refused: the user is as it was.
-			g := s.get(t, target, client)
-			if got := decodeJSON[user](t, g.body); !sameUser(got, before) {
-				t.Errorf("PUT %s %q answered %d, yet the user changed from %+v to %+v", target, body, r.status, before, got)
-			}
+			s.wantUnchanged(t, fmt.Sprintf("PUT %s %q", target, body), r, before, client)
 			if code == codeDuplicateName && !slices.ContainsFunc(slices.Collect(maps.Values(s.users)), func(u user) bool { return u.ID != id && u.Name == name }) {
 				t.Errorf("PUT %s %q: duplicate_name, but no other user is named %q", target, body, name)
 			}
