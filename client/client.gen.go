@@ -17,6 +17,27 @@ import (
 	"github.com/oapi-codegen/runtime"
 )
 
+// Defines values for ChangeOp.
+const (
+	ChangeOpCreate ChangeOp = "create"
+	ChangeOpDelete ChangeOp = "delete"
+	ChangeOpUpdate ChangeOp = "update"
+)
+
+// Valid indicates whether the value is a known member of the ChangeOp enum.
+func (e ChangeOp) Valid() bool {
+	switch e {
+	case ChangeOpCreate:
+		return true
+	case ChangeOpDelete:
+		return true
+	case ChangeOpUpdate:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for FieldErrorIn.
 const (
 	FieldErrorInBody   FieldErrorIn = "body"
@@ -43,6 +64,7 @@ func (e FieldErrorIn) Valid() bool {
 
 // Defines values for ProblemCode.
 const (
+	ProblemCodeChangesExpired       ProblemCode = "changes_expired"
 	ProblemCodeDuplicateName        ProblemCode = "duplicate_name"
 	ProblemCodeExpectationFailed    ProblemCode = "expectation_failed"
 	ProblemCodeHeadersTooLarge      ProblemCode = "headers_too_large"
@@ -67,6 +89,8 @@ const (
 // Valid indicates whether the value is a known member of the ProblemCode enum.
 func (e ProblemCode) Valid() bool {
 	switch e {
+	case ProblemCodeChangesExpired:
+		return true
 	case ProblemCodeDuplicateName:
 		return true
 	case ProblemCodeExpectationFailed:
@@ -152,6 +176,26 @@ type BadRequestProblem struct {
 	// Type A URI naming the problem type, `urn:usersvc:problem:{code}`.
 	Type ProblemType `json:"type"`
 }
+
+// Change One committed write of a user. `user` is the user as written, as
+// `GET /users/{id}` showed it then; null for a delete.
+type Change struct {
+	// At When the write's transaction began (RFC 3339).
+	At time.Time `json:"at"`
+
+	// ID A user's id, assigned by the server: a positive 64-bit integer. A
+	// JavaScript client beware: past 2^53 a `number` loses digits (see
+	// Ids in the API description).
+	ID UserID   `json:"id"`
+	Op ChangeOp `json:"op"`
+
+	// Position The change's place in the feed; strictly increasing, not dense.
+	Position int64 `json:"position"`
+	User     *User `json:"user"`
+}
+
+// ChangeOp defines model for Change.Op.
+type ChangeOp string
 
 // FieldError defines model for FieldError.
 type FieldError struct {
@@ -302,6 +346,12 @@ type ValidationProblem struct {
 // After defines model for After.
 type After = int64
 
+// ChangesAfter defines model for ChangesAfter.
+type ChangesAfter = int64
+
+// ChangesLimit defines model for ChangesLimit.
+type ChangesLimit = int
+
 // IdempotencyKey defines model for IdempotencyKey.
 type IdempotencyKey = string
 
@@ -317,9 +367,36 @@ type Limit = int
 // NameFilter defines model for NameFilter.
 type NameFilter = string
 
+// Wait defines model for Wait.
+type Wait = int
+
 // BadRequest defines model for BadRequest.
 type BadRequest struct {
 	union json.RawMessage
+}
+
+// ChangesExpired defines model for ChangesExpired.
+type ChangesExpired struct {
+	Code ProblemCode `json:"code"`
+
+	// Detail An explanation of this occurrence, for a human.
+	Detail string `json:"detail"`
+
+	// Errors What is wrong with each invalid input; present exactly when `code` is `validation_failed`.
+	Errors *[]FieldError `json:"errors,omitempty"`
+
+	// Instance The request path.
+	Instance *string `json:"instance,omitempty"`
+
+	// RequestID The request's id, also in the `X-Request-ID` response header and
+	// in every log line of the request: quote it when reporting a
+	// problem.
+	RequestID *string       `json:"request_id,omitempty"`
+	Status    ProblemStatus `json:"status"`
+
+	// Title A short summary of the problem type; the same for every occurrence.
+	Title string      `json:"title"`
+	Type  ProblemType `json:"type"`
 }
 
 // IdempotencyKeyInUse defines model for IdempotencyKeyInUse.
@@ -666,6 +743,21 @@ type CreateUserParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// ListChangesParams defines parameters for ListChanges.
+type ListChangesParams struct {
+	// After The last position seen; the changes start after it. 0, the
+	// default, starts at the oldest change kept. Negative, past int64 or
+	// not an integer answers 400 `validation_failed`.
+	After *ChangesAfter `form:"after,omitempty" json:"after,omitempty"`
+
+	// Limit At most this many changes (1 to 1000); otherwise 400 `validation_failed`.
+	Limit *ChangesLimit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Wait Seconds to wait for a change when there is none after `after` yet
+	// (0 to 60); otherwise 400 `validation_failed`.
+	Wait *Wait `form:"wait,omitempty" json:"wait,omitempty"`
+}
+
 // DeleteUserParams defines parameters for DeleteUser.
 type DeleteUserParams struct {
 	// IfMatch `*`, or a comma-separated list of entity tags: a write proceeds,
@@ -992,6 +1084,18 @@ type ClientInterface interface {
 	// Corresponds with POST /users (the `CreateUser` operationId).
 	CreateUser(ctx context.Context, params *CreateUserParams, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ListChanges Follow the changes to users.
+	//
+	// Returns up to `limit` changes with a position greater than `after`,
+	// oldest first. With `wait` and none yet, the request is held until
+	// one commits, or answered `[]` after `wait` seconds (or at once when
+	// the instance shuts down). The `Link` header names the next request;
+	// follow it verbatim. 410 `changes_expired` when changes after
+	// `after` were purged: list the users again.
+	//
+	// Corresponds with GET /users/changes (the `ListChanges` operationId).
+	ListChanges(ctx context.Context, params *ListChangesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DeleteUser Delete a user.
 	//
 	// Deletes the user: 204, with no body. A user already deleted, or
@@ -1236,6 +1340,28 @@ func (c *Client) CreateUserWithBody(ctx context.Context, params *CreateUserParam
 // Corresponds with POST /users (the `CreateUser` operationId).
 func (c *Client) CreateUser(ctx context.Context, params *CreateUserParams, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewCreateUserRequest(c.Server, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListChanges Follow the changes to users.
+//
+// Returns up to `limit` changes with a position greater than `after`,
+// oldest first. With `wait` and none yet, the request is held until
+// one commits, or answered `[]` after `wait` seconds (or at once when
+// the instance shuts down). The `Link` header names the next request;
+// follow it verbatim. 410 `changes_expired` when changes after
+// `after` were purged: list the users again.
+//
+// Corresponds with GET /users/changes (the `ListChanges` operationId).
+func (c *Client) ListChanges(ctx context.Context, params *ListChangesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListChangesRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1661,6 +1787,84 @@ func NewCreateUserRequestWithBody(server string, params *CreateUserParams, conte
 			req.Header.Set("Idempotency-Key", headerParam0)
 		}
 
+	}
+
+	return req, nil
+}
+
+// NewListChangesRequest constructs an http.Request for the ListChanges method
+func NewListChangesRequest(server string, params *ListChangesParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/users/changes")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.After != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "after", *params.After, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Wait != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "wait", *params.Wait, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
 	}
 
 	return req, nil
@@ -2138,6 +2342,20 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /users (the `CreateUser` operationId).
 	CreateUserWithResponse(ctx context.Context, params *CreateUserParams, body CreateUserJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateUserResponse, error)
+
+	// ListChangesWithResponse Follow the changes to users.
+	//
+	// Returns up to `limit` changes with a position greater than `after`,
+	// oldest first. With `wait` and none yet, the request is held until
+	// one commits, or answered `[]` after `wait` seconds (or at once when
+	// the instance shuts down). The `Link` header names the next request;
+	// follow it verbatim. 410 `changes_expired` when changes after
+	// `after` were purged: list the users again.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /users/changes (the `ListChanges` operationId).
+	ListChangesWithResponse(ctx context.Context, params *ListChangesParams, reqEditors ...RequestEditorFn) (*ListChangesResponse, error)
 
 	// DeleteUserWithResponse Delete a user.
 	//
@@ -2617,7 +2835,8 @@ func (r GetReadinessResponse) ContentType() string {
 
 // ListUsersResponse200Headers the declared response headers of an HTTP 200 response for ListUsers
 type ListUsersResponse200Headers struct {
-	Link *string
+	ChangesPosition string
+	Link            *string
 }
 
 // ListUsersResponse401Headers the declared response headers of an HTTP 401 response for ListUsers
@@ -2896,6 +3115,131 @@ func (r CreateUserResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r CreateUserResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// ListChangesResponse200Headers the declared response headers of an HTTP 200 response for ListChanges
+type ListChangesResponse200Headers struct {
+	Link string
+}
+
+// ListChangesResponse401Headers the declared response headers of an HTTP 401 response for ListChanges
+type ListChangesResponse401Headers struct {
+	WWWAuthenticate string
+}
+
+// ListChangesResponse405Headers the declared response headers of an HTTP 405 response for ListChanges
+type ListChangesResponse405Headers struct {
+	Allow string
+}
+
+// ListChangesResponse503Headers the declared response headers of an HTTP 503 response for ListChanges
+type ListChangesResponse503Headers struct {
+	RetryAfter int
+}
+
+type ListChangesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]Change
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *ValidationFailed
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON405 the response for an HTTP 405 `application/problem+json` response
+	ApplicationProblemJSON405 *MethodNotAllowed
+	// ApplicationProblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationProblemJSON410 *ChangesExpired
+	// ApplicationProblemJSON411 the response for an HTTP 411 `application/problem+json` response
+	ApplicationProblemJSON411 *LengthRequired
+	// ApplicationProblemJSON414 the response for an HTTP 414 `application/problem+json` response
+	ApplicationProblemJSON414 *URITooLong
+	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationProblemJSON500 *InternalError
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *ListChangesResponse200Headers
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ListChangesResponse401Headers
+	// Headers405 the parsed response headers for an HTTP 405 response
+	Headers405 *ListChangesResponse405Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *ListChangesResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListChangesResponse) GetJSON200() *[]Change {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ListChangesResponse) GetApplicationProblemJSON400() *ValidationFailed {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ListChangesResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
+func (r ListChangesResponse) GetApplicationProblemJSON405() *MethodNotAllowed {
+	return r.ApplicationProblemJSON405
+}
+
+// GetApplicationProblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r ListChangesResponse) GetApplicationProblemJSON410() *ChangesExpired {
+	return r.ApplicationProblemJSON410
+}
+
+// GetApplicationProblemJSON411 returns the response for an HTTP 411 `application/problem+json` response
+func (r ListChangesResponse) GetApplicationProblemJSON411() *LengthRequired {
+	return r.ApplicationProblemJSON411
+}
+
+// GetApplicationProblemJSON414 returns the response for an HTTP 414 `application/problem+json` response
+func (r ListChangesResponse) GetApplicationProblemJSON414() *URITooLong {
+	return r.ApplicationProblemJSON414
+}
+
+// GetApplicationProblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ListChangesResponse) GetApplicationProblemJSON500() *InternalError {
+	return r.ApplicationProblemJSON500
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ListChangesResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ListChangesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListChangesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListChangesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListChangesResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -3700,6 +4044,26 @@ func (c *ClientWithResponses) CreateUserWithResponse(ctx context.Context, params
 	return ParseCreateUserResponse(rsp)
 }
 
+// ListChangesWithResponse Follow the changes to users.
+//
+// Returns up to `limit` changes with a position greater than `after`,
+// oldest first. With `wait` and none yet, the request is held until
+// one commits, or answered `[]` after `wait` seconds (or at once when
+// the instance shuts down). The `Link` header names the next request;
+// follow it verbatim. 410 `changes_expired` when changes after
+// `after` were purged: list the users again.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /users/changes (the `ListChanges` operationId).
+func (c *ClientWithResponses) ListChangesWithResponse(ctx context.Context, params *ListChangesParams, reqEditors ...RequestEditorFn) (*ListChangesResponse, error) {
+	rsp, err := c.ListChanges(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListChangesResponse(rsp)
+}
+
 // DeleteUserWithResponse Delete a user.
 //
 // Deletes the user: 204, with no body. A user already deleted, or
@@ -4259,6 +4623,13 @@ func ParseListUsersResponse(rsp *http.Response) (*ListUsersResponse, error) {
 	switch {
 	case rsp.StatusCode == 200:
 		var headers ListUsersResponse200Headers
+		if values := rsp.Header.Values("Changes-Position"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Changes-Position", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ChangesPosition = value
+		}
 		if values := rsp.Header.Values("Link"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "Link", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
@@ -4476,6 +4847,131 @@ func ParseCreateUserResponse(rsp *http.Response) (*CreateUserResponse, error) {
 		response.Headers409 = &headers
 	case rsp.StatusCode == 503:
 		var headers CreateUserResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseListChangesResponse parses an HTTP response from a ListChangesWithResponse call
+func ParseListChangesResponse(rsp *http.Response) (*ListChangesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListChangesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []Change
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest ValidationFailed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
+		var dest MethodNotAllowed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON405 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest ChangesExpired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 411:
+		var dest LengthRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON411 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 414:
+		var dest URITooLong
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON414 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers ListChangesResponse200Headers
+		if values := rsp.Header.Values("Link"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Link", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Link = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 401:
+		var headers ListChangesResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 405:
+		var headers ListChangesResponse405Headers
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = value
+		}
+		response.Headers405 = &headers
+	case rsp.StatusCode == 503:
+		var headers ListChangesResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {

@@ -9,7 +9,9 @@
 //     instead of a response with the problem in one field per status;
 //   - WithBearerToken authenticates every request;
 //   - AllUsers iterates over every user, page after page, following the
-//     Link header.
+//     Link header;
+//   - Changes follows the change feed, long-polling, for as long as the
+//     caller wants.
 //
 // For example:
 //
@@ -32,7 +34,9 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // New returns a client of the usersvc at server, its base URL
@@ -158,6 +162,83 @@ func (c *ClientWithResponses) AllUsers(ctx context.Context, params *ListUsersPar
 			editors = append(slices.Clip(reqEditors), follow(next))
 		}
 	}
+}
+
+// changesWait is the wait of each of Changes's requests, in seconds: well
+// under the minute that proxies commonly allow an idle response.
+const changesWait = 30
+
+// retryAfter is how long Changes waits before it asks again after a
+// failure that the caller's loop went on from.
+var retryAfter = time.Second
+
+// Changes returns every change after position after (0: from the oldest
+// kept), oldest first, as they come, long-polling and following each
+// answer's Link header, until ctx ends or the loop stops. A failed request
+// is yielded as its error (an *Error for a problem response); if the loop
+// goes on, it is asked again a second later, except for 410
+// changes_expired, after which it stops: the caller must list the users
+// again (AllUsers, from the first page's Changes-Position) and follow the
+// changes after that.
+func (c *ClientWithResponses) Changes(ctx context.Context, after int64, reqEditors ...RequestEditorFn) iter.Seq2[Change, error] {
+	return func(yield func(Change, error) bool) {
+		limit, wait := ChangesLimit(100), Wait(changesWait)
+		params := &ListChangesParams{After: &after, Limit: &limit, Wait: &wait}
+		editors := reqEditors
+		for ctx.Err() == nil {
+			res, err := c.ListChangesWithResponse(ctx, params, editors...)
+			if err == nil && res.JSON200 == nil {
+				err = changesError(res)
+			}
+			if err != nil {
+				if ctx.Err() != nil || !yield(Change{}, err) {
+					return
+				}
+				if e, ok := errors.AsType[*Error](err); ok && e.Code == ProblemCodeChangesExpired {
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(retryAfter):
+				}
+				continue
+			}
+			for _, ch := range *res.JSON200 {
+				if !yield(ch, nil) {
+					return
+				}
+			}
+			next, err := nextLink(res.HTTPResponse.Header)
+			if err == nil && next == nil {
+				err = errors.New("no next link")
+			}
+			if err != nil {
+				yield(Change{}, fmt.Errorf("usersvc: list changes: %w", err))
+				return
+			}
+			editors = append(slices.Clip(reqEditors), follow(next), longPoll)
+		}
+	}
+}
+
+// longPoll adds Changes's wait to the feed's Link, which has none.
+func longPoll(_ context.Context, req *http.Request) error {
+	q := req.URL.Query()
+	q.Set("wait", strconv.Itoa(changesWait))
+	req.URL.RawQuery = q.Encode()
+	return nil
+}
+
+// changesError is pageError for the change feed.
+func changesError(res *ListChangesResponse) error {
+	req := res.HTTPResponse.Request
+	if req == nil {
+		req = &http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/users/changes"}}
+	}
+	if res.StatusCode() >= http.StatusBadRequest {
+		return newError(req, res.HTTPResponse, res.Body)
+	}
+	return fmt.Errorf("usersvc: %s %s: %s without a JSON body", req.Method, req.URL.Redacted(), res.Status())
 }
 
 // pageError returns the error of a page that has no users to show: an

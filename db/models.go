@@ -25,3 +25,18 @@ type User struct {
 	CreatedAt time.Time
 	UpdatedAt time.Time
 }
+
+type UserChange struct {
+	Position  int64
+	Op        string
+	UserID    int64
+	Name      pgtype.Text
+	CreatedAt pgtype.Timestamptz
+	UpdatedAt pgtype.Timestamptz
+	At        time.Time
+}
+
+type UserChangesHorizon struct {
+	PurgedThrough int64
+	One           bool
+}

@@ -12,6 +12,19 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+const ChangesPosition = `-- name: ChangesPosition :one
+SELECT (user_changes_bound() - 1)::bigint AS changes_position
+`
+
+// ChangesPosition is the position of the change feed that a read now
+// reflects: ListUsers's, for an empty page.
+func (q *Queries) ChangesPosition(ctx context.Context) (int64, error) {
+	row := q.db.QueryRow(ctx, ChangesPosition)
+	var changes_position int64
+	err := row.Scan(&changes_position)
+	return changes_position, err
+}
+
 const CreateUser = `-- name: CreateUser :one
 INSERT INTO users (name)
 VALUES ($1)
@@ -182,7 +195,7 @@ func (q *Queries) GetUser(ctx context.Context, id int64) (User, error) {
 }
 
 const ListUsers = `-- name: ListUsers :many
-SELECT id, name, created_at, updated_at
+SELECT id, name, created_at, updated_at, (user_changes_bound() - 1)::bigint AS changes_position
 FROM users
 WHERE id > $1::bigint
 ORDER BY id
@@ -194,22 +207,32 @@ type ListUsersParams struct {
 	MaxRows int32
 }
 
+type ListUsersRow struct {
+	ID              int64
+	Name            string
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	ChangesPosition int64
+}
+
 // ListUsers returns up to max_rows users with an id above after, in id order
-// (keyset pagination: the primary key index serves every page alike).
-func (q *Queries) ListUsers(ctx context.Context, arg ListUsersParams) ([]User, error) {
+// (keyset pagination: the primary key index serves every page alike), each
+// with the position of the change feed that the page reflects.
+func (q *Queries) ListUsers(ctx context.Context, arg ListUsersParams) ([]ListUsersRow, error) {
 	rows, err := q.db.Query(ctx, ListUsers, arg.After, arg.MaxRows)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []User
+	var items []ListUsersRow
 	for rows.Next() {
-		var i User
+		var i ListUsersRow
 		if err := rows.Scan(
 			&i.ID,
 			&i.Name,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.ChangesPosition,
 		); err != nil {
 			return nil, err
 		}
@@ -222,7 +245,7 @@ func (q *Queries) ListUsers(ctx context.Context, arg ListUsersParams) ([]User, e
 }
 
 const ListUsersByName = `-- name: ListUsersByName :many
-SELECT id, name, created_at, updated_at
+SELECT id, name, created_at, updated_at, (user_changes_bound() - 1)::bigint AS changes_position
 FROM users
 WHERE name = $1 AND id > $2::bigint
 ORDER BY id
@@ -235,22 +258,31 @@ type ListUsersByNameParams struct {
 	MaxRows int32
 }
 
+type ListUsersByNameRow struct {
+	ID              int64
+	Name            string
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	ChangesPosition int64
+}
+
 // ListUsersByName is ListUsers filtered to one exact name; the unique index
 // on name finds it without scanning the table.
-func (q *Queries) ListUsersByName(ctx context.Context, arg ListUsersByNameParams) ([]User, error) {
+func (q *Queries) ListUsersByName(ctx context.Context, arg ListUsersByNameParams) ([]ListUsersByNameRow, error) {
 	rows, err := q.db.Query(ctx, ListUsersByName, arg.Name, arg.After, arg.MaxRows)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []User
+	var items []ListUsersByNameRow
 	for rows.Next() {
-		var i User
+		var i ListUsersByNameRow
 		if err := rows.Scan(
 			&i.ID,
 			&i.Name,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.ChangesPosition,
 		); err != nil {
 			return nil, err
 		}

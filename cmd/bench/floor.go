@@ -103,7 +103,7 @@ func floorHandler(q *db.Queries) http.Handler {
 		}
 		users := make([]floorUser, len(rows))
 		for i, u := range rows {
-			users[i] = toFloorUser(u)
+			users[i] = floorUser{u.ID, u.Name, u.CreatedAt.UTC(), u.UpdatedAt.UTC()}
 		}
 		writeJSON(w, http.StatusOK, users)
 	})

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"usersvc/db"
@@ -88,6 +89,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if readPool != nil {
 		opts.Reads = db.New(postgres.Reads{Pool: readPool})
 	}
+	opts.Changes = postgres.NewChanges()
 	handler := server.New(logger, db.New(pool), postgres.Probe{Q: pool}, opts)
 	srv := newHTTPServer(ctx, cfg, handler, logger)
 	if cfg.DebugAddr != "" {
@@ -128,8 +130,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	defer stopStarting()
 	started := make(chan error, 1)
 	go func() { started <- startDatabase(startCtx, cfg, pool, logger) }()
-	stopPurging := startPurging(ctx, postgres.NewKeyPurger(logger, db.New(pool), cfg.IdempotencyTTL, cfg.RequestTimeout))
-	defer stopPurging()
+	stopBackground := start(ctx,
+		postgres.NewKeyPurger(logger, db.New(pool), cfg.IdempotencyTTL, cfg.RequestTimeout).Run,
+		postgres.NewChangePurger(logger, db.New(pool), cfg.ChangesRetention, cfg.RequestTimeout).Run,
+		func(ctx context.Context) { opts.Changes.Run(ctx, logger, pool, cfg.ChangesListen, cfg.RequestTimeout) })
+	defer stopBackground()
 
 	var failed error
 wait:
@@ -157,7 +162,7 @@ wait:
 	if started != nil {
 		<-started
 	}
-	stopPurging()
+	stopBackground()
 	if err := shutDown(cfg, handler, srv, serveErr, logger); err != nil {
 		return errors.Join(failed, err)
 	}
@@ -186,18 +191,17 @@ func startDatabase(ctx context.Context, cfg config.Config, pool pinger, logger *
 	return nil
 }
 
-// startPurging runs p until ctx is done or the returned function is
-// called, which waits for it to return and may be called again.
-func startPurging(ctx context.Context, p *postgres.KeyPurger) (stop func()) {
+// start runs each of run until ctx is done or the returned function is
+// called, which waits for them to return and may be called again.
+func start(ctx context.Context, run ...func(context.Context)) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		p.Run(ctx)
-	}()
+	var wg sync.WaitGroup
+	for _, r := range run {
+		wg.Go(func() { r(ctx) })
+	}
 	return func() {
 		cancel()
-		<-done
+		wg.Wait()
 	}
 }
 

@@ -64,6 +64,14 @@ type Config struct {
 	// IdempotencyTTL is how long the outcome of a POST /users with an
 	// Idempotency-Key is kept for its retries; serve purges older ones.
 	IdempotencyTTL time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
+	// ChangesRetention is how long the change feed keeps a change; serve
+	// purges older ones, and a consumer behind them gets 410.
+	ChangesRetention time.Duration `envconfig:"CHANGES_RETENTION" default:"168h"`
+	// ChangesListen has the requests waiting on the change feed woken by
+	// LISTEN/NOTIFY; false where the database URL goes through a pooler
+	// in transaction mode, which does not carry them: they are then woken
+	// by polling, within a quarter of a second.
+	ChangesListen bool `envconfig:"CHANGES_LISTEN" default:"true"`
 	// AuthTokens are the bearer tokens the API's routes accept: AUTH_TOKENS
 	// split at commas, or the lines of the file AUTH_TOKENS_FILE names. Load
 	// reads and checks them (see readTokens). Empty: the API needs no token.
@@ -138,6 +146,9 @@ func (c Config) validate() error {
 	}
 	if c.IdempotencyTTL <= 0 {
 		errs = append(errs, fmt.Errorf("IDEMPOTENCY_TTL: %s is not positive", c.IdempotencyTTL))
+	}
+	if c.ChangesRetention <= 0 {
+		errs = append(errs, fmt.Errorf("CHANGES_RETENTION: %s is not positive", c.ChangesRetention))
 	}
 	if c.ShutdownDelay < 0 || (c.ShutdownTimeout > 0 && c.ShutdownDelay >= c.ShutdownTimeout) {
 		errs = append(errs, fmt.Errorf("SHUTDOWN_DELAY: %s must be at least 0 and less than SHUTDOWN_TIMEOUT (%s)", c.ShutdownDelay, c.ShutdownTimeout))

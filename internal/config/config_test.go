@@ -37,6 +37,8 @@ func TestDefaults(t *testing.T) {
 		BodyTimeout:      10 * time.Second,
 		ShutdownTimeout:  15 * time.Second,
 		IdempotencyTTL:   24 * time.Hour,
+		ChangesRetention: 168 * time.Hour,
+		ChangesListen:    true,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load() = %+v, want %+v", got, want)
@@ -63,6 +65,8 @@ func TestLoad(t *testing.T) {
 		"DEBUG_ADDR":         "127.0.0.1:6060",
 		"METRICS_ADDR":       ":9090",
 		"IDEMPOTENCY_TTL":    "1h30m",
+		"CHANGES_RETENTION":  "48h",
+		"CHANGES_LISTEN":     "false",
 	})
 	got, err := Load()
 	if err != nil {
@@ -84,6 +88,7 @@ func TestLoad(t *testing.T) {
 		DebugAddr:        "127.0.0.1:6060",
 		MetricsAddr:      ":9090",
 		IdempotencyTTL:   90 * time.Minute,
+		ChangesRetention: 48 * time.Hour,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load() = %+v, want %+v", got, want)
@@ -114,6 +119,9 @@ func TestLoadRejects(t *testing.T) {
 		{"IDEMPOTENCY_TTL", "0"},
 		{"IDEMPOTENCY_TTL", "-1h"},
 		{"IDEMPOTENCY_TTL", "a day"},
+		{"CHANGES_RETENTION", "0"},
+		{"CHANGES_RETENTION", "a week"},
+		{"CHANGES_LISTEN", "maybe"},
 		{"DATABASE_URL", "postgres://u:hunter2@[::1"},
 		{"DATABASE_READ_URL", "postgres://u:hunter2@[::1"},
 	} {
@@ -130,7 +138,7 @@ func TestLoadRejects(t *testing.T) {
 
 func TestVariables(t *testing.T) {
 	got := strings.Join(Variables(), " ")
-	want := "DATABASE_URL DATABASE_READ_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS DB_CONNECT_TIMEOUT REQUEST_TIMEOUT BODY_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR IDEMPOTENCY_TTL AUTH_TOKENS AUTH_TOKENS_FILE"
+	want := "DATABASE_URL DATABASE_READ_URL HTTP_ADDR LOG_LEVEL LOG_FORMAT DB_MAX_CONNS DB_CONNECT_TIMEOUT REQUEST_TIMEOUT BODY_TIMEOUT SHUTDOWN_TIMEOUT SHUTDOWN_DELAY AUTO_MIGRATE DEBUG_ADDR METRICS_ADDR IDEMPOTENCY_TTL CHANGES_RETENTION CHANGES_LISTEN AUTH_TOKENS AUTH_TOKENS_FILE"
 	if got != want {
 		t.Errorf("Variables() = %s, want %s", got, want)
 	}

@@ -26,6 +26,9 @@ var (
 	// ErrKeyRecorded is CreateUserIdempotently failing, having done
 	// nothing, on a key that has a record already.
 	ErrKeyRecorded = errors.New("the idempotency key has a record")
+	// errSchema is a constraint that no request can break, only a bug:
+	// an internal error.
+	errSchema = errors.New("a constraint of the service's own rows was broken")
 )
 
 // constraints maps each constraint of the schema to what its violation
@@ -35,6 +38,9 @@ var constraints = map[string]error{
 	"users_name_key":        ErrNameTaken,
 	"users_name_length":     ErrNameInvalid,
 	"idempotency_keys_pkey": ErrKeyRecorded,
+	// The feed's own: its trigger and purge write only what they allow.
+	"user_changes_op":          errSchema,
+	"user_changes_horizon_one": errSchema,
 }
 
 // UnavailableError is a database that cannot serve the service now. Why

@@ -7,15 +7,20 @@ import "usersvc/db"
 // preparedQueries are the statements every new connection prepares: all
 // of the queries in package db (make generate writes this list).
 var preparedQueries = []string{
+	db.ChangesHead,
+	db.ChangesHorizon,
+	db.ChangesPosition,
 	db.CreateUser,
 	db.CreateUserIdempotently,
 	db.DeleteUser,
 	db.DeleteUserIf,
 	db.GetIdempotencyKey,
 	db.GetUser,
+	db.ListChanges,
 	db.ListUsers,
 	db.ListUsersByName,
 	db.PurgeIdempotencyKeys,
+	db.PurgeUserChanges,
 	db.RenameUser,
 	db.RenameUserIf,
 }

@@ -9,47 +9,62 @@ import (
 	"usersvc/db"
 )
 
-// PurgeStore is what KeyPurger needs of the database; *db.Queries is one.
+// PurgeStore is what the purgers need of the database; *db.Queries is one.
 type PurgeStore interface {
 	PurgeIdempotencyKeys(ctx context.Context, arg db.PurgeIdempotencyKeysParams) (int64, error)
+	PurgeUserChanges(ctx context.Context, arg db.PurgeUserChangesParams) (int64, error)
 }
 
 var _ PurgeStore = (*db.Queries)(nil)
 
-// purgeBatch bounds the keys one statement of the purge deletes: a few
+// purgeBatch bounds the rows one statement of the purge deletes: a few
 // milliseconds of work that locks no row a request waits for.
 const purgeBatch = 1000
 
-// maxPurgeInterval bounds the time between purges: keys are forgotten
-// within it after IDEMPOTENCY_TTL.
+// maxPurgeInterval bounds the time between purges: rows are forgotten
+// within it after their TTL.
 const maxPurgeInterval = time.Minute
 
-// KeyPurger deletes the idempotency keys older than their TTL: the service
-// purges its own table, with no cron job. It deletes purgeBatch keys per
+// Purger deletes the rows of one table older than their TTL: the service
+// purges its own tables, with no cron job. It deletes Batch rows per
 // statement, oldest first, and pauses after each as long as it took, so
 // that a backlog (after an outage, or a TTL shortened) takes at most half
 // of one database connection, never a long statement. Several instances
-// may purge one table: each skips the keys another has locked.
-type KeyPurger struct {
-	store   PurgeStore
+// may purge one table: each skips the rows another has locked.
+type Purger struct {
+	what    string // the rows, for the log: "idempotency keys"
+	unit    string // the log's attribute for their number: "keys"
+	purge   func(ctx context.Context, ttl time.Duration, batch int32) (int64, error)
 	logger  *slog.Logger
 	ttl     time.Duration
 	timeout time.Duration // each statement's
-	// Batch is the most keys one statement deletes: purgeBatch, unless a
+	// Batch is the most rows one statement deletes: purgeBatch, unless a
 	// test sets fewer.
 	Batch int32
 }
 
-// NewKeyPurger returns a purger of the keys older than ttl, each statement
-// bounded by timeout.
-func NewKeyPurger(logger *slog.Logger, store PurgeStore, ttl, timeout time.Duration) *KeyPurger {
-	return &KeyPurger{store: store, logger: logger, ttl: ttl, timeout: timeout, Batch: purgeBatch}
+// NewKeyPurger returns a purger of the idempotency keys older than ttl
+// (IDEMPOTENCY_TTL), each statement bounded by timeout.
+func NewKeyPurger(logger *slog.Logger, store PurgeStore, ttl, timeout time.Duration) *Purger {
+	return &Purger{what: "idempotency keys", unit: "keys", logger: logger, ttl: ttl, timeout: timeout, Batch: purgeBatch,
+		purge: func(ctx context.Context, ttl time.Duration, batch int32) (int64, error) {
+			return store.PurgeIdempotencyKeys(ctx, db.PurgeIdempotencyKeysParams{TtlUs: ttl.Microseconds(), MaxRows: batch})
+		}}
+}
+
+// NewChangePurger returns a purger of the change feed's changes older than
+// retention (CHANGES_RETENTION), each statement bounded by timeout.
+func NewChangePurger(logger *slog.Logger, store PurgeStore, retention, timeout time.Duration) *Purger {
+	return &Purger{what: "changes", unit: "changes", logger: logger, ttl: retention, timeout: timeout, Batch: purgeBatch,
+		purge: func(ctx context.Context, ttl time.Duration, batch int32) (int64, error) {
+			return store.PurgeUserChanges(ctx, db.PurgeUserChangesParams{TtlUs: ttl.Microseconds(), MaxRows: batch})
+		}}
 }
 
 // Run purges every min(ttl, maxPurgeInterval) until ctx is done. A purge
 // that fails (the database is down, not migrated yet) is logged and tried
 // again at the next tick.
-func (p *KeyPurger) Run(ctx context.Context) {
+func (p *Purger) Run(ctx context.Context) {
 	tick := time.NewTicker(min(p.ttl, maxPurgeInterval))
 	defer tick.Stop()
 	for {
@@ -63,16 +78,16 @@ func (p *KeyPurger) Run(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			p.logger.WarnContext(ctx, "purge idempotency keys", slog.Int64("keys", n), slog.Any("err", err))
+			p.logger.WarnContext(ctx, "purge "+p.what, slog.Int64(p.unit, n), slog.Any("err", err))
 		case n > 0:
-			p.logger.InfoContext(ctx, "idempotency keys purged", slog.Int64("keys", n), slog.String("ttl", p.ttl.String()))
+			p.logger.InfoContext(ctx, p.what+" purged", slog.Int64(p.unit, n), slog.String("ttl", p.ttl.String()))
 		}
 	}
 }
 
-// Purge deletes every key older than the TTL, batch by batch, and returns
+// Purge deletes every row older than the TTL, batch by batch, and returns
 // how many it deleted. It stops at the first error, or when ctx is done.
-func (p *KeyPurger) Purge(ctx context.Context) (int64, error) {
+func (p *Purger) Purge(ctx context.Context) (int64, error) {
 	var total int64
 	for {
 		start := time.Now()
@@ -91,12 +106,12 @@ func (p *KeyPurger) Purge(ctx context.Context) (int64, error) {
 	}
 }
 
-func (p *KeyPurger) purgeBatch(ctx context.Context) (int64, error) {
+func (p *Purger) purgeBatch(ctx context.Context) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	n, err := p.store.PurgeIdempotencyKeys(ctx, db.PurgeIdempotencyKeysParams{TtlUs: p.ttl.Microseconds(), MaxRows: p.Batch})
+	n, err := p.purge(ctx, p.ttl, p.Batch)
 	if err != nil {
-		return 0, fmt.Errorf("purge idempotency keys older than %s: %w", p.ttl, err)
+		return 0, fmt.Errorf("purge %s older than %s: %w", p.what, p.ttl, err)
 	}
 	return n, nil
 }

@@ -50,18 +50,15 @@ var benchUser = db.User{
 type benchStore struct {
 	userStore
 	nextID atomic.Int64
-	rows   []db.User // what ListUsers serves from
+	rows   []db.ListUsersRow // what ListUsers serves from
 }
 
 var _ userStore = (*benchStore)(nil)
 
 func newBenchStore() *benchStore {
-	s := &benchStore{rows: make([]db.User, maxPageLimit+1)}
+	s := &benchStore{rows: make([]db.ListUsersRow, maxPageLimit+1)}
 	for i := range s.rows {
-		u := benchUser
-		u.ID = int64(i + 1)
-		u.Name = "user-" + strconv.Itoa(i+1)
-		s.rows[i] = u
+		s.rows[i] = db.ListUsersRow{ID: int64(i + 1), Name: "user-" + strconv.Itoa(i+1), CreatedAt: benchUser.CreatedAt, UpdatedAt: benchUser.UpdatedAt}
 	}
 	return s
 }
@@ -80,10 +77,26 @@ func (s *benchStore) GetUser(_ context.Context, id int64) (db.User, error) {
 
 // ListUsers returns the rows after arg.After. Like pgx, it returns a new
 // slice each time: the handler may keep what it gets.
-func (s *benchStore) ListUsers(_ context.Context, arg db.ListUsersParams) ([]db.User, error) {
+func (s *benchStore) ListUsers(_ context.Context, arg db.ListUsersParams) ([]db.ListUsersRow, error) {
 	from := min(int(arg.After), len(s.rows))
 	to := min(from+int(arg.MaxRows), len(s.rows))
-	return append([]db.User(nil), s.rows[from:to]...), nil
+	return append([]db.ListUsersRow(nil), s.rows[from:to]...), nil
+}
+
+// ListChanges returns a change per row after arg.After, an update of it.
+func (s *benchStore) ListChanges(_ context.Context, arg db.ListChangesParams) ([]db.ListChangesRow, error) {
+	from := min(int(arg.After), len(s.rows))
+	to := min(from+int(arg.MaxRows), len(s.rows))
+	changes := make([]db.ListChangesRow, 0, to-from)
+	for i, u := range s.rows[from:to] {
+		changes = append(changes, db.ListChangesRow{
+			Position: int64(from + i + 1), Op: "update", UserID: u.ID, At: u.UpdatedAt,
+			Name:      pgtype.Text{String: u.Name, Valid: true},
+			CreatedAt: pgtype.Timestamptz{Time: u.CreatedAt, Valid: true},
+			UpdatedAt: pgtype.Timestamptz{Time: u.UpdatedAt, Valid: true},
+		})
+	}
+	return changes, nil
 }
 
 func (s *benchStore) RenameUser(_ context.Context, arg db.RenameUserParams) (db.User, error) {
@@ -249,6 +262,13 @@ func BenchmarkGetHandler(b *testing.B) {
 // with a next link, through the whole stack.
 func BenchmarkListHandler50(b *testing.B) {
 	benchmarkHandler(b, http.MethodGet, "/users?after=100&limit=50", "", http.StatusOK)
+}
+
+// BenchmarkChangesHandler100 serves GET /users/changes?after=100&limit=100,
+// a page of 100 changes, through the whole stack: to compare with
+// BenchmarkListHandler50.
+func BenchmarkChangesHandler100(b *testing.B) {
+	benchmarkHandler(b, http.MethodGet, "/users/changes?after=100&limit=100", "", http.StatusOK)
 }
 
 // BenchmarkHealthz serves GET /healthz, the stack without a store call.

@@ -36,6 +36,7 @@ const (
 	codePreconditionFailed   = "precondition_failed"
 	codeIdempotencyKeyInUse  = "idempotency_key_in_use"
 	codeIdempotencyKeyReused = "idempotency_key_reused"
+	codeChangesExpired       = "changes_expired"
 	codeUnavailable          = "unavailable"
 	codeInternal             = "internal"
 )
@@ -66,6 +67,7 @@ var problemKinds = map[string]struct {
 	codePreconditionFailed:   {http.StatusPreconditionFailed, "Precondition failed"},
 	codeIdempotencyKeyInUse:  {http.StatusConflict, "Idempotency key in use"},
 	codeIdempotencyKeyReused: {http.StatusUnprocessableEntity, "Idempotency key reused"},
+	codeChangesExpired:       {http.StatusGone, "Changes expired"},
 	codeUnavailable:          {http.StatusServiceUnavailable, "Service unavailable"},
 	codeInternal:             {http.StatusInternalServerError, "Internal error"},
 }

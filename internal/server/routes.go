@@ -3,9 +3,11 @@ package server
 import (
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"usersvc/internal/metrics"
+	"usersvc/internal/postgres"
 )
 
 // addRoutes lists every route the service serves. Each route of rs.Handle
@@ -17,6 +19,7 @@ func addRoutes(rs routes, store userStore, reads userReader, ready readiness, m 
 	logger := rs.logger
 	rs.Handle("POST /users", handleUserCreate(logger, store))
 	rs.Handle("GET /users", handleUserList(logger, reads))
+	rs.HandleWaiting("GET /users/changes", handleChanges(logger, store, rs.feed))
 	rs.Handle("GET /users/{id}", handleUserGet(logger, reads))
 	rs.Handle("PUT /users/{id}", handleUserRename(logger, store))
 	rs.Handle("PATCH /users/{id}", handleUserPatch(logger, store))
@@ -39,13 +42,36 @@ type routes struct {
 	auth    authenticator
 	logger  *slog.Logger
 	timeout time.Duration // REQUEST_TIMEOUT
+	feed    *postgres.Changes
 }
 
 // Handle serves h at pattern to requests with a valid token, when tokens
 // are configured (see protect), each with its database work bounded by
 // REQUEST_TIMEOUT (see handle).
 func (rs routes) Handle(pattern string, h handlerFunc) {
+	if !strings.HasPrefix(pattern, http.MethodGet+" ") {
+		h = rs.wrote(h)
+	}
 	rs.mux.Handle(pattern, rs.auth.protect(rs.logger, handle(rs.logger, rs.timeout, h)))
+}
+
+// HandleWaiting is Handle for a route that may wait up to maxChangesWait
+// for the database to have something to answer: its database work is
+// bounded by REQUEST_TIMEOUT beyond that.
+func (rs routes) HandleWaiting(pattern string, h handlerFunc) {
+	rs.mux.Handle(pattern, rs.auth.protect(rs.logger, handle(rs.logger, rs.timeout+maxChangesWait, h)))
+}
+
+// wrote tells the change feed of every write h answers without an error:
+// the requests waiting on it then read it at once.
+func (rs routes) wrote(h handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		err := h(w, r)
+		if err == nil {
+			rs.feed.Wrote()
+		}
+		return err
+	}
 }
 
 // Open serves h at pattern to anyone, with or without a token.

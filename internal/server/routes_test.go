@@ -236,7 +236,7 @@ func TestREADMEListsEveryRoute(t *testing.T) {
 		t.Fatal(err)
 	}
 	var registered, listed []string
-	for _, m := range regexp.MustCompile(`rs\.(?:Handle|Open)\("([A-Z]+ [^"]+)"`).FindAllSubmatch(source, -1) {
+	for _, m := range regexp.MustCompile(`rs\.(?:Handle|HandleWaiting|Open)\("([A-Z]+ [^"]+)"`).FindAllSubmatch(source, -1) {
 		registered = append(registered, strings.TrimSuffix(string(m[1]), "{$}"))
 	}
 	for _, m := range regexp.MustCompile("(?m)^\\| `([A-Z]+ /[^`?]*)").FindAllSubmatch(readme, -1) {

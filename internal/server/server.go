@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"usersvc/internal/metrics"
+	"usersvc/internal/postgres"
 )
 
 // Options are the server's settings and its optional parts.
@@ -39,12 +40,17 @@ type Options struct {
 	// production passes db.New(postgres.Reads{Pool: pool}) for the pool of
 	// DATABASE_READ_URL.
 	Reads userReader
+	// Changes, when set, wakes the requests waiting on the change feed:
+	// production runs it (postgres.Changes.Run). Unset, they wait their
+	// whole wait.
+	Changes *postgres.Changes
 }
 
 // Server is the service's HTTP handler.
 type Server struct {
 	http.Handler
 	draining *atomic.Bool
+	feed     *postgres.Changes
 }
 
 // New returns the service's HTTP handler: every route of routes.go behind
@@ -53,7 +59,11 @@ type Server struct {
 // s.Listener(ln).
 func New(logger *slog.Logger, store userStore, database databaseProbe, opts Options) *Server {
 	logger = slog.New(requestIDHandler{logger.Handler()})
-	s := &Server{draining: new(atomic.Bool)}
+	feed := opts.Changes
+	if feed == nil {
+		feed = postgres.NewChanges()
+	}
+	s := &Server{draining: new(atomic.Bool), feed: feed}
 	served := opts.Metrics
 	if opts.MetricsElsewhere {
 		served = nil
@@ -62,7 +72,7 @@ func New(logger *slog.Logger, store userStore, database databaseProbe, opts Opti
 	if reads == nil {
 		reads = store
 	}
-	rs := routes{mux: http.NewServeMux(), auth: newAuthenticator(opts.AuthTokens), logger: logger, timeout: opts.RequestTimeout}
+	rs := routes{mux: http.NewServeMux(), auth: newAuthenticator(opts.AuthTokens), logger: logger, timeout: opts.RequestTimeout, feed: feed}
 	addRoutes(rs, store, reads, readiness{database: database, want: opts.SchemaVersion, draining: s.draining}, served)
 	s.Handler = chain(rs,
 		observe(logger, opts.Metrics),               // observe.go
@@ -84,8 +94,10 @@ func chain(h http.Handler, outermostFirst ...middleware) http.Handler {
 
 // Drain makes /readyz answer 503 from now on, so that load balancers stop
 // sending new requests while the ones in flight finish, and every response
-// close its connection. It does not stop serving: that is
+// close its connection, and the requests waiting on the change feed
+// answer at once. It does not stop serving: that is
 // http.Server.Shutdown's job.
 func (s *Server) Drain() {
 	s.draining.Store(true)
+	s.feed.Stop()
 }

@@ -29,14 +29,17 @@ type userStore interface {
 	GetIdempotencyKey(ctx context.Context, keyDigest []byte) (db.GetIdempotencyKeyRow, error)
 	RenameUserIf(ctx context.Context, arg db.RenameUserIfParams) (db.RenameUserIfRow, error)
 	DeleteUserIf(ctx context.Context, arg db.DeleteUserIfParams) (bool, error)
+	ListChanges(ctx context.Context, arg db.ListChangesParams) ([]db.ListChangesRow, error)
+	ChangesHorizon(ctx context.Context) (int64, error)
 }
 
 // userReader is what the GET routes need of the database: the queries that
 // a standby can answer.
 type userReader interface {
 	GetUser(ctx context.Context, id int64) (db.User, error)
-	ListUsers(ctx context.Context, arg db.ListUsersParams) ([]db.User, error)
-	ListUsersByName(ctx context.Context, arg db.ListUsersByNameParams) ([]db.User, error)
+	ListUsers(ctx context.Context, arg db.ListUsersParams) ([]db.ListUsersRow, error)
+	ListUsersByName(ctx context.Context, arg db.ListUsersByNameParams) ([]db.ListUsersByNameRow, error)
+	ChangesPosition(ctx context.Context) (int64, error)
 }
 
 var _ userStore = (*db.Queries)(nil)
@@ -166,22 +169,33 @@ func handleUserList(logger *slog.Logger, store userReader) handlerFunc {
 			return err
 		}
 		// One row more than the page tells whether another page follows.
-		var rows []db.User
+		var rows []db.ListUsersRow
 		if q.name != "" {
-			rows, err = store.ListUsersByName(r.Context(), db.ListUsersByNameParams{Name: q.name, After: q.after, MaxRows: q.limit + 1})
+			var named []db.ListUsersByNameRow
+			named, err = store.ListUsersByName(r.Context(), db.ListUsersByNameParams{Name: q.name, After: q.after, MaxRows: q.limit + 1})
+			for _, row := range named {
+				rows = append(rows, db.ListUsersRow(row))
+			}
 		} else {
 			rows, err = store.ListUsers(r.Context(), db.ListUsersParams{After: q.after, MaxRows: q.limit + 1})
 		}
 		if err != nil {
 			return fmt.Errorf("list users after %d: %w", q.after, err)
 		}
+		var position int64
+		if len(rows) > 0 {
+			position = rows[0].ChangesPosition
+		} else if position, err = store.ChangesPosition(r.Context()); err != nil {
+			return fmt.Errorf("read the change feed's position: %w", err)
+		}
+		setChangesPosition(w, position)
 		if len(rows) > int(q.limit) {
 			rows = rows[:q.limit]
 			w.Header().Set("Link", q.nextLink(rows[len(rows)-1].ID))
 		}
 		users := make([]user, len(rows))
 		for i, row := range rows {
-			users[i] = toUser(row)
+			users[i] = user{ID: row.ID, Name: row.Name, CreatedAt: row.CreatedAt.UTC(), UpdatedAt: row.UpdatedAt.UTC()}
 		}
 		encode(w, r, logger, http.StatusOK, jsonContentType, users)
 		return nil
