@@ -36,6 +36,16 @@ type UserChange struct {
 	At        time.Time
 }
 
+type UserChangeQueue struct {
+	Seq       int64
+	Op        string
+	UserID    int64
+	Name      pgtype.Text
+	CreatedAt pgtype.Timestamptz
+	UpdatedAt pgtype.Timestamptz
+	At        time.Time
+}
+
 type UserChangesHorizon struct {
 	PurgedThrough int64
 	One           bool

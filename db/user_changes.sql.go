@@ -13,13 +13,11 @@ import (
 )
 
 const ChangesHead = `-- name: ChangesHead :one
-SELECT coalesce(max(position), 0)::bigint AS head
-FROM user_changes
-WHERE position < user_changes_bound()
+SELECT coalesce(max(position), 0)::bigint AS head FROM user_changes
 `
 
-// ChangesHead returns the position of the newest change the feed serves,
-// or 0.
+// ChangesHead returns the position of the newest change, or 0: every
+// change up to it is reflected in what a later read sees.
 func (q *Queries) ChangesHead(ctx context.Context) (int64, error) {
 	row := q.db.QueryRow(ctx, ChangesHead)
 	var head int64
@@ -39,11 +37,23 @@ func (q *Queries) ChangesHorizon(ctx context.Context) (int64, error) {
 	return purged_through, err
 }
 
+const ChangesQueued = `-- name: ChangesQueued :one
+SELECT EXISTS (SELECT FROM user_change_queue ORDER BY seq LIMIT 1) AS queued
+`
+
+// ChangesQueued reports whether the queue holds a change, committed or not.
+func (q *Queries) ChangesQueued(ctx context.Context) (bool, error) {
+	row := q.db.QueryRow(ctx, ChangesQueued)
+	var queued bool
+	err := row.Scan(&queued)
+	return queued, err
+}
+
 const ListChanges = `-- name: ListChanges :many
 SELECT position, op, user_id, name, created_at, updated_at, at,
        (SELECT purged_through FROM user_changes_horizon)::bigint AS purged_through
 FROM user_changes
-WHERE position > $1::bigint AND position < user_changes_bound()
+WHERE position > $1::bigint
 ORDER BY position
 LIMIT $2
 `
@@ -64,8 +74,8 @@ type ListChangesRow struct {
 	PurgedThrough int64
 }
 
-// ListChanges returns up to max_rows changes with a position above after and
-// below user_changes_bound(), oldest first, each with the purge's horizon.
+// ListChanges returns up to max_rows changes with a position above after,
+// oldest first, each with the purge's horizon.
 func (q *Queries) ListChanges(ctx context.Context, arg ListChangesParams) ([]ListChangesRow, error) {
 	rows, err := q.db.Query(ctx, ListChanges, arg.After, arg.MaxRows)
 	if err != nil {
@@ -93,6 +103,17 @@ func (q *Queries) ListChanges(ctx context.Context, arg ListChangesParams) ([]Lis
 		return nil, err
 	}
 	return items, nil
+}
+
+const LockSequencer = `-- name: LockSequencer :exec
+SELECT pg_advisory_xact_lock(7306010947012917025)
+`
+
+// LockSequencer makes the sequencers of every instance take turns, until
+// the transaction ends: the next one's SequenceChanges sees this one's.
+func (q *Queries) LockSequencer(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, LockSequencer)
+	return err
 }
 
 const PurgeUserChanges = `-- name: PurgeUserChanges :one
@@ -129,4 +150,30 @@ func (q *Queries) PurgeUserChanges(ctx context.Context, arg PurgeUserChangesPara
 	var purged int64
 	err := row.Scan(&purged)
 	return purged, err
+}
+
+const SequenceChanges = `-- name: SequenceChanges :one
+WITH moved AS (
+    DELETE FROM user_change_queue
+    RETURNING seq, op, user_id, name, created_at, updated_at, at
+),
+numbered AS (
+    INSERT INTO user_changes (position, op, user_id, name, created_at, updated_at, at)
+    SELECT (SELECT coalesce(max(position), 0) FROM user_changes) + row_number() OVER (ORDER BY seq),
+           op, user_id, name, created_at, updated_at, at
+    FROM moved
+    RETURNING position
+)
+SELECT coalesce((SELECT max(position) FROM numbered), (SELECT max(position) FROM user_changes), 0)::bigint AS head
+`
+
+// SequenceChanges moves every committed change from the queue to the feed,
+// numbered after the feed's newest in the order the trigger queued them,
+// and returns the feed's newest position. Run after LockSequencer, in its
+// transaction.
+func (q *Queries) SequenceChanges(ctx context.Context) (int64, error) {
+	row := q.db.QueryRow(ctx, SequenceChanges)
+	var head int64
+	err := row.Scan(&head)
+	return head, err
 }

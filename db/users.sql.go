@@ -12,19 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-const ChangesPosition = `-- name: ChangesPosition :one
-SELECT (user_changes_bound() - 1)::bigint AS changes_position
-`
-
-// ChangesPosition is the position of the change feed that a read now
-// reflects: ListUsers's, for an empty page.
-func (q *Queries) ChangesPosition(ctx context.Context) (int64, error) {
-	row := q.db.QueryRow(ctx, ChangesPosition)
-	var changes_position int64
-	err := row.Scan(&changes_position)
-	return changes_position, err
-}
-
 const CreateUser = `-- name: CreateUser :one
 INSERT INTO users (name)
 VALUES ($1)
@@ -195,7 +182,8 @@ func (q *Queries) GetUser(ctx context.Context, id int64) (User, error) {
 }
 
 const ListUsers = `-- name: ListUsers :many
-SELECT id, name, created_at, updated_at, (user_changes_bound() - 1)::bigint AS changes_position
+SELECT id, name, created_at, updated_at,
+       (SELECT coalesce(max(position), 0) FROM user_changes)::bigint AS changes_position
 FROM users
 WHERE id > $1::bigint
 ORDER BY id
@@ -245,10 +233,11 @@ func (q *Queries) ListUsers(ctx context.Context, arg ListUsersParams) ([]ListUse
 }
 
 const ListUsersByName = `-- name: ListUsersByName :many
-SELECT id, name, created_at, updated_at, (user_changes_bound() - 1)::bigint AS changes_position
+SELECT users.id, users.name, users.created_at, users.updated_at,
+       (SELECT coalesce(max(position), 0) FROM user_changes)::bigint AS changes_position
 FROM users
-WHERE name = $1 AND id > $2::bigint
-ORDER BY id
+WHERE users.name = $1 AND users.id > $2::bigint
+ORDER BY users.id
 LIMIT $3
 `
 

@@ -1,10 +1,10 @@
 -- name: ListChanges :many
--- ListChanges returns up to max_rows changes with a position above after and
--- below user_changes_bound(), oldest first, each with the purge's horizon.
+-- ListChanges returns up to max_rows changes with a position above after,
+-- oldest first, each with the purge's horizon.
 SELECT position, op, user_id, name, created_at, updated_at, at,
        (SELECT purged_through FROM user_changes_horizon)::bigint AS purged_through
 FROM user_changes
-WHERE position > sqlc.arg(after)::bigint AND position < user_changes_bound()
+WHERE position > sqlc.arg(after)::bigint
 ORDER BY position
 LIMIT sqlc.arg(max_rows);
 
@@ -13,11 +13,36 @@ LIMIT sqlc.arg(max_rows);
 SELECT purged_through FROM user_changes_horizon;
 
 -- name: ChangesHead :one
--- ChangesHead returns the position of the newest change the feed serves,
--- or 0.
-SELECT coalesce(max(position), 0)::bigint AS head
-FROM user_changes
-WHERE position < user_changes_bound();
+-- ChangesHead returns the position of the newest change, or 0: every
+-- change up to it is reflected in what a later read sees.
+SELECT coalesce(max(position), 0)::bigint AS head FROM user_changes;
+
+-- name: LockSequencer :exec
+-- LockSequencer makes the sequencers of every instance take turns, until
+-- the transaction ends: the next one's SequenceChanges sees this one's.
+SELECT pg_advisory_xact_lock(7306010947012917025);
+
+-- name: SequenceChanges :one
+-- SequenceChanges moves every committed change from the queue to the feed,
+-- numbered after the feed's newest in the order the trigger queued them,
+-- and returns the feed's newest position. Run after LockSequencer, in its
+-- transaction.
+WITH moved AS (
+    DELETE FROM user_change_queue
+    RETURNING seq, op, user_id, name, created_at, updated_at, at
+),
+numbered AS (
+    INSERT INTO user_changes (position, op, user_id, name, created_at, updated_at, at)
+    SELECT (SELECT coalesce(max(position), 0) FROM user_changes) + row_number() OVER (ORDER BY seq),
+           op, user_id, name, created_at, updated_at, at
+    FROM moved
+    RETURNING position
+)
+SELECT coalesce((SELECT max(position) FROM numbered), (SELECT max(position) FROM user_changes), 0)::bigint AS head;
+
+-- name: ChangesQueued :one
+-- ChangesQueued reports whether the queue holds a change, committed or not.
+SELECT EXISTS (SELECT FROM user_change_queue ORDER BY seq LIMIT 1) AS queued;
 
 -- name: PurgeUserChanges :one
 -- PurgeUserChanges deletes up to max_rows of the changes made more than

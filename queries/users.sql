@@ -4,11 +4,6 @@ INSERT INTO users (name)
 VALUES ($1)
 RETURNING id, name, created_at, updated_at;
 
--- name: ChangesPosition :one
--- ChangesPosition is the position of the change feed that a read now
--- reflects: ListUsers's, for an empty page.
-SELECT (user_changes_bound() - 1)::bigint AS changes_position;
-
 -- name: GetUser :one
 -- GetUser returns the user with the given id, or pgx.ErrNoRows.
 SELECT id, name, created_at, updated_at
@@ -19,7 +14,8 @@ WHERE id = $1;
 -- ListUsers returns up to max_rows users with an id above after, in id order
 -- (keyset pagination: the primary key index serves every page alike), each
 -- with the position of the change feed that the page reflects.
-SELECT id, name, created_at, updated_at, (user_changes_bound() - 1)::bigint AS changes_position
+SELECT id, name, created_at, updated_at,
+       (SELECT coalesce(max(position), 0) FROM user_changes)::bigint AS changes_position
 FROM users
 WHERE id > sqlc.arg(after)::bigint
 ORDER BY id
@@ -28,10 +24,11 @@ LIMIT sqlc.arg(max_rows);
 -- name: ListUsersByName :many
 -- ListUsersByName is ListUsers filtered to one exact name; the unique index
 -- on name finds it without scanning the table.
-SELECT id, name, created_at, updated_at, (user_changes_bound() - 1)::bigint AS changes_position
+SELECT users.id, users.name, users.created_at, users.updated_at,
+       (SELECT coalesce(max(position), 0) FROM user_changes)::bigint AS changes_position
 FROM users
-WHERE name = sqlc.arg(name) AND id > sqlc.arg(after)::bigint
-ORDER BY id
+WHERE users.name = sqlc.arg(name) AND users.id > sqlc.arg(after)::bigint
+ORDER BY users.id
 LIMIT sqlc.arg(max_rows);
 
 -- name: RenameUser :one

@@ -89,7 +89,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if readPool != nil {
 		opts.Reads = db.New(postgres.Reads{Pool: readPool})
 	}
-	opts.Changes = postgres.NewChanges()
+	opts.Changes = postgres.NewChanges(pool)
 	handler := server.New(logger, db.New(pool), postgres.Probe{Q: pool}, opts)
 	srv := newHTTPServer(ctx, cfg, handler, logger)
 	if cfg.DebugAddr != "" {
@@ -133,7 +133,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	stopBackground := start(ctx,
 		postgres.NewKeyPurger(logger, db.New(pool), cfg.IdempotencyTTL, cfg.RequestTimeout).Run,
 		postgres.NewChangePurger(logger, db.New(pool), cfg.ChangesRetention, cfg.RequestTimeout).Run,
-		func(ctx context.Context) { opts.Changes.Run(ctx, logger, pool, cfg.ChangesListen, cfg.RequestTimeout) })
+		func(ctx context.Context) { opts.Changes.Run(ctx, logger, cfg.ChangesListen, cfg.RequestTimeout) })
 	defer stopBackground()
 
 	var failed error

@@ -20,24 +20,27 @@ import (
 // after its writes.
 const changesChannel = "usersvc_user_changes"
 
-// How often the feed's head is read while a request waits on it: the bound
-// on a change's delay when no notification comes (CHANGES_LISTEN=false, or
-// a write made outside the service).
+// How often each instance sequences the queued changes and, while a
+// request waits, reads the feed's head: the bound on a change's delay when
+// no notification comes (CHANGES_LISTEN=false, or a write made outside the
+// service).
 const headPollInterval = 250 * time.Millisecond
 
 // listenCheck is how long the listener waits for a notification before it
 // checks that its connection still answers.
 const listenCheck = 30 * time.Second
 
-// Changes tells an instance's requests waiting on the change feed when it
-// has moved: it keeps the feed's head, the newest position the feed serves,
-// and reads it again after this instance's writes, on a notification from
-// another instance's, and every headPollInterval while a request waits.
-// Waiting requests hold no connection: one read of the head wakes them
-// all. Run does the reading; without it, Changes never moves.
+// Changes runs an instance's part of the change feed. It sequences the
+// queued changes (see Sequence) after each of this instance's writes, on a
+// notification from another instance's, and every headPollInterval; and it
+// keeps the feed's head, the newest position, to wake the requests waiting
+// on the feed when it moves. Waiting requests hold no connection: one read
+// of the head wakes them all. Run does the work; without it, Changes never
+// moves.
 type Changes struct {
+	pool    *pgxpool.Pool
 	waiting atomic.Int32
-	kick    chan struct{} // read the head now
+	kick    chan struct{} // sequence and read the head now
 	notify  chan struct{} // NOTIFY the other instances
 	mu      sync.Mutex
 	head    int64
@@ -45,9 +48,21 @@ type Changes struct {
 	stopped bool
 }
 
-// NewChanges returns a Changes whose head is 0 until Run reads it.
-func NewChanges() *Changes {
-	return &Changes{kick: make(chan struct{}, 1), notify: make(chan struct{}, 1), moved: make(chan struct{})}
+// NewChanges returns the Changes of the feed in pool's database, whose
+// head is 0 until Run reads it.
+func NewChanges(pool *pgxpool.Pool) *Changes {
+	return &Changes{pool: pool, kick: make(chan struct{}, 1), notify: make(chan struct{}, 1), moved: make(chan struct{})}
+}
+
+// CatchUp sequences the committed changes still queued, if any: a read of
+// the feed that follows it sees every write acknowledged before it.
+func (c *Changes) CatchUp(ctx context.Context) error {
+	queued, err := db.New(c.pool).ChangesQueued(ctx)
+	if err != nil || !queued {
+		return err
+	}
+	_, err = c.sequence(ctx)
+	return err
 }
 
 // Head returns the newest position the feed served when it was last read,
@@ -69,7 +84,6 @@ func (c *Changes) Waiting() (done func()) {
 // Wrote tells c that this instance committed a write of a user.
 func (c *Changes) Wrote() {
 	c.poke(c.kick)
-	c.poke(c.notify)
 }
 
 // Stop ends every wait, now and from now on: the instance is draining.
@@ -96,60 +110,94 @@ func (c *Changes) poke(ch chan struct{}) {
 	}
 }
 
-// advance records head, waking the waiting requests if it moved.
-func (c *Changes) advance(head int64) {
+// advance records head, waking the waiting requests, and reports whether
+// it moved forward. 0 is no news.
+func (c *Changes) advance(head int64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if head == c.head || c.stopped {
-		return
+	if head == 0 || head == c.head || c.stopped {
+		return false
 	}
+	forward := head > c.head
 	c.head = head
 	close(c.moved)
 	c.moved = make(chan struct{})
+	return forward
 }
 
-// Run keeps the head until ctx is done, reading it through pool, each read
-// bounded by timeout. With listen, it also LISTENs on a connection of its
-// own, outside the pool, and NOTIFYs after this instance's writes: where
-// LISTEN does not work (PgBouncer in transaction mode), CHANGES_LISTEN=false
-// leaves the polling alone.
-func (c *Changes) Run(ctx context.Context, logger *slog.Logger, pool *pgxpool.Pool, listen bool, timeout time.Duration) {
+// Run sequences and keeps the head until ctx is done, through pool, each
+// statement bounded by timeout. With listen, it also LISTENs on a
+// connection of its own, outside the pool, and NOTIFYs the other instances
+// when it moved the head: where LISTEN does not work (PgBouncer in
+// transaction mode), CHANGES_LISTEN=false leaves the polling alone.
+func (c *Changes) Run(ctx context.Context, logger *slog.Logger, listen bool, timeout time.Duration) {
 	var wg sync.WaitGroup
+	defer wg.Wait()
 	if listen {
-		wg.Go(func() { c.listen(ctx, logger, pool, timeout) })
-		wg.Go(func() { c.notifyOthers(ctx, logger, pool, timeout) })
+		wg.Go(func() { c.listen(ctx, logger, timeout) })
+		wg.Go(func() { c.notifyOthers(ctx, logger, timeout) })
 	}
-	c.readHead(ctx, pool, timeout)
 	tick := time.NewTicker(headPollInterval)
 	defer tick.Stop()
-	for {
+	for kicked := true; ; kicked = false {
+		head, err := c.step(ctx, kicked || c.waiting.Load() > 0, timeout)
+		if err != nil && ctx.Err() == nil {
+			logger.DebugContext(ctx, "change feed: sequence", slog.Any("err", err))
+		}
+		if c.advance(head) && listen {
+			c.poke(c.notify)
+		}
 		select {
 		case <-ctx.Done():
-			wg.Wait()
 			return
 		case <-tick.C:
-			if c.waiting.Load() == 0 {
-				continue
-			}
 		case <-c.kick:
+			kicked = true
 		}
-		c.readHead(ctx, pool, timeout)
 	}
 }
 
-func (c *Changes) readHead(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) {
+// step sequences the queued changes, if any, and returns the head; when
+// there were none, it reads the head only if read. A head of 0 with an
+// error or unread leaves the known one.
+func (c *Changes) step(ctx context.Context, read bool, timeout time.Duration) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if head, err := db.New(pool).ChangesHead(ctx); err == nil {
-		c.advance(head)
-	} // else the next tick tries again: a database down fails the requests, not this
+	q := db.New(c.pool)
+	queued, err := q.ChangesQueued(ctx)
+	switch {
+	case err != nil:
+		return 0, err
+	case queued:
+		return c.sequence(ctx)
+	case read:
+		return q.ChangesHead(ctx)
+	}
+	return 0, nil
 }
 
-// notifyOthers sends one NOTIFY for every burst of this instance's writes,
-// outside their transactions: a NOTIFY in a write's transaction would make
-// every such commit wait for the previous one's (PostgreSQL serializes
+// sequence moves the committed changes from the queue to the feed, in one
+// transaction that the sequencers of all instances take in turns, and
+// returns the feed's head. Positions are given only here, to changes
+// already committed, each above every position given before: a position
+// the feed has served can never be followed by a lower one.
+func (c *Changes) sequence(ctx context.Context) (head int64, err error) {
+	err = pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+		q := db.New(tx)
+		if err := q.LockSequencer(ctx); err != nil {
+			return err
+		}
+		head, err = q.SequenceChanges(ctx)
+		return err
+	})
+	return head, err
+}
+
+// notifyOthers sends one NOTIFY for every burst of moves of the head,
+// outside the writes' transactions: a NOTIFY in a write's transaction would
+// make every such commit wait for the previous one's (PostgreSQL serializes
 // them), where the commits of concurrent writes now share a flush.
-func (c *Changes) notifyOthers(ctx context.Context, logger *slog.Logger, pool *pgxpool.Pool, timeout time.Duration) {
+func (c *Changes) notifyOthers(ctx context.Context, logger *slog.Logger, timeout time.Duration) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -157,7 +205,7 @@ func (c *Changes) notifyOthers(ctx context.Context, logger *slog.Logger, pool *p
 		case <-c.notify:
 		}
 		nctx, cancel := context.WithTimeout(ctx, timeout)
-		_, err := pool.Exec(nctx, "SELECT pg_notify($1, '')", changesChannel)
+		_, err := c.pool.Exec(nctx, "SELECT pg_notify($1, '')", changesChannel)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			logger.DebugContext(ctx, "change feed: notify", slog.Any("err", err))
@@ -165,11 +213,11 @@ func (c *Changes) notifyOthers(ctx context.Context, logger *slog.Logger, pool *p
 	}
 }
 
-// listen reads the head after every notification, reconnecting after a
+// listen sequences and reads the head after every notification, reconnecting after a
 // second when its connection fails. A reconnection reads the head too: a
 // notification may have been missed meanwhile.
-func (c *Changes) listen(ctx context.Context, logger *slog.Logger, pool *pgxpool.Pool, timeout time.Duration) {
-	cc := pool.Config().ConnConfig.Copy()
+func (c *Changes) listen(ctx context.Context, logger *slog.Logger, timeout time.Duration) {
+	cc := c.pool.Config().ConnConfig.Copy()
 	// A wait that ends unanswered leaves the connection usable.
 	cc.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.DeadlineContextWatcherHandler{Conn: pc.Conn()}

@@ -9,7 +9,7 @@ import "usersvc/db"
 var preparedQueries = []string{
 	db.ChangesHead,
 	db.ChangesHorizon,
-	db.ChangesPosition,
+	db.ChangesQueued,
 	db.CreateUser,
 	db.CreateUserIdempotently,
 	db.DeleteUser,
@@ -19,8 +19,10 @@ var preparedQueries = []string{
 	db.ListChanges,
 	db.ListUsers,
 	db.ListUsersByName,
+	db.LockSequencer,
 	db.PurgeIdempotencyKeys,
 	db.PurgeUserChanges,
 	db.RenameUser,
 	db.RenameUserIf,
+	db.SequenceChanges,
 }

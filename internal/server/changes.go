@@ -38,8 +38,13 @@ func handleChanges(logger *slog.Logger, store userStore, feed *postgres.Changes)
 		if err != nil {
 			return err
 		}
+		if feed != nil {
+			if err := feed.CatchUp(r.Context()); err != nil {
+				return fmt.Errorf("sequence the queued changes: %w", err)
+			}
+		}
 		page, err := readChanges(r.Context(), store, q, true)
-		if err == nil && len(page) == 0 && q.wait > 0 {
+		if err == nil && len(page) == 0 && q.wait > 0 && feed != nil {
 			page, err = waitForChanges(r.Context(), store, q, feed)
 		}
 		if err != nil {
@@ -89,7 +94,8 @@ func readChanges(ctx context.Context, store userStore, q changesQuery, expiry bo
 
 // waitForChanges reads again each time the feed's head moves past
 // q.after, until a change comes, q.wait has passed or the instance
-// drains. Waiting holds no database connection.
+// drains. Waiting holds no database connection. Without a feed (a
+// server without a database pool of its own, in tests), it waits no more.
 func waitForChanges(ctx context.Context, store userStore, q changesQuery, feed *postgres.Changes) ([]change, error) {
 	defer feed.Waiting()()
 	timer := time.NewTimer(q.wait)

@@ -49,7 +49,7 @@ type routes struct {
 // are configured (see protect), each with its database work bounded by
 // REQUEST_TIMEOUT (see handle).
 func (rs routes) Handle(pattern string, h handlerFunc) {
-	if !strings.HasPrefix(pattern, http.MethodGet+" ") {
+	if rs.feed != nil && !strings.HasPrefix(pattern, http.MethodGet+" ") {
 		h = rs.wrote(h)
 	}
 	rs.mux.Handle(pattern, rs.auth.protect(rs.logger, handle(rs.logger, rs.timeout, h)))

@@ -40,9 +40,9 @@ type Options struct {
 	// production passes db.New(postgres.Reads{Pool: pool}) for the pool of
 	// DATABASE_READ_URL.
 	Reads userReader
-	// Changes, when set, wakes the requests waiting on the change feed:
-	// production runs it (postgres.Changes.Run). Unset, they wait their
-	// whole wait.
+	// Changes, when set, sequences the change feed and wakes the requests
+	// waiting on it: production runs it (postgres.Changes.Run). Unset, the
+	// feed serves what another instance sequenced, without waiting.
 	Changes *postgres.Changes
 }
 
@@ -59,11 +59,7 @@ type Server struct {
 // s.Listener(ln).
 func New(logger *slog.Logger, store userStore, database databaseProbe, opts Options) *Server {
 	logger = slog.New(requestIDHandler{logger.Handler()})
-	feed := opts.Changes
-	if feed == nil {
-		feed = postgres.NewChanges()
-	}
-	s := &Server{draining: new(atomic.Bool), feed: feed}
+	s := &Server{draining: new(atomic.Bool), feed: opts.Changes}
 	served := opts.Metrics
 	if opts.MetricsElsewhere {
 		served = nil
@@ -72,7 +68,7 @@ func New(logger *slog.Logger, store userStore, database databaseProbe, opts Opti
 	if reads == nil {
 		reads = store
 	}
-	rs := routes{mux: http.NewServeMux(), auth: newAuthenticator(opts.AuthTokens), logger: logger, timeout: opts.RequestTimeout, feed: feed}
+	rs := routes{mux: http.NewServeMux(), auth: newAuthenticator(opts.AuthTokens), logger: logger, timeout: opts.RequestTimeout, feed: opts.Changes}
 	addRoutes(rs, store, reads, readiness{database: database, want: opts.SchemaVersion, draining: s.draining}, served)
 	s.Handler = chain(rs,
 		observe(logger, opts.Metrics),               // observe.go
@@ -99,5 +95,7 @@ func chain(h http.Handler, outermostFirst ...middleware) http.Handler {
 // http.Server.Shutdown's job.
 func (s *Server) Drain() {
 	s.draining.Store(true)
-	s.feed.Stop()
+	if s.feed != nil {
+		s.feed.Stop()
+	}
 }

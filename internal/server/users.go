@@ -39,7 +39,7 @@ type userReader interface {
 	GetUser(ctx context.Context, id int64) (db.User, error)
 	ListUsers(ctx context.Context, arg db.ListUsersParams) ([]db.ListUsersRow, error)
 	ListUsersByName(ctx context.Context, arg db.ListUsersByNameParams) ([]db.ListUsersByNameRow, error)
-	ChangesPosition(ctx context.Context) (int64, error)
+	ChangesHead(ctx context.Context) (int64, error)
 }
 
 var _ userStore = (*db.Queries)(nil)
@@ -185,7 +185,7 @@ func handleUserList(logger *slog.Logger, store userReader) handlerFunc {
 		var position int64
 		if len(rows) > 0 {
 			position = rows[0].ChangesPosition
-		} else if position, err = store.ChangesPosition(r.Context()); err != nil {
+		} else if position, err = store.ChangesHead(r.Context()); err != nil {
 			return fmt.Errorf("read the change feed's position: %w", err)
 		}
 		setChangesPosition(w, position)
