@@ -509,6 +509,16 @@ func (s *Server) Stop() error {
 	return s.stopErr
 }
 
+// Crash stops the server as a crash would, with pg_ctl stop -m immediate:
+// no checkpoint, and recovery at the next start on the same directory.
+func (s *Server) Crash() error {
+	err := s.pgCtl(context.Background(), "stop", "-m", "immediate", "-w")
+	if err == nil && s.pid > 0 {
+		syscall.Wait4(s.pid, nil, 0, nil)
+	}
+	return err
+}
+
 // fileTail returns the last bytes of the file at path from offset on, or a
 // note saying why it could not be read.
 func fileTail(path string, offset int64) string {
