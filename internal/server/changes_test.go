@@ -30,7 +30,7 @@ func newFeedServer(t *testing.T) *testServer {
 
 // serveFeedOn serves the API on pool's database with its change feed
 // running until the test ends, and returns its URL.
-func serveFeedOn(t *testing.T, pool *pgxpool.Pool, listen bool) string {
+func serveFeedOn(t testing.TB, pool *pgxpool.Pool, listen bool) string {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
 	feed := postgres.NewChanges(pool)
