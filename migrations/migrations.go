@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
+
+	"usersvc/internal/postgres"
 )
 
 //go:embed *.sql
@@ -72,32 +74,21 @@ func (l directLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
 	return l.SessionLocker.SessionLock(ctx, conn)
 }
 
-// checkDirect returns ErrThroughPooler when the server process behind conn
-// is not the one its start-up message named. PostgreSQL tells a client its
-// process id (in BackendKeyData, for cancelling); a pooler cannot, since it
-// gives the client no server of its own, and makes one up. Returns another
-// error when conn is not pgx's or the query fails.
+// checkDirect returns ErrThroughPooler when conn goes through a pooler
+// (postgres.ThroughPooler), or another error when conn is not pgx's or the
+// query fails.
 func checkDirect(ctx context.Context, conn *sql.Conn) error {
-	var announced uint32
-	err := conn.Raw(func(driverConn any) error {
+	return conn.Raw(func(driverConn any) error {
 		c, ok := driverConn.(*stdlib.Conn)
 		if !ok {
 			return fmt.Errorf("migrations need pgx's database/sql driver, not %T", driverConn)
 		}
-		announced = c.Conn().PgConn().PID()
-		return nil
-	})
-	if err != nil {
+		pooled, err := postgres.ThroughPooler(ctx, c.Conn())
+		if err == nil && pooled {
+			err = ErrThroughPooler
+		}
 		return err
-	}
-	var backend int64
-	if err := conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
-		return fmt.Errorf("read the server's process id: %w", err)
-	}
-	if backend != int64(announced) {
-		return ErrThroughPooler
-	}
-	return nil
+	})
 }
 
 // FS returns the embedded migration files, for callers that need their

@@ -37,7 +37,7 @@ func TestConcurrentMigrateProcesses(t *testing.T) {
 		if errs[i] != nil {
 			t.Errorf("migrate up #%d: %v, want exit status 0; output:\n%s", i, errs[i], outs[i])
 		}
-		if !strings.Contains(outs[i], "schema version 2 (latest embedded: 2)") {
+		if !strings.Contains(outs[i], "schema version 3 (latest embedded: 3)") {
 			t.Errorf("migrate up #%d output lacks the final version:\n%s", i, outs[i])
 		}
 		applied += strings.Count(outs[i], "applied 00001_create_users.sql")

@@ -269,16 +269,17 @@ func TestRunMigrateCycle(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"migrate", "status"}, []string{"00001_create_users.sql", "00002_idempotency_keys.sql", "pending"}},
-		{[]string{"migrate", "up"}, []string{"applied 00001_create_users.sql", "applied 00002_idempotency_keys.sql", "schema version 2 (latest embedded: 2)"}},
-		{[]string{"migrate", "up"}, []string{"no pending migrations", "schema version 2"}},
-		{[]string{"migrate", "status"}, []string{"00001_create_users.sql", "00002_idempotency_keys.sql", "applied"}},
+		{[]string{"migrate", "status"}, []string{"00001_create_users.sql", "00002_idempotency_keys.sql", "00003_user_changes.sql", "pending"}},
+		{[]string{"migrate", "up"}, []string{"applied 00001_create_users.sql", "applied 00002_idempotency_keys.sql", "applied 00003_user_changes.sql", "schema version 3 (latest embedded: 3)"}},
+		{[]string{"migrate", "up"}, []string{"no pending migrations", "schema version 3"}},
+		{[]string{"migrate", "status"}, []string{"00001_create_users.sql", "00002_idempotency_keys.sql", "00003_user_changes.sql", "applied"}},
+		{[]string{"migrate", "down"}, []string{"rolled back 00003_user_changes.sql", "schema version 2"}},
 		{[]string{"migrate", "down"}, []string{"rolled back 00002_idempotency_keys.sql", "schema version 1"}},
 		{[]string{"migrate", "down"}, []string{"rolled back 00001_create_users.sql", "schema version 0"}},
 		{[]string{"migrate", "down"}, []string{"no migration to roll back", "schema version 0"}},
-		{[]string{"migrate", "up"}, []string{"applied 00001_create_users.sql", "applied 00002_idempotency_keys.sql", "schema version 2"}},
-		{[]string{"migrate", "version"}, []string{"schema version 2 (latest embedded: 2)"}},
-		{[]string{"migrate", "redo"}, []string{"rolled back 00002_idempotency_keys.sql", "applied 00002_idempotency_keys.sql", "schema version 2"}},
+		{[]string{"migrate", "up"}, []string{"applied 00001_create_users.sql", "applied 00002_idempotency_keys.sql", "applied 00003_user_changes.sql", "schema version 3"}},
+		{[]string{"migrate", "version"}, []string{"schema version 3 (latest embedded: 3)"}},
+		{[]string{"migrate", "redo"}, []string{"rolled back 00003_user_changes.sql", "applied 00003_user_changes.sql", "schema version 3"}},
 	}
 	for _, step := range steps {
 		var stdout, stderr bytes.Buffer

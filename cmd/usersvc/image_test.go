@@ -693,8 +693,8 @@ func testImageMigrate(t *testing.T, databaseURL string) {
 		t.Errorf("migrate up: exit status %s, output %q; want 0 and applied 00001_create_users.sql", exit, logs)
 	}
 
-	if out, status := runOnce(t, databaseURL, "migrate", "version"); status != 0 || !strings.Contains(out, "schema version 2 (latest embedded: 2)") {
-		t.Errorf("usersvc migrate version: exit status %d, output %q; want 0 and schema version 2 (latest embedded: 2)", status, out)
+	if out, status := runOnce(t, databaseURL, "migrate", "version"); status != 0 || !strings.Contains(out, "schema version 3 (latest embedded: 3)") {
+		t.Errorf("usersvc migrate version: exit status %d, output %q; want 0 and schema version 3 (latest embedded: 3)", status, out)
 	}
 }
 

@@ -11,6 +11,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -56,8 +57,8 @@ func TestPgBouncer(t *testing.T) {
 		checkMigrateRefused(t, bin, pgb, directURL)
 	})
 	out, status := runUsersvc(t, bin, []string{"DATABASE_URL=" + directURL}, "migrate", "up")
-	if status != 0 || !strings.Contains(out, "schema version 2") {
-		t.Fatalf("usersvc migrate up against PostgreSQL: exit status %d, want 0 and schema version 2", status)
+	if status != 0 || !strings.Contains(out, "schema version 3") {
+		t.Fatalf("usersvc migrate up against PostgreSQL: exit status %d, want 0 and schema version 3", status)
 	}
 
 	// exec is the setting docs/operations.md recommends; the other two work too.
@@ -71,6 +72,66 @@ func TestPgBouncer(t *testing.T) {
 	t.Run("without the setting", func(t *testing.T) {
 		checkFailsWithoutSetting(t, bin, pgb)
 	})
+	t.Run("change feed without LISTEN", func(t *testing.T) {
+		checkFeedWithoutListen(t, bin, pgb)
+	})
+}
+
+// checkFeedWithoutListen follows the change feed on one replica while
+// another writes, through the pooler, which carries no notifications: the
+// writer has CHANGES_LISTEN=false, as docs/operations.md says; the reader
+// is left to find the pooler itself, and say so. Each change reaches the
+// waiting consumer within 1 s of its create's request, woken by polling
+// alone, with no position repeated.
+func checkFeedWithoutListen(t *testing.T, bin string, pgb *bouncer) {
+	url := "DATABASE_URL=" + pgb.url("usersvc", "default_query_exec_mode=exec")
+	writer, reader := startReplica(t, bin, url, "CHANGES_LISTEN=false"), startReplica(t, bin, url)
+	for _, r := range []*replica{writer, reader} {
+		waitFor(t, r.base+"/readyz", 10*time.Second, r.exited)
+	}
+	c := newClient([]*replica{writer, reader})
+	get := func(after int64, wait int) []feedChange {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("%s/users/changes?after=%d&wait=%d", reader.base, after, wait), nil)
+		req.Header.Set("Authorization", "Bearer "+replicaToken)
+		res, err := c.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var page []feedChange
+		if res.StatusCode != http.StatusOK || json.NewDecoder(res.Body).Decode(&page) != nil {
+			t.Fatalf("GET /users/changes: status %d", res.StatusCode)
+		}
+		return page
+	}
+	var after int64
+	for page := get(0, 0); len(page) > 0; page = get(after, 0) {
+		after = page[len(page)-1].Position
+	}
+	var slowest time.Duration
+	for i := range 10 {
+		got := make(chan []feedChange, 1)
+		go func() { got <- get(after, 10) }()
+		time.Sleep(100 * time.Millisecond) // the consumer waits
+		sent := time.Now()
+		if r, err := c.do(0, "POST", "/users", fmt.Sprintf(`{"name":"feed %d"}`, i)); err != nil || r.status != http.StatusCreated {
+			t.Fatalf("create: %v, status %d", err, r.status)
+		}
+		page := <-got
+		took := time.Since(sent)
+		if len(page) != 1 || page[0].Op != "create" || page[0].Position <= after {
+			t.Fatalf("the waiting consumer got %+v after position %d, want the one create", page, after)
+		}
+		after = page[0].Position
+		slowest = max(slowest, took)
+	}
+	if !strings.Contains(reader.logs.String(), "goes through a connection pooler") {
+		t.Errorf("the replica with CHANGES_LISTEN unset did not warn of the pooler; log:\n%s", reader.logs.String())
+	}
+	t.Logf("without LISTEN, through the pooler: the slowest of 10 changes reached the waiting consumer %v after its create was sent", slowest.Round(time.Millisecond))
+	if slowest > time.Second {
+		t.Errorf("a change took %v to reach the waiting consumer, want within 1 s", slowest)
+	}
 }
 
 // checkSessionLockLeaks shows why migrations must not run through the
@@ -173,7 +234,7 @@ const loadDuration = 5 * time.Second
 // returns the load phase's requests per second.
 func checkReplicas(t *testing.T, bin string, pgb *bouncer, directURL, setting string) float64 {
 	bouncerLogFrom := len(pgb.logs.String())
-	env := []string{"DATABASE_URL=" + pgb.url("usersvc", setting)}
+	env := []string{"DATABASE_URL=" + pgb.url("usersvc", setting), "CHANGES_LISTEN=false"}
 	began := time.Now()
 	var replicas []*replica
 	for range replicaCount {

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,22 @@ const changesChannel = "usersvc_user_changes"
 // service).
 const headPollInterval = 250 * time.Millisecond
 
+// errPooled is a listener's connection that goes through a pooler.
+var errPooled = errors.New("the connection goes through a connection pooler")
+
+// ThroughPooler reports whether conn goes through a connection pooler such
+// as PgBouncer: whether the server process behind it is not the one its
+// start-up named. PostgreSQL tells a client its process id (in
+// BackendKeyData, for cancelling); a pooler cannot, since it gives the
+// client no server of its own, and makes one up.
+func ThroughPooler(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	var backend int64
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
+		return false, fmt.Errorf("read the server's process id: %w", err)
+	}
+	return backend != int64(conn.PgConn().PID()), nil
+}
+
 // listenCheck is how long the listener waits for a notification before it
 // checks that its connection still answers.
 const listenCheck = 30 * time.Second
@@ -39,6 +56,7 @@ const listenCheck = 30 * time.Second
 // moves.
 type Changes struct {
 	pool    *pgxpool.Pool
+	pooled  atomic.Bool // the listener found a pooler: no one listens
 	waiting atomic.Int32
 	kick    chan struct{} // sequence and read the head now
 	notify  chan struct{} // NOTIFY the other instances
@@ -204,6 +222,9 @@ func (c *Changes) notifyOthers(ctx context.Context, logger *slog.Logger, timeout
 			return
 		case <-c.notify:
 		}
+		if c.pooled.Load() {
+			continue // nobody listens behind a pooler
+		}
 		nctx, cancel := context.WithTimeout(ctx, timeout)
 		_, err := c.pool.Exec(nctx, "SELECT pg_notify($1, '')", changesChannel)
 		cancel()
@@ -228,6 +249,11 @@ func (c *Changes) listen(ctx context.Context, logger *slog.Logger, timeout time.
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errPooled) {
+			c.pooled.Store(true)
+			logger.WarnContext(ctx, "change feed: DATABASE_URL goes through a connection pooler, which does not carry notifications: the requests waiting on the feed are woken by polling; set CHANGES_LISTEN=false to say so")
+			return
+		}
 		logger.WarnContext(ctx, "change feed: listen", slog.Any("err", err))
 		select {
 		case <-ctx.Done():
@@ -246,10 +272,16 @@ func (c *Changes) listenOn(ctx context.Context, cc *pgx.ConnConfig, timeout time
 	}
 	defer conn.Close(context.Background())
 	lctx, cancel := context.WithTimeout(ctx, timeout)
-	_, err = conn.Exec(lctx, "LISTEN "+changesChannel)
+	pooled, err := ThroughPooler(lctx, conn)
+	if err == nil && !pooled {
+		_, err = conn.Exec(lctx, "LISTEN "+changesChannel)
+	}
 	cancel()
 	if err != nil {
 		return err
+	}
+	if pooled {
+		return errPooled
 	}
 	c.poke(c.kick)
 	for {

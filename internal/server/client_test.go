@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"iter"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"usersvc/client"
 )
@@ -274,4 +276,84 @@ func wantAllUsersError(t *testing.T, what string, users iter.Seq2[client.User, e
 // as instants.
 func equalUser(a, b client.User) bool {
 	return a.ID == b.ID && a.Name == b.Name && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt)
+}
+
+// TestClientChanges runs the README's consumer loop with package client:
+// relist, then follow Changes from the first page's Changes-Position while
+// writes go on, until the copy equals the table; then a consumer behind the
+// purge gets the one 410 changes_expired and Changes stops.
+func TestClientChanges(t *testing.T) {
+	t.Parallel()
+	s := newFeedServer(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	c, err := client.New(s.url, client.WithHTTPClient(&http.Client{Transport: checkedTransport{s: s, pages: &atomic.Int64{}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		s.createUser("c-" + strconv.Itoa(i))
+	}
+
+	// As the README has it.
+	res, err := c.ListUsersWithResponse(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, err := strconv.ParseInt(res.HTTPResponse.Header.Get("Changes-Position"), 10, 64)
+	if err != nil {
+		t.Fatalf("Changes-Position: %v", err)
+	}
+	users := map[int64]client.User{}
+	for u, err := range c.AllUsers(ctx, nil) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		users[u.ID] = u
+	}
+	go func() { // writes while the consumer follows, some after it waits
+		s.putJSON("/users/1", `{"name":"c-0-renamed"}`)
+		s.do(http.MethodDelete, "/users/2", "", nil)
+		time.Sleep(300 * time.Millisecond)
+		s.createUser("c-late")
+	}()
+	want := 5 + 3 // the creates (already reflected, and maybe seen again) and the three writes
+	seen := 0
+	for ch, err := range c.Changes(ctx, from) {
+		if err != nil {
+			t.Fatalf("Changes: %v", err)
+		}
+		if ch.User == nil {
+			delete(users, ch.ID)
+		} else {
+			users[ch.ID] = *ch.User
+		}
+		if ch.Position > from {
+			seen++
+		}
+		if ch.User != nil && ch.User.Name == "c-late" {
+			break
+		}
+	}
+	if seen < 3 || seen > want {
+		t.Errorf("Changes delivered %d changes after position %d, want 3 to %d", seen, from, want)
+	}
+	copied := map[int64]user{}
+	for id, u := range users {
+		copied[id] = user{ID: u.ID, Name: u.Name, CreatedAt: u.CreatedAt.UTC(), UpdatedAt: u.UpdatedAt.UTC()}
+	}
+	checkCopy(t, s.pool, "the client's copy", copied)
+
+	// Behind the purge: one error, then the loop ends.
+	if _, err := s.pool.Exec(ctx, "UPDATE user_changes_horizon SET purged_through = 3"); err != nil {
+		t.Fatal(err)
+	}
+	var errs []error
+	for _, err := range c.Changes(ctx, 1) {
+		errs = append(errs, err)
+	}
+	if len(errs) != 1 {
+		t.Fatalf("Changes behind the purge yielded %v, want one error and the end", errs)
+	}
+	wantClientError(t, "Changes behind the purge", errs[0], http.StatusGone, client.ProblemCodeChangesExpired)
 }
