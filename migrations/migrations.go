@@ -15,11 +15,10 @@ import (
 	"io/fs"
 	"path"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
-
-	"usersvc/internal/postgres"
 )
 
 //go:embed *.sql
@@ -75,7 +74,7 @@ func (l directLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
 }
 
 // checkDirect returns ErrThroughPooler when conn goes through a pooler
-// (postgres.ThroughPooler), or another error when conn is not pgx's or the
+// (ThroughPooler), or another error when conn is not pgx's or the
 // query fails.
 func checkDirect(ctx context.Context, conn *sql.Conn) error {
 	return conn.Raw(func(driverConn any) error {
@@ -83,12 +82,26 @@ func checkDirect(ctx context.Context, conn *sql.Conn) error {
 		if !ok {
 			return fmt.Errorf("migrations need pgx's database/sql driver, not %T", driverConn)
 		}
-		pooled, err := postgres.ThroughPooler(ctx, c.Conn())
+		pooled, err := ThroughPooler(ctx, c.Conn())
 		if err == nil && pooled {
 			err = ErrThroughPooler
 		}
 		return err
 	})
+}
+
+// ThroughPooler reports whether conn goes through a connection pooler such
+// as PgBouncer: whether the server process behind it is not the one its
+// start-up named. PostgreSQL tells a client its process id (in
+// BackendKeyData, for cancelling); a pooler cannot, since it gives the
+// client no server of its own, and makes one up. Migrations refuse to run
+// there, and the change feed does not LISTEN there.
+func ThroughPooler(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	var backend int64
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
+		return false, fmt.Errorf("read the server's process id: %w", err)
+	}
+	return backend != int64(conn.PgConn().PID()), nil
 }
 
 // FS returns the embedded migration files, for callers that need their

@@ -13,19 +13,19 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// userChangesSQL records every change of users with its transaction, in
+// commitLogSQL records every change of users with its transaction, in
 // the fault tests' own table: with track_commit_timestamp on, lateCommits
 // finds when each committed.
-const userChangesSQL = `CREATE TABLE user_changes (op text NOT NULL, key text NOT NULL, xid xid8 NOT NULL DEFAULT pg_current_xact_id());
-CREATE FUNCTION record_user_change() RETURNS trigger LANGUAGE plpgsql AS $$
+const commitLogSQL = `CREATE TABLE commit_log (op text NOT NULL, key text NOT NULL, xid xid8 NOT NULL DEFAULT pg_current_xact_id());
+CREATE FUNCTION log_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	IF TG_OP = 'DELETE' THEN INSERT INTO user_changes (op, key) VALUES (TG_OP, OLD.id::text);
-	ELSE INSERT INTO user_changes (op, key) VALUES (TG_OP, NEW.name); END IF;
+	IF TG_OP = 'DELETE' THEN INSERT INTO commit_log (op, key) VALUES (TG_OP, OLD.id::text);
+	ELSE INSERT INTO commit_log (op, key) VALUES (TG_OP, NEW.name); END IF;
 	RETURN NULL;
 END $$;
-CREATE TRIGGER record_user_change AFTER INSERT OR UPDATE OR DELETE ON users FOR EACH ROW EXECUTE FUNCTION record_user_change()`
+CREATE TRIGGER log_commit AFTER INSERT OR UPDATE OR DELETE ON users FOR EACH ROW EXECUTE FUNCTION log_commit()`
 
-// changeOf returns the row change in user_changes that write a asks for:
+// changeOf returns the row change in commit_log that write a asks for:
 // a create, the name it creates; a rename, the name it gives; a delete,
 // the id it deletes, which is its attempt's name.
 func changeOf(a attempt) ([2]string, bool) {
@@ -33,7 +33,7 @@ func changeOf(a attempt) ([2]string, bool) {
 	return [2]string{op, a.name}, ok
 }
 
-// lateCommits matches every change in user_changes at url to a request
+// lateCommits matches every change in commit_log at url to a request
 // of as for it that was in flight when it committed, each request at most
 // once. Returns how many requests answered 503 committed, and how many
 // changes committed after a 503 for them was answered and during no
@@ -48,7 +48,7 @@ func lateCommits(t *testing.T, url string, as []attempt) (in, late int) {
 		}
 	}
 	commits := map[[2]string][]time.Time{}
-	for _, r := range query(t, url, "SELECT op, key, pg_xact_commit_timestamp(xid::text::xid) FROM user_changes ORDER BY 3") {
+	for _, r := range query(t, url, "SELECT op, key, pg_xact_commit_timestamp(xid::text::xid) FROM commit_log ORDER BY 3") {
 		k := [2]string{r[0].(string), r[1].(string)}
 		if _, ok := requests[k]; ok {
 			commits[k] = append(commits[k], r[2].(time.Time))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"usersvc/internal/pgtest"
 )
@@ -39,6 +42,18 @@ func TestFeedSurvivesFaults(t *testing.T) {
 	pg := startPostgres(t, dir, port)
 	databaseURL := pg.URL("postgres")
 	pgtest.Migrate(t, databaseURL)
+	// The throwaway server's commits do not wait for the WAL; a crash would
+	// lose acknowledged writes, and positions a consumer was already told.
+	admin, err := pgx.Connect(context.Background(), databaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{"ALTER SYSTEM SET synchronous_commit = on", "SELECT pg_reload_conf()"} {
+		if _, err := admin.Exec(context.Background(), stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin.Close(context.Background())
 
 	var bases [2]atomic.Value // each instance's URL
 	var procs [2]*exec.Cmd
@@ -100,51 +115,9 @@ func TestFeedSurvivesFaults(t *testing.T) {
 		})
 	}
 
-	// The consumer.
-	users := map[int64]apiUser{}
-	seen := map[int64]bool{} // users it was told of
-	var last int64
-	var delivered int
-	var consumerErrs []string
-	read := func(wait int) (int, error) {
-		res, err := client.Get(fmt.Sprintf("%s/users/changes?after=%d&limit=200&wait=%d", base(), last, wait))
-		if err != nil {
-			return 0, err
-		}
-		defer res.Body.Close()
-		if res.StatusCode != http.StatusOK {
-			return 0, fmt.Errorf("status %d", res.StatusCode)
-		}
-		var page []feedChange
-		if err := json.NewDecoder(res.Body).Decode(&page); err != nil {
-			return 0, err
-		}
-		for _, c := range page {
-			if c.Position <= last {
-				consumerErrs = append(consumerErrs, fmt.Sprintf("position %d after %d", c.Position, last))
-			}
-			last = c.Position
-			delivered++
-			seen[c.ID] = true
-			if c.User == nil {
-				delete(users, c.ID)
-			} else {
-				users[c.ID] = *c.User
-			}
-		}
-		return len(page), nil
-	}
-	consumed := make(chan struct{})
-	var failures atomic.Int64
-	go func() {
-		defer close(consumed)
-		for !stop.Load() {
-			if _, err := read(1); err != nil {
-				failures.Add(1)
-				time.Sleep(50 * time.Millisecond)
-			}
-		}
-	}()
+	consumer := newFeedConsumer()
+	var stopConsumer atomic.Bool
+	consumed := consumer.follow(base, &stopConsumer)
 
 	pause := func() { time.Sleep(1500 * time.Millisecond) }
 	pause()
@@ -164,11 +137,81 @@ func TestFeedSurvivesFaults(t *testing.T) {
 	pause()
 	stop.Store(true)
 	wg.Wait()
+	stopConsumer.Store(true)
 	<-consumed
+	consumer.check(t, base(), databaseURL, acknowledged)
+}
 
-	// Catch up: until a read finds nothing more.
+// feedConsumer follows the change feed as a consumer keeping a copy of
+// the users would, continuing from its last position whatever fails.
+type feedConsumer struct {
+	client    *http.Client
+	last      int64
+	delivered int
+	failures  int               // reads that failed and were tried again
+	users     map[int64]apiUser // the copy
+	seen      map[int64]bool    // the users it was told of
+	wrong     []string          // positions repeated or going back
+}
+
+func newFeedConsumer() *feedConsumer {
+	return &feedConsumer{client: &http.Client{Timeout: 10 * time.Second}, users: map[int64]apiUser{}, seen: map[int64]bool{}}
+}
+
+// read reads the changes after the last position from base, waiting up to
+// wait seconds, applies them and returns how many came.
+func (f *feedConsumer) read(base string, wait int) (int, error) {
+	res, err := f.client.Get(fmt.Sprintf("%s/users/changes?after=%d&limit=200&wait=%d", base, f.last, wait))
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("status %d", res.StatusCode)
+	}
+	var page []feedChange
+	if err := json.NewDecoder(res.Body).Decode(&page); err != nil {
+		return 0, err
+	}
+	for _, c := range page {
+		if c.Position <= f.last {
+			f.wrong = append(f.wrong, fmt.Sprintf("position %d after %d", c.Position, f.last))
+		}
+		f.last = c.Position
+		f.delivered++
+		f.seen[c.ID] = true
+		if c.User == nil {
+			delete(f.users, c.ID)
+		} else {
+			f.users[c.ID] = *c.User
+		}
+	}
+	return len(page), nil
+}
+
+// follow reads from base() with wait=1 until stop, in a goroutine of its
+// own, and returns a channel closed when it has stopped.
+func (f *feedConsumer) follow(base func() string, stop *atomic.Bool) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for !stop.Load() {
+			if _, err := f.read(base(), 1); err != nil {
+				f.failures++
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	}()
+	return done
+}
+
+// check catches up through base, then fails the test unless no position
+// came twice or went back, every user of acknowledged reached the consumer,
+// and its copy equals the table at databaseURL.
+func (f *feedConsumer) check(t *testing.T, base, databaseURL string, acknowledged map[int64]bool) {
+	t.Helper()
 	for end := time.Now().Add(30 * time.Second); ; {
-		n, err := read(0)
+		n, err := f.read(base, 0)
 		if err == nil && n == 0 {
 			break
 		}
@@ -176,31 +219,30 @@ func TestFeedSurvivesFaults(t *testing.T) {
 			t.Fatalf("the consumer did not catch up within 30 s: %v", err)
 		}
 	}
-	for _, e := range consumerErrs {
+	for _, e := range f.wrong {
 		t.Error(e)
 	}
-	table := usersByName(t, databaseURL)
 	byID := map[int64]apiUser{}
-	for _, u := range table {
+	for _, u := range usersByName(t, databaseURL) {
 		byID[u.ID] = u
 	}
-	if len(byID) != len(users) {
-		t.Errorf("the consumer's copy has %d users, the table %d", len(users), len(byID))
+	if len(byID) != len(f.users) {
+		t.Errorf("the consumer's copy has %d users, the table %d", len(f.users), len(byID))
 	}
 	for id, u := range byID {
-		if got, ok := users[id]; !ok || !sameUser(got, u) {
+		if got, ok := f.users[id]; !ok || !sameUser(got, u) {
 			t.Errorf("user %d: the copy has %+v (present %v), the table %+v", id, got, ok, u)
 		}
 	}
 	missed := 0
 	for id := range acknowledged {
-		if !seen[id] {
+		if !f.seen[id] {
 			missed++
 		}
 	}
 	if missed > 0 || len(acknowledged) < 50 {
 		t.Errorf("%d of %d acknowledged creates never reached the consumer (want 0 of at least 50)", missed, len(acknowledged))
 	}
-	t.Logf("%d acknowledged creates; %d changes delivered, up to position %d; %d users in the table; the consumer's reads failed %d times during the faults; going back or repeated: %d",
-		len(acknowledged), delivered, last, len(byID), failures.Load(), len(consumerErrs))
+	t.Logf("change feed: %d acknowledged creates; %d changes delivered, up to position %d; %d users in the table; %d reads failed during the faults and were tried again; repeated or going back: %d",
+		len(acknowledged), f.delivered, f.last, len(byID), f.failures, len(f.wrong))
 }

@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -518,7 +519,7 @@ func TestHighAvailability(t *testing.T) {
 	if err := run(context.Background(), []string{"migrate", "up"}, &out, &out); err != nil {
 		t.Fatalf("usersvc migrate up through the formation's URL: %v\n%s", err, out.String())
 	}
-	sql(t, writeURL, userChangesSQL)
+	sql(t, writeURL, commitLogSQL)
 
 	env := map[string]string{"DATABASE_URL": writeURL, "REQUEST_TIMEOUT": haRequestTimeout.String()}
 	plain := startServe(t, env)
@@ -533,6 +534,10 @@ func TestHighAvailability(t *testing.T) {
 	for _, s := range services {
 		c.loads = append(c.loads, newLoad(t, s.base, 16))
 	}
+	// A consumer of the change feed, through every fault below.
+	consumer := newFeedConsumer()
+	var stopConsumer atomic.Bool
+	consumed := consumer.follow(func() string { return plain.base }, &stopConsumer)
 
 	t.Run("read your writes", func(t *testing.T) {
 		checkReadYourWrites(t, f, c, "node1", "node2")
@@ -694,6 +699,16 @@ func TestHighAvailability(t *testing.T) {
 		}
 	}
 	in503, late := lateCommits(t, f.nodeURL("node1", "usersvc"), all)
+	stopConsumer.Store(true)
+	<-consumed
+	acknowledged := map[int64]bool{}
+	for _, a := range all {
+		var u apiUser
+		if a.status == http.StatusCreated && json.Unmarshal(a.body, &u) == nil {
+			acknowledged[u.ID] = true
+		}
+	}
+	consumer.check(t, plain.base, f.nodeURL("node1", "usersvc"), acknowledged)
 	if late > 0 {
 		t.Errorf("%d writes answered 503 committed after their answer, want none", late)
 	}
@@ -847,7 +862,7 @@ func checkFence(t *testing.T, f *formation, c *haClients, s *serving, node strin
 	return r
 }
 
-// divergent returns the changes in user_changes on node a that node other
+// divergent returns the changes in commit_log on node a that node other
 // lacks, read from inside a's network namespace, which reaches it even
 // while it is cut off.
 func divergent(t *testing.T, f *formation, a *autoctl, other string) [][3]string {
@@ -860,7 +875,7 @@ func divergent(t *testing.T, f *formation, a *autoctl, other string) [][3]string
 			t.Fatalf("connect to %s: %v", cc.Host, err)
 		}
 		defer conn.Close(context.Background())
-		rows, err := conn.Query(ctx, "SELECT op, key, xid::text FROM user_changes")
+		rows, err := conn.Query(ctx, "SELECT op, key, xid::text FROM commit_log")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -96,7 +96,7 @@ func TestPartition(t *testing.T) {
 	})
 	waitFor(t, base+"/readyz", 30*time.Second, exited)
 
-	sql(t, databaseURL, userChangesSQL)
+	sql(t, databaseURL, commitLogSQL)
 
 	type fault struct {
 		name   string

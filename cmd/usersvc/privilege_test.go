@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -146,6 +147,17 @@ func TestLeastPrivilege(t *testing.T) {
 	if tags[1] != tags[0] || tags[0] == "" {
 		t.Errorf("the keyed create's ETag %q, its replay's %q: want one, the same", tags[0], tags[1])
 	}
+	// The change feed, sequenced as the app role: one change per write.
+	res, err := http.Get(s.base + "/users/changes?limit=1000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var feed []feedChange
+	err = json.NewDecoder(res.Body).Decode(&feed)
+	res.Body.Close()
+	if err != nil || res.StatusCode != http.StatusOK || len(feed) != 9 {
+		t.Errorf("GET /users/changes as usersvc_app: status %d, %d changes (%v), want 200 and the 9 writes; log:\n%s", res.StatusCode, len(feed), err, s.logs.String())
+	}
 	app, err := pgx.Connect(ctx, appURL)
 	if err != nil {
 		t.Fatal(err)
@@ -183,6 +195,10 @@ func TestLeastPrivilege(t *testing.T) {
 		"DROP TABLE idempotency_keys",
 		"TRUNCATE idempotency_keys",
 		"ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey",
+		"TRUNCATE user_changes",
+		"DROP TABLE user_change_queue",
+		"ALTER TABLE user_changes DROP CONSTRAINT user_changes_pkey",
+		"DROP TRIGGER users_queue_change ON users",
 	} {
 		_, err := app.Exec(ctx, stmt)
 		if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != pgerrcode.InsufficientPrivilege {
@@ -190,8 +206,8 @@ func TestLeastPrivilege(t *testing.T) {
 		}
 	}
 	var tables int
-	if err := app.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&tables); err != nil || tables != 3 {
-		t.Errorf("public tables after the attempts: %d (%v), want users, idempotency_keys and goose_db_version", tables, err)
+	if err := app.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&tables); err != nil || tables != 6 {
+		t.Errorf("public tables after the attempts: %d (%v), want users, idempotency_keys, goose_db_version and the feed's three", tables, err)
 	}
 
 	// AUTO_MIGRATE as the app role: with nothing pending there is nothing

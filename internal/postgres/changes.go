@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"usersvc/db"
+	"usersvc/migrations"
 )
 
 // changesChannel is the channel every instance LISTENs on and NOTIFYs
@@ -29,19 +29,6 @@ const headPollInterval = 250 * time.Millisecond
 
 // errPooled is a listener's connection that goes through a pooler.
 var errPooled = errors.New("the connection goes through a connection pooler")
-
-// ThroughPooler reports whether conn goes through a connection pooler such
-// as PgBouncer: whether the server process behind it is not the one its
-// start-up named. PostgreSQL tells a client its process id (in
-// BackendKeyData, for cancelling); a pooler cannot, since it gives the
-// client no server of its own, and makes one up.
-func ThroughPooler(ctx context.Context, conn *pgx.Conn) (bool, error) {
-	var backend int64
-	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
-		return false, fmt.Errorf("read the server's process id: %w", err)
-	}
-	return backend != int64(conn.PgConn().PID()), nil
-}
 
 // listenCheck is how long the listener waits for a notification before it
 // checks that its connection still answers.
@@ -272,7 +259,7 @@ func (c *Changes) listenOn(ctx context.Context, cc *pgx.ConnConfig, timeout time
 	}
 	defer conn.Close(context.Background())
 	lctx, cancel := context.WithTimeout(ctx, timeout)
-	pooled, err := ThroughPooler(lctx, conn)
+	pooled, err := migrations.ThroughPooler(lctx, conn)
 	if err == nil && !pooled {
 		_, err = conn.Exec(lctx, "LISTEN "+changesChannel)
 	}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -471,6 +472,7 @@ func TestChangesGapFree(t *testing.T) {
 	type follower struct {
 		users     map[int64]user
 		last      int64
+		caught    atomic.Int64 // last, for the test's goroutine
 		delivered int
 	}
 	fs := make([]*follower, followers)
@@ -505,6 +507,7 @@ func TestChangesGapFree(t *testing.T) {
 					f.delivered++
 					apply(f.users, c)
 				}
+				f.caught.Store(f.last)
 			}
 		})
 	}
@@ -520,7 +523,7 @@ func TestChangesGapFree(t *testing.T) {
 	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		caught := true
 		for _, f := range fs {
-			caught = caught && f.last == head
+			caught = caught && f.caught.Load() == head
 		}
 		if caught {
 			break
