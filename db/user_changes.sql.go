@@ -106,11 +106,18 @@ func (q *Queries) ListChanges(ctx context.Context, arg ListChangesParams) ([]Lis
 }
 
 const LockSequencer = `-- name: LockSequencer :exec
-SELECT pg_advisory_xact_lock(7306010947012917025)
+SELECT pg_advisory_xact_lock(7306010947012917025),
+       set_config('synchronous_commit',
+                  CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+                       ELSE current_setting('synchronous_commit') END,
+                  true)
 `
 
 // LockSequencer makes the sequencers of every instance take turns, until
-// the transaction ends: the next one's SequenceChanges sees this one's.
+// the transaction ends: the next one's SequenceChanges sees this one's. Its
+// commit waits for the WAL's flush even where the session's commits do
+// not: a move lost in a crash after a consumer read it would hand its
+// positions to other changes.
 func (q *Queries) LockSequencer(ctx context.Context) error {
 	_, err := q.db.Exec(ctx, LockSequencer)
 	return err

@@ -19,8 +19,15 @@ SELECT coalesce(max(position), 0)::bigint AS head FROM user_changes;
 
 -- name: LockSequencer :exec
 -- LockSequencer makes the sequencers of every instance take turns, until
--- the transaction ends: the next one's SequenceChanges sees this one's.
-SELECT pg_advisory_xact_lock(7306010947012917025);
+-- the transaction ends: the next one's SequenceChanges sees this one's. Its
+-- commit waits for the WAL's flush even where the session's commits do
+-- not: a move lost in a crash after a consumer read it would hand its
+-- positions to other changes.
+SELECT pg_advisory_xact_lock(7306010947012917025),
+       set_config('synchronous_commit',
+                  CASE WHEN current_setting('synchronous_commit') IN ('off', 'local') THEN 'on'
+                       ELSE current_setting('synchronous_commit') END,
+                  true);
 
 -- name: SequenceChanges :one
 -- SequenceChanges moves every committed change from the queue to the feed,

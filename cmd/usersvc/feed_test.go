@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -15,8 +14,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"usersvc/internal/pgtest"
 )
@@ -42,25 +39,19 @@ func TestFeedSurvivesFaults(t *testing.T) {
 	pg := startPostgres(t, dir, port)
 	databaseURL := pg.URL("postgres")
 	pgtest.Migrate(t, databaseURL)
-	// The throwaway server's commits do not wait for the WAL; a crash would
-	// lose acknowledged writes, and positions a consumer was already told.
-	admin, err := pgx.Connect(context.Background(), databaseURL)
-	if err != nil {
-		t.Fatal(err)
+	// The throwaway server's commits do not wait for the WAL, and a crash
+	// would lose acknowledged writes: the service's must.
+	serviceURL := databaseURL + "&synchronous_commit=on"
+	if !strings.Contains(databaseURL, "?") {
+		serviceURL = databaseURL + "?synchronous_commit=on"
 	}
-	for _, stmt := range []string{"ALTER SYSTEM SET synchronous_commit = on", "SELECT pg_reload_conf()"} {
-		if _, err := admin.Exec(context.Background(), stmt); err != nil {
-			t.Fatal(err)
-		}
-	}
-	admin.Close(context.Background())
 
 	var bases [2]atomic.Value // each instance's URL
 	var procs [2]*exec.Cmd
 	start := func(i int) {
 		addr := pgtest.FreeAddr(t)
 		cmd := exec.Command(bin, "serve")
-		cmd.Env = append(os.Environ(), "DATABASE_URL="+databaseURL, "HTTP_ADDR="+addr, "REQUEST_TIMEOUT=1s", "LOG_LEVEL=warn")
+		cmd.Env = append(os.Environ(), "DATABASE_URL="+serviceURL, "HTTP_ADDR="+addr, "REQUEST_TIMEOUT=1s", "LOG_LEVEL=warn")
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
