@@ -23,12 +23,14 @@ type scenario struct {
 	lua    string // wrk's script, after common.lua
 	sql    string // pgbench's
 	writes bool   // its runs add rows
+	feed   bool   // it needs the change feed: targets without skip it
 }
 
 var scenarios = []scenario{
-	{"GetUser", "get.lua", "get.sql", false},
-	{"ListUsers", "list.lua", "list.sql", false},
-	{"CreateUser", "create.lua", "create.sql", true},
+	{"GetUser", "get.lua", "get.sql", false, false},
+	{"ListUsers", "list.lua", "list.sql", false, false},
+	{"CreateUser", "create.lua", "create.sql", true, false},
+	{"ChangesPage", "changes.lua", "changes.sql", false, true},
 }
 
 // benchOptions are the benchmark's flags.
@@ -105,27 +107,29 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 	}
 	p("# load average at the start: %s", startLoad)
 
-	// fresh brings the table back to the seeded users after a run that
-	// wrote: every run starts from the same table, without the rows and
+	// fresh resets the database of the run before when that run wrote, so
+	// that every run starts from the seeded users, without the rows and
 	// dead rows of the runs before, nor an autovacuum or a checkpoint that
-	// they made due. tag numbers the runs, so that their new names are
-	// their own.
-	tag, dirty := 0, false
-	fresh := func(writes bool) error {
-		wrote := dirty
-		tag, dirty = tag+1, writes
-		if !wrote {
-			return nil
+	// they made due; it notes whether this one, on d, writes. tag numbers
+	// the runs, so that their new names are their own.
+	tag, dirty := 0, (*benchDB)(nil)
+	fresh := func(d *benchDB, writes bool) (err error) {
+		if dirty != nil {
+			err = dirty.exec(ctx, dirty.reset...)
 		}
-		return h.exec(ctx, fmt.Sprintf("DELETE FROM users WHERE id > %d", o.seed), "VACUUM (ANALYZE) users", "CHECKPOINT")
+		tag, dirty = tag+1, nil
+		if writes {
+			dirty = d
+		}
+		return err
 	}
 	// load runs wrk on t; any error but a closed connection at the end
 	// fails the benchmark: the figures would not be the service's.
 	load := func(t *target, script string, writes bool) (measured, error) {
-		if err := fresh(writes); err != nil {
+		if err := fresh(t.db, writes); err != nil {
 			return measured{}, err
 		}
-		r, m, out, err := h.wrk(ctx, t, script, o.duration, strconv.Itoa(tag), strconv.Itoa(o.seed))
+		r, m, out, err := h.wrk(ctx, t, script, o.duration, strconv.Itoa(tag), strconv.Itoa(o.seed), fmt.Sprint(t.db.after[0]), fmt.Sprint(t.db.after[1]))
 		if err == nil {
 			err = t.alive()
 		}
@@ -154,6 +158,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 			// close together.
 			runs := map[*target]measured{}
 			for _, t := range h.targets {
+				if s.feed && !t.db.feed {
+					continue
+				}
 				if runs[t], err = load(t, s.lua, s.writes); err != nil {
 					return err
 				}
@@ -161,10 +168,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 			var ceiling float64
 			var lines []string
 			for _, c := range o.clients {
-				if err := fresh(s.writes); err != nil {
+				if err := fresh(h.db, s.writes); err != nil {
 					return err
 				}
-				m, err := h.pgbench(ctx, s.sql, c, o.duration, "seed="+strconv.Itoa(o.seed), "base="+strconv.Itoa(tag*1e12), "n=0")
+				m, err := h.pgbench(ctx, s.sql, c, o.duration, "seed="+strconv.Itoa(o.seed), "base="+strconv.Itoa(tag*1e12), "n=0",
+					fmt.Sprint("lo=", h.db.after[0]), fmt.Sprint("hi=", h.db.after[1]))
 				if err != nil {
 					return err
 				}
@@ -173,7 +181,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 				lines = append(lines, m.line(fmt.Sprintf("%s/impl=pgbench-c%d", s.name, c)))
 			}
 			for _, t := range h.targets {
-				m := runs[t]
+				m, ok := runs[t]
+				if !ok {
+					continue
+				}
 				// In %, for benchstat, which would print 0.8 as 800m.
 				extra := []string{fmt.Sprintf(" %.1f ceiling-%%", 100*m.rate()/ceiling)}
 				if t != floor {

@@ -3,7 +3,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +20,7 @@ import (
 
 	"usersvc/db"
 	"usersvc/internal/pgtest"
+	"usersvc/internal/postgres"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -33,9 +36,10 @@ func TestScriptsSendServiceSQL(t *testing.T) {
 		query string
 		vars  []string
 	}{
-		"get.sql":    {db.GetUser, []string{"id"}},
-		"list.sql":   {db.ListUsers, []string{"after", "max_rows"}},
-		"create.sql": {db.CreateUser, []string{"name"}},
+		"get.sql":     {db.GetUser, []string{"id"}},
+		"list.sql":    {db.ListUsers, []string{"after", "max_rows"}},
+		"create.sql":  {db.CreateUser, []string{"name"}},
+		"changes.sql": {db.ListChanges, []string{"after", "max_rows"}},
 	}
 	variable := regexp.MustCompile(`::|:[A-Za-z_][A-Za-z0-9_]*`)
 	for _, s := range scenarios {
@@ -267,7 +271,8 @@ func TestCPUTimes(t *testing.T) {
 // TestFloor checks the floor's answers against a real database: the
 // statuses, headers and JSON of the service's, on the benchmarked routes.
 func TestFloor(t *testing.T) {
-	srv := httptest.NewServer(floorHandler(db.New(pgtest.NewPool(t))))
+	pool := pgtest.NewPool(t)
+	srv := httptest.NewServer(floorHandler(db.New(pool)))
 	defer srv.Close()
 	do := func(method, path, body string, status int) (*http.Response, []map[string]any) {
 		t.Helper()
@@ -321,4 +326,32 @@ func TestFloor(t *testing.T) {
 		t.Errorf("GET /users/%s: %v, ETag %q", id, users, res.Header.Get("ETag"))
 	}
 	do("GET", "/users/999999", "", http.StatusNotFound)
+	if res.Header.Get("Changes-Position") == "" {
+		t.Error("GET /users?limit=2: no Changes-Position")
+	}
+
+	// The feed: the three creates, oldest first, each with its user, once
+	// the service's sequencer has numbered them.
+	if err := postgres.NewChanges(pool).CatchUp(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.Get(srv.URL + "/users/changes?limit=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var changes []struct {
+		Position int64
+		Op       string
+		ID       int64
+		User     map[string]any
+		At       time.Time
+	}
+	if err := json.NewDecoder(res.Body).Decode(&changes); err != nil || len(changes) != 2 || changes[0].Op != "create" || changes[0].User["name"] != "u0" ||
+		changes[1].Position <= changes[0].Position || changes[1].At.IsZero() || res.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("GET /users/changes?limit=2: %+v, %v", changes, err)
+	}
+	if want := fmt.Sprintf(`</users/changes?after=%d&limit=2>; rel="next"`, changes[1].Position); res.Header.Get("Link") != want {
+		t.Errorf("GET /users/changes?limit=2: Link %q, want %q", res.Header.Get("Link"), want)
+	}
 }

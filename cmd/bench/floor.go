@@ -22,7 +22,7 @@ import (
 
 // runFloor is `bench floor`: the floor, which the benchmark runs beside
 // the service as a process of its own, so that its CPU is measured the
-// same way. It serves the service's three benchmarked routes on HTTP_ADDR
+// same way. It serves the service's benchmarked routes on HTTP_ADDR
 // against DATABASE_URL, with the same SQL (db's queries), the pool size
 // the service picks, and the same statuses, headers and JSON, through
 // net/http, pgxpool and encoding/json alone: what plain code pays, without
@@ -58,12 +58,22 @@ type floorUser struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// floorChange is a change as the feed shows it; User is nil for a delete.
+type floorChange struct {
+	Position int64      `json:"position"`
+	Op       string     `json:"op"`
+	ID       int64      `json:"id"`
+	User     *floorUser `json:"user"`
+	At       time.Time  `json:"at"`
+}
+
 func toFloorUser(u db.User) floorUser {
 	return floorUser{u.ID, u.Name, u.CreatedAt.UTC(), u.UpdatedAt.UTC()}
 }
 
-// floorHandler serves GET /users/{id}, GET /users?after=&limit= and
-// POST /users as the service does when they succeed, and GET /readyz.
+// floorHandler serves GET /users/{id}, GET /users?after=&limit=, GET
+// /users/changes?after=&limit= and POST /users as the service does when
+// they succeed, and GET /readyz.
 func floorHandler(q *db.Queries) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /readyz", func(http.ResponseWriter, *http.Request) {})
@@ -85,10 +95,8 @@ func floorHandler(q *db.Queries) http.Handler {
 		writeJSON(w, http.StatusOK, toFloorUser(u))
 	})
 	mux.HandleFunc("GET /users", func(w http.ResponseWriter, r *http.Request) {
-		qv := r.URL.Query()
-		after, err1 := strconv.ParseInt(cmp.Or(qv.Get("after"), "0"), 10, 64)
-		limit, err2 := strconv.ParseInt(cmp.Or(qv.Get("limit"), "50"), 10, 32)
-		if err1 != nil || err2 != nil || after < 0 || limit < 1 || limit > 1000 {
+		after, limit, ok := floorPage(r, "50")
+		if !ok {
 			http.Error(w, "bad after or limit", http.StatusBadRequest)
 			return
 		}
@@ -96,6 +104,9 @@ func floorHandler(q *db.Queries) http.Handler {
 		if err != nil {
 			http.Error(w, "database unavailable", http.StatusServiceUnavailable)
 			return
+		}
+		if len(rows) > 0 { // the service asks the database again for an empty page
+			w.Header().Set("Changes-Position", strconv.FormatInt(rows[0].ChangesPosition, 10))
 		}
 		if len(rows) > int(limit) {
 			rows = rows[:limit]
@@ -106,6 +117,33 @@ func floorHandler(q *db.Queries) http.Handler {
 			users[i] = floorUser{u.ID, u.Name, u.CreatedAt.UTC(), u.UpdatedAt.UTC()}
 		}
 		writeJSON(w, http.StatusOK, users)
+	})
+	mux.HandleFunc("GET /users/changes", func(w http.ResponseWriter, r *http.Request) {
+		after, limit, ok := floorPage(r, "100")
+		if !ok {
+			http.Error(w, "bad after or limit", http.StatusBadRequest)
+			return
+		}
+		// The service asks first whether changes wait to be sequenced, and
+		// sequences them: the benchmark's feed has none waiting.
+		_, err := q.ChangesQueued(r.Context())
+		var rows []db.ListChangesRow
+		if err == nil {
+			rows, err = q.ListChanges(r.Context(), db.ListChangesParams{After: after, MaxRows: int32(limit)})
+		}
+		if err != nil {
+			http.Error(w, "database unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		page := make([]floorChange, len(rows))
+		for i, c := range rows {
+			page[i], after = floorChange{c.Position, c.Op, c.UserID, nil, c.At.UTC()}, c.Position
+			if c.Name.Valid {
+				page[i].User = &floorUser{c.UserID, c.Name.String, c.CreatedAt.Time.UTC(), c.UpdatedAt.Time.UTC()}
+			}
+		}
+		w.Header().Set("Link", "</users/changes?after="+strconv.FormatInt(after, 10)+"&limit="+strconv.FormatInt(limit, 10)+`>; rel="next"`)
+		writeJSON(w, http.StatusOK, page)
 	})
 	mux.HandleFunc("POST /users", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
@@ -128,6 +166,13 @@ func floorHandler(q *db.Queries) http.Handler {
 		writeJSON(w, http.StatusCreated, toFloorUser(u))
 	})
 	return mux
+}
+
+// floorPage parses a page's after and limit, limit def when not given.
+func floorPage(r *http.Request, def string) (after, limit int64, ok bool) {
+	after, err1 := strconv.ParseInt(cmp.Or(r.URL.Query().Get("after"), "0"), 10, 64)
+	limit, err2 := strconv.ParseInt(cmp.Or(r.URL.Query().Get("limit"), def), 10, 32)
+	return after, limit, err1 == nil && err2 == nil && after >= 0 && limit >= 1 && limit <= 1000
 }
 
 // floorETag is the service's ETag of u: its id and version.

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/prometheus/procfs"
 
+	"usersvc/db"
 	"usersvc/internal/pglocal"
 	"usersvc/migrations"
 )
@@ -32,10 +34,6 @@ import (
 //
 //go:embed scripts
 var scripts embed.FS
-
-// database is the database that the targets and pgbench use: the
-// throwaway server's own.
-const database = "postgres"
 
 // harness is what the benchmark and the soak run against: wrk, a
 // throwaway PostgreSQL over TCP with seeded users, and the targets on
@@ -47,7 +45,8 @@ type harness struct {
 	token   string // the bearer token the service requires (AUTH_TOKENS)
 	flags   harnessFlags
 	pg      *pglocal.Server
-	conn    *pgx.Conn // to the database, for the harness's own statements
+	db      *benchDB // the floor's and pgbench's
+	dbs     []*benchDB
 	targets []*target
 	facts   []string // about the machine and the software, for the output
 }
@@ -96,15 +95,19 @@ func startHarness(ctx context.Context, hf harnessFlags, withFloor bool, logf fun
 	if h.pg, err = pglocal.StartScratch(ctx, parent, "usersvc-bench-", pglocal.Options{Port: port}); err != nil {
 		return nil, err
 	}
-	if err := h.prepareDatabase(ctx, hf.seed); err != nil {
+	if h.db, err = h.prepareDatabase(ctx, "postgres", ""); err != nil {
 		return nil, err
 	}
-	h.describe(ctx, hf.bins[0])
-	for _, bin := range hf.bins {
+	h.describe(ctx)
+	for i, bin := range hf.bins {
+		d, err := h.prepareDatabase(ctx, "target"+strconv.Itoa(i+1), bin)
+		if err != nil {
+			return nil, err
+		}
 		// Authentication on, as in production; otherwise the defaults, as
 		// operators run it: JSON logs at info, an access log line per
 		// request.
-		if _, err := h.start(ctx, filepath.Base(bin), bin, []string{"serve"}, append([]string{"AUTH_TOKENS=" + h.token}, hf.env...)); err != nil {
+		if _, err := h.start(ctx, filepath.Base(bin), bin, d, []string{"serve"}, append([]string{"AUTH_TOKENS=" + h.token}, hf.env...)); err != nil {
 			return nil, err
 		}
 	}
@@ -113,7 +116,7 @@ func startHarness(ctx context.Context, hf harnessFlags, withFloor bool, logf fun
 		if err != nil {
 			return nil, err
 		}
-		if _, err := h.start(ctx, "floor", self, []string{"floor"}, nil); err != nil {
+		if _, err := h.start(ctx, "floor", self, h.db, []string{"floor"}, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -127,8 +130,8 @@ func (h *harness) stop() error {
 	for _, t := range h.targets {
 		err = errors.Join(err, t.stop())
 	}
-	if h.conn != nil {
-		err = errors.Join(err, h.conn.Close(context.Background()))
+	for _, d := range h.dbs {
+		err = errors.Join(err, d.conn.Close(context.Background()))
 	}
 	if h.pg != nil {
 		err = errors.Join(err, h.pg.Stop())
@@ -139,31 +142,81 @@ func (h *harness) stop() error {
 	return err
 }
 
-// prepareDatabase applies the migrations, seeds the users and keeps a
-// session open for exec.
-func (h *harness) prepareDatabase(ctx context.Context, seed int) (err error) {
-	if h.conn, err = pgx.Connect(ctx, h.pg.URL(database)); err != nil {
-		return err
+// benchDB is a database of the server, seeded alike: the floor's and
+// pgbench's (postgres), and one per service binary, which applies its own
+// migrations to it, so that a binary from before a migration runs on the
+// schema it knows.
+type benchDB struct {
+	name  string
+	conn  *pgx.Conn // for the harness's own statements
+	feed  bool      // it has the change feed (user_changes)
+	after [2]int64  // ChangesPage's range of after: each leaves a full page of 100
+	reset []string  // what brings it back to the seeded users
+}
+
+// prepareDatabase creates database name (but postgres), applies bin's
+// migrations (usersvc migrate up), or this checkout's when bin is "",
+// seeds the users, sequences their changes, and keeps a session open.
+func (h *harness) prepareDatabase(ctx context.Context, name, bin string) (*benchDB, error) {
+	if name != "postgres" {
+		if err := h.db.exec(ctx, "CREATE DATABASE "+name); err != nil {
+			return nil, err
+		}
 	}
-	sqlDB := stdlib.OpenDB(*h.conn.Config())
-	defer sqlDB.Close()
-	provider, err := migrations.NewProvider(sqlDB)
-	if err == nil {
-		_, err = provider.Up(ctx)
+	conn, err := pgx.Connect(ctx, h.pg.URL(name))
+	if err != nil {
+		return nil, err
+	}
+	d, seed, out := &benchDB{name: name, conn: conn}, h.flags.seed, []byte(nil)
+	h.dbs = append(h.dbs, d)
+	if bin != "" {
+		cmd := exec.CommandContext(ctx, bin, "migrate", "up")
+		cmd.Env = []string{"DATABASE_URL=" + h.pg.URL(name)}
+		out, err = cmd.CombinedOutput()
+	} else if p, perr := migrations.NewProvider(stdlib.OpenDB(*conn.Config())); perr != nil {
+		err = perr
+	} else {
+		_, err = p.Up(ctx)
+		p.Close()
 	}
 	if err != nil {
-		return fmt.Errorf("apply migrations: %w", err)
+		return nil, fmt.Errorf("%s: migrate: %w\n%s", name, err, out)
 	}
 	// Users 1 to seed, each named for its id: names that pgbench, which
-	// computes only numbers, sends as well as wrk.
-	return h.exec(ctx, fmt.Sprintf("INSERT INTO users (name) SELECT g::text FROM generate_series(1, %d) g", seed), "VACUUM (ANALYZE) users", "CHECKPOINT")
+	// computes only numbers, sends as well as wrk. Then the tables of the
+	// change feed that the schema has: the trigger's queue, which the
+	// sequencer moves to the feed as the service's does, and the feed.
+	var tables []string
+	err = d.exec(ctx, fmt.Sprintf("INSERT INTO users (name) SELECT g::text FROM generate_series(1, %d) g", seed))
+	if err == nil {
+		err = conn.QueryRow(ctx, `SELECT coalesce(array_agg(t), '{}') FROM unnest(ARRAY['user_change_queue', 'user_changes']) t
+			WHERE to_regclass(t) IS NOT NULL`).Scan(&tables)
+	}
+	if err == nil && slices.Contains(tables, "user_change_queue") {
+		err = d.exec(ctx, "BEGIN", db.LockSequencer, db.SequenceChanges, "COMMIT")
+	}
+	if d.feed = slices.Contains(tables, "user_changes"); err == nil && d.feed {
+		// From before the first change to the 101st from the end.
+		err = conn.QueryRow(ctx, `SELECT min(position) - 1, (SELECT position FROM user_changes ORDER BY position DESC OFFSET 100 LIMIT 1)
+			FROM user_changes`).Scan(&d.after[0], &d.after[1])
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.reset = []string{fmt.Sprintf("DELETE FROM users WHERE id > %d", seed)}
+	for _, t := range tables {
+		d.reset = append(d.reset, fmt.Sprintf("DELETE FROM %s WHERE user_id > %d", t, seed))
+	}
+	d.reset = append(d.reset, "VACUUM (ANALYZE) "+strings.Join(append([]string{"users"}, tables...), ", "), "CHECKPOINT")
+	// Without triggers from now on: the harness's deletes queue no changes.
+	return d, d.exec(ctx, append([]string{"SET session_replication_role = replica"}, d.reset...)...)
 }
 
 // exec runs the statements in turn.
-func (h *harness) exec(ctx context.Context, stmts ...string) error {
+func (d *benchDB) exec(ctx context.Context, stmts ...string) error {
 	for _, stmt := range stmts {
-		if _, err := h.conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("%s: %w", stmt, err)
+		if _, err := d.conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("%s: %s: %w", d.name, stmt, err)
 		}
 	}
 	return nil
@@ -171,7 +224,7 @@ func (h *harness) exec(ctx context.Context, stmts ...string) error {
 
 // describe gathers what makes one run's figures comparable with another's;
 // a fact that cannot be read says why instead.
-func (h *harness) describe(ctx context.Context, bin string) {
+func (h *harness) describe(ctx context.Context) {
 	version := func(name string, args ...string) string {
 		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 		if line, _, _ := strings.Cut(string(bytes.TrimSpace(out)), "\n"); line != "" {
@@ -180,20 +233,21 @@ func (h *harness) describe(ctx context.Context, bin string) {
 		return err.Error()
 	}
 	var settings string
-	if err := h.conn.QueryRow(ctx, `SELECT string_agg(name || '=' || current_setting(name), ' ' ORDER BY name) FROM pg_settings
+	if err := h.db.conn.QueryRow(ctx, `SELECT string_agg(name || '=' || current_setting(name), ' ' ORDER BY name) FROM pg_settings
 		WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', 'data_directory')`).Scan(&settings); err != nil {
 		settings = err.Error()
 	}
-	h.facts = []string{
-		"usersvc: " + version(bin, "version") + ", GOMAXPROCS " + strconv.Itoa(runtime.GOMAXPROCS(0)),
-		"postgres: " + version(filepath.Join(h.binDir, "postgres"), "--version") + "; " + settings,
-		"wrk: " + version(h.wrkBin, "-v"), // wrk -v exits with status 1
+	for _, bin := range h.flags.bins {
+		h.facts = append(h.facts, filepath.Base(bin)+": "+version(bin, "version")+", GOMAXPROCS "+strconv.Itoa(runtime.GOMAXPROCS(0)))
 	}
+	h.facts = append(h.facts, "postgres: "+version(filepath.Join(h.binDir, "postgres"), "--version")+"; "+settings,
+		"wrk: "+version(h.wrkBin, "-v")) // wrk -v exits with status 1
 }
 
 // target is a running HTTP server under load: usersvc, or the floor.
 type target struct {
 	name    string // in the benchmark's names
+	db      *benchDB
 	cmd     *exec.Cmd
 	url     string             // http://127.0.0.1:port
 	log     string             // its output
@@ -203,15 +257,15 @@ type target struct {
 }
 
 // start starts bin with args, serving on a free port of 127.0.0.1 the
-// database of h, and returns once GET /readyz answers 200. The
+// database d, and returns once GET /readyz answers 200. The
 // environment holds only what it is given here, so that the caller's
 // (DB_MAX_CONNS, say) cannot change the figures unseen.
-func (h *harness) start(ctx context.Context, name, bin string, args, env []string) (*target, error) {
+func (h *harness) start(ctx context.Context, name, bin string, d *benchDB, args, env []string) (*target, error) {
 	port, err := pglocal.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	t := &target{name: name, url: "http://127.0.0.1:" + strconv.Itoa(port), log: filepath.Join(h.tmp, name+".log"), done: make(chan struct{})}
+	t := &target{name: name, db: d, url: "http://127.0.0.1:" + strconv.Itoa(port), log: filepath.Join(h.tmp, name+".log"), done: make(chan struct{})}
 	out, err := os.Create(t.log)
 	if err != nil {
 		return nil, err
@@ -221,7 +275,7 @@ func (h *harness) start(ctx context.Context, name, bin string, args, env []strin
 	t.cmd, t.cancel = exec.CommandContext(cmdCtx, bin, args...), cancel
 	t.cmd.Cancel = func() error { return t.cmd.Process.Signal(syscall.SIGTERM) }
 	t.cmd.WaitDelay = 20 * time.Second
-	t.cmd.Env = append([]string{"DATABASE_URL=" + h.pg.URL(database), "HTTP_ADDR=127.0.0.1:" + strconv.Itoa(port)}, env...)
+	t.cmd.Env = append([]string{"DATABASE_URL=" + h.pg.URL(d.name), "HTTP_ADDR=127.0.0.1:" + strconv.Itoa(port)}, env...)
 	t.cmd.Stdout, t.cmd.Stderr = out, out
 	// A process group of its own keeps a Ctrl-C away from it (bench stops
 	// it itself); it dies should bench die first.

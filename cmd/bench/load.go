@@ -127,7 +127,7 @@ func (h *harness) pgbench(ctx context.Context, script string, clients int, d tim
 	if err != nil {
 		bin = "pgbench"
 	}
-	out, m, err := measure(exec.CommandContext(ctx, bin, append(args, h.pg.URL(database))...), 0)
+	out, m, err := measure(exec.CommandContext(ctx, bin, append(args, h.pg.URL(h.db.name))...), 0)
 	tps, n := pgbenchTPS.FindSubmatch(out), pgbenchN.FindSubmatch(out)
 	if err == nil && (tps == nil || n == nil) {
 		err = errors.New("no summary")

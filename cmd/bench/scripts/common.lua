@@ -3,8 +3,9 @@
 -- since wrk's own summary rounds the latencies.
 --
 -- Arguments after wrk's "--": the run's tag (unique per run, for new
--- names), then the number of seeded users (ids 1 to seed, each named for
--- its id).
+-- names), the number of seeded users (ids 1 to seed, each named for its
+-- id), then the range of positions after which a page of 100 of the
+-- seeded changes is full.
 
 local threads = {}
 
@@ -16,6 +17,7 @@ end
 function init(args)
    run = tonumber(args[1] or "1")
    seed = tonumber(args[2] or "1")
+   after_lo, after_hi = tonumber(args[3] or "0"), tonumber(args[4] or "0")
    counter, expected, unexpected = 0, 0, 0
    math.randomseed(run * 1000 + tid) -- reproducible per run, different per thread
 end
