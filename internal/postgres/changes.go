@@ -35,7 +35,7 @@ var errPooled = errors.New("the connection goes through a connection pooler")
 const listenCheck = 30 * time.Second
 
 // Changes runs an instance's part of the change feed. It sequences the
-// queued changes (see Sequence) after each of this instance's writes, on a
+// queued changes (see sequence) after each of this instance's writes, on a
 // notification from another instance's, and every headPollInterval; and it
 // keeps the feed's head, the newest position, to wake the requests waiting
 // on the feed when it moves. Waiting requests hold no connection: one read
@@ -59,15 +59,22 @@ func NewChanges(pool *pgxpool.Pool) *Changes {
 	return &Changes{pool: pool, kick: make(chan struct{}, 1), notify: make(chan struct{}, 1), moved: make(chan struct{})}
 }
 
-// CatchUp sequences the committed changes still queued, if any: a read of
-// the feed that follows it sees every write acknowledged before it.
-func (c *Changes) CatchUp(ctx context.Context) error {
+// CatchUp sequences the committed changes still queued, if any, and
+// reports whether it did: a read of the feed that follows it sees every
+// write acknowledged before it.
+func (c *Changes) CatchUp(ctx context.Context) (bool, error) {
 	queued, err := db.New(c.pool).ChangesQueued(ctx)
 	if err != nil || !queued {
-		return err
+		return false, err
 	}
-	_, err = c.sequence(ctx)
-	return err
+	head, err := c.sequence(ctx)
+	if err != nil {
+		return false, err
+	}
+	if c.advance(head) {
+		c.poke(c.notify)
+	}
+	return true, nil
 }
 
 // Head returns the newest position the feed served when it was last read,
@@ -144,8 +151,10 @@ func (c *Changes) Run(ctx context.Context, logger *slog.Logger, listen bool, tim
 	}
 	tick := time.NewTicker(headPollInterval)
 	defer tick.Stop()
-	for kicked := true; ; kicked = false {
-		head, err := c.step(ctx, kicked || c.waiting.Load() > 0, timeout)
+	for {
+		// The head matters only to waiting requests, and to the other
+		// instances' when this one moved it.
+		head, err := c.step(ctx, c.waiting.Load() > 0, timeout)
 		if err != nil && ctx.Err() == nil {
 			logger.DebugContext(ctx, "change feed: sequence", slog.Any("err", err))
 		}
@@ -157,14 +166,13 @@ func (c *Changes) Run(ctx context.Context, logger *slog.Logger, listen bool, tim
 			return
 		case <-tick.C:
 		case <-c.kick:
-			kicked = true
 		}
 	}
 }
 
 // step sequences the queued changes, if any, and returns the head; when
-// there were none, it reads the head only if read. A head of 0 with an
-// error or unread leaves the known one.
+// there were none, it reads the head only if read. A head of 0, with an
+// error or unread, leaves the known one.
 func (c *Changes) step(ctx context.Context, read bool, timeout time.Duration) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -213,7 +221,9 @@ func (c *Changes) notifyOthers(ctx context.Context, logger *slog.Logger, timeout
 			continue // nobody listens behind a pooler
 		}
 		nctx, cancel := context.WithTimeout(ctx, timeout)
-		_, err := c.pool.Exec(nctx, "SELECT pg_notify($1, '')", changesChannel)
+		// Its commit need not wait for the WAL: a NOTIFY lost in a crash
+		// only leaves the waiting requests to the polling.
+		_, err := c.pool.Exec(nctx, "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')", changesChannel)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			logger.DebugContext(ctx, "change feed: notify", slog.Any("err", err))

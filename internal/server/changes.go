@@ -38,12 +38,15 @@ func handleChanges(logger *slog.Logger, store userStore, feed *postgres.Changes)
 		if err != nil {
 			return err
 		}
-		if feed != nil {
-			if err := feed.CatchUp(r.Context()); err != nil {
-				return fmt.Errorf("sequence the queued changes: %w", err)
+		page, err := readChanges(r.Context(), store, q, true)
+		// A short page may lack writes acknowledged but not sequenced yet:
+		// sequence them and read again. A full page has its next request.
+		if err == nil && len(page) < int(q.limit) && feed != nil {
+			var moved bool
+			if moved, err = feed.CatchUp(r.Context()); err == nil && moved {
+				page, err = readChanges(r.Context(), store, q, false)
 			}
 		}
-		page, err := readChanges(r.Context(), store, q, true)
 		if err == nil && len(page) == 0 && q.wait > 0 && feed != nil {
 			page, err = waitForChanges(r.Context(), store, q, feed)
 		}
