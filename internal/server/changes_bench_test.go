@@ -22,8 +22,8 @@ import (
 // waiting on the feed of another instance than the one that wrote it: by
 // LISTEN/NOTIFY, or by polling alone (CHANGES_LISTEN=false). Each op is one
 // create; p50-ns and p99-ns are the delays from the start of its request
-// to each waiter's receipt (docs/benchmarks.md, "The change feed,
-// measured"). peak-conns-in-use is the most connections the waiters'
+// to each waiter's receipt (docs/benchmarks.md, "A change's delay, and
+// what waiting costs"). peak-conns-in-use is the most connections the waiters'
 // instance had acquired from its pool at any sample (when a change wakes
 // them all), waiting-conns-in-use the most while they all wait, after the
 // last change, and pool-conns the most the pool held open.
