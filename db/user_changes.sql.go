@@ -25,18 +25,6 @@ func (q *Queries) ChangesHead(ctx context.Context) (int64, error) {
 	return head, err
 }
 
-const ChangesHorizon = `-- name: ChangesHorizon :one
-SELECT purged_through FROM user_changes_horizon
-`
-
-// ChangesHorizon returns the highest position the purge has deleted.
-func (q *Queries) ChangesHorizon(ctx context.Context) (int64, error) {
-	row := q.db.QueryRow(ctx, ChangesHorizon)
-	var purged_through int64
-	err := row.Scan(&purged_through)
-	return purged_through, err
-}
-
 const ChangesQueued = `-- name: ChangesQueued :one
 SELECT EXISTS (SELECT FROM user_change_queue ORDER BY seq LIMIT 1) AS queued
 `
@@ -49,9 +37,29 @@ func (q *Queries) ChangesQueued(ctx context.Context) (bool, error) {
 	return queued, err
 }
 
+const ChangesState = `-- name: ChangesState :one
+SELECT purged_through, EXISTS (SELECT FROM user_change_queue ORDER BY seq LIMIT 1) AS queued
+FROM user_changes_horizon
+`
+
+type ChangesStateRow struct {
+	PurgedThrough int64
+	Queued        bool
+}
+
+// ChangesState returns the highest position the purge has deleted, and
+// whether committed changes wait in the queue.
+func (q *Queries) ChangesState(ctx context.Context) (ChangesStateRow, error) {
+	row := q.db.QueryRow(ctx, ChangesState)
+	var i ChangesStateRow
+	err := row.Scan(&i.PurgedThrough, &i.Queued)
+	return i, err
+}
+
 const ListChanges = `-- name: ListChanges :many
 SELECT position, op, user_id, name, created_at, updated_at, at,
-       (SELECT purged_through FROM user_changes_horizon)::bigint AS purged_through
+       (SELECT purged_through FROM user_changes_horizon)::bigint AS purged_through,
+       EXISTS (SELECT FROM user_change_queue ORDER BY seq LIMIT 1) AS queued
 FROM user_changes
 WHERE position > $1::bigint
 ORDER BY position
@@ -72,10 +80,12 @@ type ListChangesRow struct {
 	UpdatedAt     pgtype.Timestamptz
 	At            time.Time
 	PurgedThrough int64
+	Queued        bool
 }
 
 // ListChanges returns up to max_rows changes with a position above after,
-// oldest first, each with the purge's horizon.
+// oldest first, each with the purge's horizon and whether committed changes
+// wait in the queue (ChangesState's, read in the same snapshot).
 func (q *Queries) ListChanges(ctx context.Context, arg ListChangesParams) ([]ListChangesRow, error) {
 	rows, err := q.db.Query(ctx, ListChanges, arg.After, arg.MaxRows)
 	if err != nil {
@@ -94,6 +104,7 @@ func (q *Queries) ListChanges(ctx context.Context, arg ListChangesParams) ([]Lis
 			&i.UpdatedAt,
 			&i.At,
 			&i.PurgedThrough,
+			&i.Queued,
 		); err != nil {
 			return nil, err
 		}

@@ -1,16 +1,20 @@
 -- name: ListChanges :many
 -- ListChanges returns up to max_rows changes with a position above after,
--- oldest first, each with the purge's horizon.
+-- oldest first, each with the purge's horizon and whether committed changes
+-- wait in the queue (ChangesState's, read in the same snapshot).
 SELECT position, op, user_id, name, created_at, updated_at, at,
-       (SELECT purged_through FROM user_changes_horizon)::bigint AS purged_through
+       (SELECT purged_through FROM user_changes_horizon)::bigint AS purged_through,
+       EXISTS (SELECT FROM user_change_queue ORDER BY seq LIMIT 1) AS queued
 FROM user_changes
 WHERE position > sqlc.arg(after)::bigint
 ORDER BY position
 LIMIT sqlc.arg(max_rows);
 
--- name: ChangesHorizon :one
--- ChangesHorizon returns the highest position the purge has deleted.
-SELECT purged_through FROM user_changes_horizon;
+-- name: ChangesState :one
+-- ChangesState returns the highest position the purge has deleted, and
+-- whether committed changes wait in the queue.
+SELECT purged_through, EXISTS (SELECT FROM user_change_queue ORDER BY seq LIMIT 1) AS queued
+FROM user_changes_horizon;
 
 -- name: ChangesHead :one
 -- ChangesHead returns the position of the newest change, or 0: every

@@ -332,7 +332,7 @@ func TestFloor(t *testing.T) {
 
 	// The feed: the three creates, oldest first, each with its user, once
 	// the service's sequencer has numbered them.
-	if err := postgres.NewChanges(pool).CatchUp(context.Background()); err != nil {
+	if err := postgres.NewChanges(pool).Sequence(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	res, err := http.Get(srv.URL + "/users/changes?limit=2")

@@ -59,22 +59,14 @@ func NewChanges(pool *pgxpool.Pool) *Changes {
 	return &Changes{pool: pool, kick: make(chan struct{}, 1), notify: make(chan struct{}, 1), moved: make(chan struct{})}
 }
 
-// CatchUp sequences the committed changes still queued, if any, and
-// reports whether it did: a read of the feed that follows it sees every
-// write acknowledged before it.
-func (c *Changes) CatchUp(ctx context.Context) (bool, error) {
-	queued, err := db.New(c.pool).ChangesQueued(ctx)
-	if err != nil || !queued {
-		return false, err
-	}
+// Sequence sequences the committed changes still queued (see sequence),
+// for a read of the feed that must see every write acknowledged before it.
+func (c *Changes) Sequence(ctx context.Context) error {
 	head, err := c.sequence(ctx)
-	if err != nil {
-		return false, err
-	}
-	if c.advance(head) {
+	if err == nil && c.advance(head) {
 		c.poke(c.notify)
 	}
-	return true, nil
+	return err
 }
 
 // Head returns the newest position the feed served when it was last read,

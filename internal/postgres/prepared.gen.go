@@ -8,8 +8,8 @@ import "usersvc/db"
 // of the queries in package db (make generate writes this list).
 var preparedQueries = []string{
 	db.ChangesHead,
-	db.ChangesHorizon,
 	db.ChangesQueued,
+	db.ChangesState,
 	db.CreateUser,
 	db.CreateUserIdempotently,
 	db.DeleteUser,

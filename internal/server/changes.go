@@ -38,13 +38,12 @@ func handleChanges(logger *slog.Logger, store userStore, feed *postgres.Changes)
 		if err != nil {
 			return err
 		}
-		page, err := readChanges(r.Context(), store, q, true)
-		// A short page may lack writes acknowledged but not sequenced yet:
+		page, queued, err := readChanges(r.Context(), store, q, true)
+		// A short page lacks the writes acknowledged but not sequenced yet:
 		// sequence them and read again. A full page has its next request.
-		if err == nil && len(page) < int(q.limit) && feed != nil {
-			var moved bool
-			if moved, err = feed.CatchUp(r.Context()); err == nil && moved {
-				page, err = readChanges(r.Context(), store, q, false)
+		if err == nil && queued && len(page) < int(q.limit) && feed != nil {
+			if err = feed.Sequence(r.Context()); err == nil {
+				page, _, err = readChanges(r.Context(), store, q, false)
 			}
 		}
 		if err == nil && len(page) == 0 && q.wait > 0 && feed != nil {
@@ -65,25 +64,28 @@ func handleChanges(logger *slog.Logger, store userStore, feed *postgres.Changes)
 	}
 }
 
-// readChanges reads a page of changes; with expiry, it fails with
-// errChangesExpired when the purge has deleted changes after q.after.
-func readChanges(ctx context.Context, store userStore, q changesQuery, expiry bool) ([]change, error) {
+// readChanges reads a page of changes, and whether committed changes
+// wait in the queue; with expiry, it fails with errChangesExpired when the
+// purge has deleted changes after q.after.
+func readChanges(ctx context.Context, store userStore, q changesQuery, expiry bool) (page []change, queued bool, err error) {
 	rows, err := store.ListChanges(ctx, db.ListChangesParams{After: q.after, MaxRows: q.limit})
 	if err != nil {
-		return nil, fmt.Errorf("list changes after %d: %w", q.after, err)
+		return nil, false, fmt.Errorf("list changes after %d: %w", q.after, err)
 	}
-	if expiry && q.after > 0 {
-		var horizon int64
-		if len(rows) > 0 {
-			horizon = rows[0].PurgedThrough
-		} else if horizon, err = store.ChangesHorizon(ctx); err != nil {
-			return nil, fmt.Errorf("read the changes' horizon: %w", err)
+	var horizon int64
+	if len(rows) > 0 {
+		horizon, queued = rows[0].PurgedThrough, rows[0].Queued
+	} else {
+		st, err := store.ChangesState(ctx)
+		if err != nil {
+			return nil, false, fmt.Errorf("read the changes' horizon: %w", err)
 		}
-		if q.after < horizon {
-			return nil, errChangesExpired
-		}
+		horizon, queued = st.PurgedThrough, st.Queued
 	}
-	page := make([]change, len(rows))
+	if expiry && q.after > 0 && q.after < horizon {
+		return nil, false, errChangesExpired
+	}
+	page = make([]change, len(rows))
 	users := make([]user, len(rows)) // one allocation for the page's users
 	for i, row := range rows {
 		page[i] = change{Position: row.Position, Op: row.Op, ID: row.UserID, At: row.At.UTC()}
@@ -92,7 +94,7 @@ func readChanges(ctx context.Context, store userStore, q changesQuery, expiry bo
 			page[i].User = &users[i]
 		}
 	}
-	return page, nil
+	return page, queued, nil
 }
 
 // waitForChanges reads again each time the feed's head moves past
@@ -109,7 +111,7 @@ func waitForChanges(ctx context.Context, store userStore, q changesQuery, feed *
 			return nil, nil
 		}
 		if head > q.after {
-			page, err := readChanges(ctx, store, q, false)
+			page, _, err := readChanges(ctx, store, q, false)
 			if err != nil || len(page) > 0 {
 				return page, err
 			}

@@ -48,33 +48,26 @@ func marshal(v any) ([]byte, error) {
 	case user:
 		return appendUser(make([]byte, 0, 128), v)
 	case []user:
-		b := make([]byte, 0, 2+len(v)*128)
-		b = append(b, '[')
-		for i, u := range v {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			var err error
-			if b, err = appendUser(b, u); err != nil {
-				return nil, err
-			}
-		}
-		return append(b, ']'), nil
+		return appendArray(make([]byte, 0, 2+len(v)*128), v, appendUser)
 	case []change:
-		b := make([]byte, 0, 2+len(v)*192)
-		b = append(b, '[')
-		for i, c := range v {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			var err error
-			if b, err = appendChange(b, c); err != nil {
-				return nil, err
-			}
-		}
-		return append(b, ']'), nil
+		return appendArray(make([]byte, 0, 2+len(v)*192), v, appendChange)
 	}
 	return json.Marshal(v)
+}
+
+// appendArray appends vs as a JSON array to b, each by appendOne.
+func appendArray[T any](b []byte, vs []T, appendOne func([]byte, T) ([]byte, error)) ([]byte, error) {
+	b = append(b, '[')
+	for i, v := range vs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		var err error
+		if b, err = appendOne(b, v); err != nil {
+			return nil, err
+		}
+	}
+	return append(b, ']'), nil
 }
 
 // appendUser appends u as JSON to b. Returns an error, as json.Marshal

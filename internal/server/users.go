@@ -30,7 +30,7 @@ type userStore interface {
 	RenameUserIf(ctx context.Context, arg db.RenameUserIfParams) (db.RenameUserIfRow, error)
 	DeleteUserIf(ctx context.Context, arg db.DeleteUserIfParams) (bool, error)
 	ListChanges(ctx context.Context, arg db.ListChangesParams) ([]db.ListChangesRow, error)
-	ChangesHorizon(ctx context.Context) (int64, error)
+	ChangesState(ctx context.Context) (db.ChangesStateRow, error)
 }
 
 // userReader is what the GET routes need of the database: the queries that
