@@ -18,6 +18,28 @@ import (
 	"usersvc/internal/pgtest"
 )
 
+// TestFeedWaitOutlastsTimeouts holds a wait longer than the HTTP server's
+// ReadTimeout and WriteTimeout (BODY_TIMEOUT and REQUEST_TIMEOUT of 1 s
+// make them 6 s and 7 s): it is answered [] when its wait runs out, as
+// the API says, not cut off.
+func TestFeedWaitOutlastsTimeouts(t *testing.T) {
+	s := startServe(t, map[string]string{"DATABASE_URL": pgtest.NewURL(t), "BODY_TIMEOUT": "1s", "REQUEST_TIMEOUT": "1s"})
+	s.eventually(t, "GET", "/readyz", "", 200, 10*time.Second)
+	start := time.Now()
+	res, err := http.Get(s.base + "/users/changes?wait=9")
+	if err != nil {
+		t.Fatalf("GET /users/changes?wait=9: %v after %v", err, time.Since(start))
+	}
+	defer res.Body.Close()
+	var page []feedChange
+	if err := json.NewDecoder(res.Body).Decode(&page); err != nil || res.StatusCode != http.StatusOK || len(page) != 0 {
+		t.Errorf("GET /users/changes?wait=9: status %d, %v, %v; want 200 and []", res.StatusCode, page, err)
+	}
+	if took := time.Since(start); took < 9*time.Second {
+		t.Errorf("answered after %v, want after the 9 s wait", took)
+	}
+}
+
 // feedChange is a change of GET /users/changes.
 type feedChange struct {
 	Position int64    `json:"position"`

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"usersvc/internal/config"
 	"usersvc/internal/metrics"
 	"usersvc/internal/postgres"
 )
@@ -59,7 +60,21 @@ func (rs routes) Handle(pattern string, h handlerFunc) {
 // for the database to have something to answer: its database work is
 // bounded by REQUEST_TIMEOUT beyond that.
 func (rs routes) HandleWaiting(pattern string, h handlerFunc) {
-	rs.mux.Handle(pattern, rs.auth.protect(rs.logger, handle(rs.logger, rs.timeout+maxChangesWait, h)))
+	rs.mux.Handle(pattern, rs.auth.protect(rs.logger, handle(rs.logger, rs.timeout+maxChangesWait, outlast(h))))
+}
+
+// outlast moves the connection's deadlines, which the HTTP server's
+// ReadTimeout and WriteTimeout set for every request (config.WriteTimeout),
+// past h's own: a request that may wait longer still gets its answer.
+func outlast(h handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if d, ok := r.Context().Deadline(); ok {
+			rc := http.NewResponseController(w)
+			rc.SetReadDeadline(d.Add(config.WriteMargin))
+			rc.SetWriteDeadline(d.Add(config.WriteMargin))
+		}
+		return h(w, r)
+	}
 }
 
 // wrote tells the change feed of every write h answers without an error:
