@@ -218,7 +218,7 @@ install-wrk:
 ## bench-go: the request path's micro-benchmarks (JSON and handlers, no
 ## network, no database), with allocations
 bench-go:
-	go test -run '^$$' -bench . -benchmem ./internal/server/
+	go test -run '^$$' -bench . -skip ChangeDelivery -benchmem ./internal/server/
 
 ## check: what CI fails on besides the tests
 check: fmt vet sqlc-diff client-diff
