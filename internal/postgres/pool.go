@@ -79,7 +79,7 @@ func NewReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) 
 func tunePool(pc *pgxpool.Config, url string, maxConns int32, budget time.Duration) {
 	silent := boundSessions(pc.ConnConfig, budget)
 	pc.PrepareConn = func(_ context.Context, conn *pgx.Conn) (bool, error) {
-		return !silent.outlived(conn.PgConn()), nil
+		return !silent.outlived(conn.PgConn()) && !wasReset(conn.PgConn()), nil
 	}
 	switch {
 	case maxConns > 0:
@@ -280,12 +280,23 @@ func resettable(pc *pgconn.PgConn) *resettableConn {
 	return rc
 }
 
+// wasReset reports whether pc's connection was reset: when a call's
+// context ends just as the call succeeds, pgx keeps the connection, which
+// no call can use any more.
+func wasReset(pc *pgconn.PgConn) bool {
+	rc := resettable(pc)
+	return rc != nil && rc.reset.Load()
+}
+
 // resetNow drops what the kernel still had queued for the server and
 // resets the connection (SO_LINGER 0), rather than closing it gracefully.
-func (c *resettableConn) resetNow() {
+// After a missed deadline, data still unacknowledged marks the host silent;
+// a call cancelled (the service stopping its background work) proves
+// nothing of the host.
+func (c *resettableConn) resetNow(missed bool) {
 	c.reset.Store(true)
 	if tc, ok := c.Conn.(*net.TCPConn); ok {
-		if unacknowledged(tc) {
+		if missed && unacknowledged(tc) {
 			c.silent.since.Store(c.addr, time.Now())
 		}
 		_ = tc.SetLinger(0)
@@ -316,9 +327,9 @@ func (c *resettableConn) cause(err error) error {
 // cancel request for whatever it may still run.
 type resetOnCancel struct{ conn *resettableConn }
 
-func (h resetOnCancel) HandleCancel(context.Context) {
+func (h resetOnCancel) HandleCancel(ctx context.Context) {
 	if h.conn != nil {
-		h.conn.resetNow()
+		h.conn.resetNow(errors.Is(ctx.Err(), context.DeadlineExceeded))
 	}
 }
 
