@@ -302,7 +302,17 @@ func (c *resettableConn) resetNow(missed bool) {
 		_ = tc.SetLinger(0)
 	}
 	_ = c.Conn.Close()
+	if missed {
+		// A statement the network delivered just before the reset commits
+		// within its execution time: by the answer, it has happened
+		// (docs/reliability.md, "What remains").
+		time.Sleep(lateArrivalGrace)
+	}
 }
+
+// lateArrivalGrace is how long a call that missed its deadline waits,
+// once its connection is reset, before it fails.
+const lateArrivalGrace = 100 * time.Millisecond
 
 func (c *resettableConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
