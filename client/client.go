@@ -143,7 +143,7 @@ func (c *ClientWithResponses) AllUsers(ctx context.Context, params *ListUsersPar
 				return
 			}
 			if res.JSON200 == nil {
-				yield(User{}, pageError(res))
+				yield(User{}, pageError(res.HTTPResponse, res.Body, "/users"))
 				return
 			}
 			for _, u := range *res.JSON200 {
@@ -188,7 +188,7 @@ func (c *ClientWithResponses) Changes(ctx context.Context, after int64, reqEdito
 		for ctx.Err() == nil {
 			res, err := c.ListChangesWithResponse(ctx, params, editors...)
 			if err == nil && res.JSON200 == nil {
-				err = changesError(res)
+				err = pageError(res.HTTPResponse, res.Body, "/users/changes")
 			}
 			if err != nil {
 				if ctx.Err() != nil || !yield(Change{}, err) {
@@ -229,30 +229,18 @@ func longPoll(_ context.Context, req *http.Request) error {
 	return nil
 }
 
-// changesError is pageError for the change feed.
-func changesError(res *ListChangesResponse) error {
-	req := res.HTTPResponse.Request
-	if req == nil {
-		req = &http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/users/changes"}}
-	}
-	if res.StatusCode() >= http.StatusBadRequest {
-		return newError(req, res.HTTPResponse, res.Body)
-	}
-	return fmt.Errorf("usersvc: %s %s: %s without a JSON body", req.Method, req.URL.Redacted(), res.Status())
-}
-
-// pageError returns the error of a page that has no users to show: an
-// *Error for a problem, which only a client from NewClientWithResponses,
-// not New, returns as a response.
-func pageError(res *ListUsersResponse) error {
-	req := res.HTTPResponse.Request
+// pageError returns the error of a page that has no JSON body to show, the
+// response to a GET of path: an *Error for a problem, which only a client
+// from NewClientWithResponses, not New, returns as a response.
+func pageError(res *http.Response, body []byte, path string) error {
+	req := res.Request
 	if req == nil { // an HttpRequestDoer that does not set it
-		req = &http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/users"}}
+		req = &http.Request{Method: http.MethodGet, URL: &url.URL{Path: path}}
 	}
-	if res.StatusCode() >= http.StatusBadRequest {
-		return newError(req, res.HTTPResponse, res.Body)
+	if res.StatusCode >= http.StatusBadRequest {
+		return newError(req, res, body)
 	}
-	return fmt.Errorf("usersvc: %s %s: %s without a JSON body", req.Method, req.URL.Redacted(), res.Status())
+	return fmt.Errorf("usersvc: %s %s: %s without a JSON body", req.Method, req.URL.Redacted(), res.Status)
 }
 
 // follow returns a request editor that sends the request to link instead,

@@ -25,18 +25,6 @@ func (q *Queries) ChangesHead(ctx context.Context) (int64, error) {
 	return head, err
 }
 
-const ChangesQueued = `-- name: ChangesQueued :one
-SELECT EXISTS (SELECT FROM user_change_queue ORDER BY seq LIMIT 1) AS queued
-`
-
-// ChangesQueued reports whether the queue holds a change, committed or not.
-func (q *Queries) ChangesQueued(ctx context.Context) (bool, error) {
-	row := q.db.QueryRow(ctx, ChangesQueued)
-	var queued bool
-	err := row.Scan(&queued)
-	return queued, err
-}
-
 const ChangesState = `-- name: ChangesState :one
 SELECT purged_through, EXISTS (SELECT FROM user_change_queue ORDER BY seq LIMIT 1) AS queued
 FROM user_changes_horizon

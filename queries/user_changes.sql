@@ -51,10 +51,6 @@ numbered AS (
 )
 SELECT coalesce((SELECT max(position) FROM numbered), (SELECT max(position) FROM user_changes), 0)::bigint AS head;
 
--- name: ChangesQueued :one
--- ChangesQueued reports whether the queue holds a change, committed or not.
-SELECT EXISTS (SELECT FROM user_change_queue ORDER BY seq LIMIT 1) AS queued;
-
 -- name: PurgeUserChanges :one
 -- PurgeUserChanges deletes up to max_rows of the changes made more than
 -- ttl_us microseconds ago, raises the horizon to the highest position

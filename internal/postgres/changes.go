@@ -70,11 +70,12 @@ func (c *Changes) Sequence(ctx context.Context) error {
 }
 
 // Head returns the newest position the feed served when it was last read,
-// and a channel closed when that changes or waiting must end (Stopped).
-func (c *Changes) Head() (head int64, moved <-chan struct{}) {
+// a channel closed when that changes or waiting must end, and whether it
+// must end: Stop was called.
+func (c *Changes) Head() (head int64, moved <-chan struct{}, stopped bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.head, c.moved
+	return c.head, c.moved, c.stopped
 }
 
 // Waiting counts a waiting request until done is called: the head is
@@ -98,13 +99,6 @@ func (c *Changes) Stop() {
 		c.stopped = true
 		close(c.moved)
 	}
-}
-
-// Stopped reports whether Stop was called.
-func (c *Changes) Stopped() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.stopped
 }
 
 func (c *Changes) poke(ch chan struct{}) {
@@ -169,11 +163,11 @@ func (c *Changes) step(ctx context.Context, read bool, timeout time.Duration) (i
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	q := db.New(c.pool)
-	queued, err := q.ChangesQueued(ctx)
+	st, err := q.ChangesState(ctx)
 	switch {
 	case err != nil:
 		return 0, err
-	case queued:
+	case st.Queued:
 		return c.sequence(ctx)
 	case read:
 		return q.ChangesHead(ctx)

@@ -8,7 +8,6 @@ import "usersvc/db"
 // of the queries in package db (make generate writes this list).
 var preparedQueries = []string{
 	db.ChangesHead,
-	db.ChangesQueued,
 	db.ChangesState,
 	db.CreateUser,
 	db.CreateUserIdempotently,

@@ -106,8 +106,8 @@ func waitForChanges(ctx context.Context, store userStore, q changesQuery, feed *
 	timer := time.NewTimer(q.wait)
 	defer timer.Stop()
 	for {
-		head, moved := feed.Head()
-		if feed.Stopped() {
+		head, moved, stopped := feed.Head()
+		if stopped {
 			return nil, nil
 		}
 		if head > q.after {
