@@ -158,12 +158,13 @@ wait:
 			break wait
 		}
 	}
+	handler.Drain() // before the background work stops, which may take a call's time
 	stopStarting()
 	if started != nil {
 		<-started
 	}
 	stopBackground()
-	if err := shutDown(cfg, handler, srv, serveErr, logger); err != nil {
+	if err := shutDown(cfg, srv, serveErr, logger); err != nil {
 		return errors.Join(failed, err)
 	}
 	pool.Close()
@@ -205,18 +206,17 @@ func start(ctx context.Context, run ...func(context.Context)) (stop func()) {
 	}
 }
 
-// shutDown stops serving within SHUTDOWN_TIMEOUT: /readyz turns 503 at
-// once, requests are still accepted for SHUTDOWN_DELAY, then the listener
-// closes and the requests in flight finish. Returns an error when they did
+// shutDown stops serving, drained, within SHUTDOWN_TIMEOUT: requests are
+// still accepted for SHUTDOWN_DELAY, then the listener closes and the
+// requests in flight finish. Returns an error when they did
 // not finish in time; they are then cut off.
-func shutDown(cfg config.Config, handler *server.Server, srv *http.Server, serveErr <-chan error, logger *slog.Logger) error {
+func shutDown(cfg config.Config, srv *http.Server, serveErr <-chan error, logger *slog.Logger) error {
 	logger.Info("shutting down",
 		slog.String("delay", cfg.ShutdownDelay.String()),
 		slog.String("timeout", cfg.ShutdownTimeout.String()))
 	// The signal cancelled the serving context; the shutdown gets a fresh one.
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	handler.Drain()
 	if cfg.ShutdownDelay > 0 {
 		select {
 		case <-time.After(cfg.ShutdownDelay):

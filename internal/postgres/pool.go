@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
@@ -124,18 +125,35 @@ func takesWrites(conn *pgx.Conn) bool {
 // prepareQueries prepares preparedQueries on conn, each named by its SQL,
 // which pgx then executes by name. A statement the server refuses, as it
 // does before the migrations have created the table, is left to pgx's
-// statement cache. Returns an error only when the connection fails.
+// statement cache; so are the rest once one would wait on a lock (a
+// migration's, say) for longer than prepareLockTimeout, so that a new
+// connection is never held back by a table its first call may not need.
+// Returns an error only when the connection fails.
 func prepareQueries(ctx context.Context, conn *pgx.Conn) error {
+	if _, err := conn.Exec(ctx, "SET lock_timeout = "+prepareLockTimeout); err != nil {
+		return fmt.Errorf("prepare statements: %w", err)
+	}
 	for _, sql := range preparedQueries {
 		if _, err := conn.Prepare(ctx, sql, sql); err != nil {
-			if _, refused := errors.AsType[*pgconn.PgError](err); refused {
-				continue
+			pgErr, refused := errors.AsType[*pgconn.PgError](err)
+			if !refused {
+				return fmt.Errorf("prepare statements: %w", err)
 			}
-			return fmt.Errorf("prepare statements: %w", err)
+			if pgErr.Code == pgerrcode.LockNotAvailable {
+				break
+			}
 		}
+	}
+	// Back to the session's own: DATABASE_URL's, the role's or the server's.
+	if _, err := conn.Exec(ctx, "RESET lock_timeout"); err != nil {
+		return fmt.Errorf("prepare statements: %w", err)
 	}
 	return nil
 }
+
+// prepareLockTimeout is the longest a new connection waits on a lock to
+// prepare a statement.
+const prepareLockTimeout = "'100ms'"
 
 // ConnectErr returns err, from a command's work on the database, with the
 // database named as host:port/database (never the user or password) and,

@@ -94,6 +94,37 @@ func TestPoolKeepsPreparedStatements(t *testing.T) {
 	}
 }
 
+// TestPoolConnectsPastALock checks that a new connection is not held back
+// by a lock on a table it prepares statements for, as a migration takes:
+// with users locked, a query on another table answers, and the session's
+// lock_timeout is DATABASE_URL's again.
+func TestPoolConnectsPastALock(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewURL(t)
+	tx, err := pgtest.NewPoolOn(t, url).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := NewPool(ctx, config.Config{DatabaseURL: url + "&lock_timeout=7s", DBMaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var lockTimeout string
+	if err := pool.QueryRow(callCtx, "SELECT current_setting('lock_timeout') FROM (VALUES (1)) v LEFT JOIN idempotency_keys ON false").Scan(&lockTimeout); err != nil {
+		t.Fatalf("a query on another table while users is locked: %v", err)
+	}
+	if lockTimeout != "7s" {
+		t.Errorf("lock_timeout after connecting = %q, want DATABASE_URL's 7s", lockTimeout)
+	}
+}
+
 func TestPoolSize(t *testing.T) {
 	for _, tt := range []struct {
 		name string
