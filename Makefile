@@ -12,7 +12,7 @@ BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 OPENAPI := internal/server/openapi.yaml
 
-.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-partition install-iptables test-image install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench benchstat bench-go soak bench-deps install-wrk
+.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-partition install-iptables test-image test-compose install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench benchstat bench-go soak bench-deps install-wrk
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -89,15 +89,30 @@ test-image:
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v busybox >/dev/null || $(MAKE) --no-print-directory install-podman
 	go test -race -count=1 -timeout 30m -tags image -run '^TestImage$$' -v ./cmd/usersvc
 
+## test-compose: compose.yaml, unchanged, brought up by Docker Compose
+## (pinned in tools/compose/go.mod) on the Docker API of a podman system service:
+## health, the order of start, the API, the volume across down and up, a
+## PostgreSQL restart, down --volumes (cmd/usersvc/compose_test.go, build
+## tag compose). Stands in for postgres's image, as test-image does for
+## Go's, where no registry answers. Installs podman and its network tools
+## first when missing
+test-compose:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v busybox >/dev/null && [ -x /usr/lib/podman/netavark ] || $(MAKE) --no-print-directory install-podman
+	go build -modfile=tools/compose/go.mod -o bin/docker-compose \
+		-ldflags "-X github.com/docker/compose/v2/internal.Version=$$(cd tools/compose && go list -m -f '{{.Version}}' github.com/docker/compose/v2)" \
+		github.com/docker/compose/v2/cmd
+	COMPOSE=$(CURDIR)/bin/docker-compose go test -count=1 -timeout 30m -tags compose -run '^TestCompose$$' -v ./cmd/usersvc
+
 # Without the recommended packages, which serve rootless podman
 # (slirp4netns, uidmap, fuse-overlayfs) and systemd user sessions. runc is
-# named so that apt does not choose crun, which fails on these machines.
+# named so that apt does not choose crun, which fails on these machines;
+# netavark and aardvark-dns resolve service names on a compose network.
 install-podman:
 	@if [ "$$(id -u)" -ne 0 ]; then \
-		echo "make test-image needs podman, runc and busybox-static: sudo apt-get install --no-install-recommends podman runc busybox-static" >&2; exit 1; \
+		echo "make test-image and test-compose need podman, runc, busybox-static, netavark and aardvark-dns: sudo apt-get install --no-install-recommends podman runc busybox-static netavark aardvark-dns" >&2; exit 1; \
 	fi
 	apt-get update -q
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman runc busybox-static
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman runc busybox-static netavark aardvark-dns
 
 ## test-docs: the /docs page in a real browser: Debian's chromium, headless,
 ## driven by chromedp (internal/server/docs_browser_test.go, build tag
@@ -263,6 +278,7 @@ client-diff:
 tidy:
 	go mod tidy
 	cd tools && go mod tidy
+	cd tools/compose && go mod tidy
 
 ## lint: the Dockerfile, compose.yaml, every YAML file and the OpenAPI
 ## document (lint-openapi); installs the linters first when they are

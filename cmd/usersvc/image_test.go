@@ -1,4 +1,4 @@
-//go:build image && linux
+//go:build (image || compose) && linux
 
 // The test in this file builds the container image from the unchanged
 // Dockerfile with podman (make image) and runs it against a throwaway
@@ -12,6 +12,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/x509"
 	"debug/elf"
@@ -138,9 +139,9 @@ func TestImage(t *testing.T) {
 	}
 	t.Log(strings.TrimSpace(mustPodman(t, "--version")))
 	for _, ref := range baseImages(t) {
-		ensureBaseImage(t, ref)
+		ensureImage(t, ref, makeGoStandIn)
 	}
-	buildImage(t)
+	buildImage(t, testImage, testVersion)
 
 	t.Run("config", testImageConfig)
 	t.Run("contents", testImageContents)
@@ -189,30 +190,30 @@ func qualified(ref string) string {
 	return "docker.io/" + ref
 }
 
-// ensureBaseImage makes sure that the base image ref is in podman's
-// storage: pulled from its registry when one answers within pullTimeout,
-// else the copy already there, else a stand-in that the test makes (Go's
-// official image only). The log says which.
-func ensureBaseImage(t *testing.T, ref string) {
+// ensureImage makes sure that the image ref is in podman's storage: pulled
+// from its registry when one answers within pullTimeout, else the copy
+// already there, else the stand-in that standIn makes under ref's full
+// name. The log says which.
+func ensureImage(t *testing.T, ref string, standIn func(t *testing.T, ref, name string)) {
 	t.Helper()
 	name := qualified(ref)
 	pull := podmanIn(t, pullTimeout, nil, "pull", "--quiet", name)
 	if pull.status == 0 {
-		t.Logf("base image %s: pulled from its registry (%s)", ref, name)
+		t.Logf("image %s: pulled from its registry (%s)", ref, name)
 		return
 	}
 	why := lastLine(pull.stderr)
 	if podman(t, "image", "exists", name).status == 0 {
 		from := mustPodman(t, "image", "inspect", "--format", `{{index .Labels "`+standInLabel+`"}}`, name)
 		if from = strings.TrimSpace(from); from != "" {
-			t.Logf("base image %s: cannot be pulled (%s); using the stand-in made earlier from %s", ref, why, from)
+			t.Logf("image %s: cannot be pulled (%s); using the stand-in made earlier from %s", ref, why, from)
 		} else {
-			t.Logf("base image %s: cannot be pulled (%s); using the copy in local storage", ref, why)
+			t.Logf("image %s: cannot be pulled (%s); using the copy in local storage", ref, why)
 		}
 		return
 	}
-	t.Logf("base image %s: cannot be pulled (%s); making a local stand-in", ref, why)
-	makeGoStandIn(t, ref, name)
+	t.Logf("image %s: cannot be pulled (%s); making a local stand-in", ref, why)
+	standIn(t, ref, name)
 }
 
 // makeGoStandIn imports, under name, a stand-in for Go's official image
@@ -265,7 +266,7 @@ func makeGoStandIn(t *testing.T, ref, name string) {
 	if r.status != 0 {
 		t.Fatalf("%v", r)
 	}
-	t.Logf("base image %s: stand-in %s imported in %v from %s", ref, name, time.Since(start).Round(time.Second), from)
+	t.Logf("image %s: stand-in %s imported in %v from %s", ref, name, time.Since(start).Round(time.Second), from)
 }
 
 // staticBusybox returns the path of a statically linked busybox: the
@@ -306,58 +307,84 @@ func hostOS() string {
 // each of its commands, the CA bundle, root's passwd and group entries, and
 // the directories Go's official image has.
 func writeStandIn(w io.Writer, goroot, busybox string, caBundle []byte) error {
-	tw := tar.NewWriter(w)
-	now := time.Now()
-	dir := func(name string, mode int64) error {
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, ModTime: now})
-	}
-	file := func(name string, mode int64, data []byte) error {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data)), ModTime: now}); err != nil {
-			return err
-		}
-		_, err := tw.Write(data)
-		return err
-	}
+	root := newRootFS(w)
 	for _, d := range []struct {
 		name string
 		mode int64
 	}{{"bin", 0o755}, {"etc", 0o755}, {"etc/ssl", 0o755}, {"etc/ssl/certs", 0o755}, {"root", 0o700},
 		{"tmp", 0o1777}, {"usr", 0o755}, {"usr/local", 0o755}, {"go", 0o1777}, {"go/bin", 0o1777}, {"go/src", 0o1777}} {
-		if err := dir(d.name, d.mode); err != nil {
-			return err
-		}
+		root.dir(d.name, d.mode, 0)
 	}
-	if err := file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n")); err != nil {
-		return err
+	root.file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n"))
+	root.file("etc/group", 0o644, []byte("root:x:0:\n"))
+	root.file("etc/ssl/certs/ca-certificates.crt", 0o644, caBundle)
+	root.busybox(busybox)
+	root.copyTree(goroot, "usr/local/go", nil)
+	return root.close()
+}
+
+// rootFS writes a container's root filesystem as a tar archive, owned by
+// root unless said otherwise. The first error stops it; close returns it.
+type rootFS struct {
+	tw  *tar.Writer
+	now time.Time
+	err error
+}
+
+func newRootFS(w io.Writer) *rootFS { return &rootFS{tw: tar.NewWriter(w), now: time.Now()} }
+
+func (r *rootFS) header(h *tar.Header) bool {
+	if r.err == nil {
+		h.ModTime = r.now
+		r.err = r.tw.WriteHeader(h)
 	}
-	if err := file("etc/group", 0o644, []byte("root:x:0:\n")); err != nil {
-		return err
+	return r.err == nil
+}
+
+// dir adds the directory name, owned by uid and its group.
+func (r *rootFS) dir(name string, mode int64, uid int) {
+	r.header(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, Uid: uid, Gid: uid})
+}
+
+func (r *rootFS) file(name string, mode int64, data []byte) {
+	if r.header(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data))}) {
+		_, r.err = r.tw.Write(data)
 	}
-	if err := file("etc/ssl/certs/ca-certificates.crt", 0o644, caBundle); err != nil {
-		return err
-	}
-	data, err := os.ReadFile(busybox)
+}
+
+// busybox adds the static busybox at bin as /bin/busybox, with a link in
+// /bin for each of its commands.
+func (r *rootFS) busybox(bin string) {
+	data, err := os.ReadFile(bin)
 	if err != nil {
-		return err
+		r.err = cmp.Or(r.err, err)
+		return
 	}
-	if err := file("bin/busybox", 0o755, data); err != nil {
-		return err
-	}
-	list, err := exec.Command(busybox, "--list").Output()
+	r.file("bin/busybox", 0o755, data)
+	list, err := exec.Command(bin, "--list").Output()
 	if err != nil {
-		return fmt.Errorf("busybox --list: %w", err)
+		r.err = cmp.Or(r.err, fmt.Errorf("busybox --list: %w", err))
+		return
 	}
 	for _, cmd := range strings.Fields(string(list)) {
-		if cmd == "busybox" {
-			continue
-		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + cmd, Linkname: "busybox", Mode: 0o777, ModTime: now}); err != nil {
-			return err
+		if cmd != "busybox" {
+			r.header(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + cmd, Linkname: "busybox", Mode: 0o777})
 		}
 	}
-	err = filepath.WalkDir(goroot, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+}
+
+// copyTree adds this machine's src, a file or a directory with all it
+// holds, as dst, owner-writable, leaving out what skip reports.
+func (r *rootFS) copyTree(src, dst string, skip func(path string) bool) {
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || r.err != nil {
+			return cmp.Or(err, r.err)
+		}
+		if skip != nil && skip(p) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
 		}
 		info, err := d.Info()
 		if err != nil {
@@ -373,42 +400,43 @@ func writeStandIn(w io.Writer, goroot, busybox string, caBundle []byte) error {
 		if err != nil {
 			return err
 		}
-		rel, err := filepath.Rel(goroot, p)
+		rel, err := filepath.Rel(src, p)
 		if err != nil {
 			return err
 		}
-		h.Name = path.Join("usr/local/go", filepath.ToSlash(rel))
+		h.Name = path.Join(dst, filepath.ToSlash(rel))
 		if d.IsDir() {
 			h.Name += "/"
 		}
 		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "root", "root"
-		h.Mode |= 0o200 // the module cache's copy is read-only; the official image's is not
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		if !d.Type().IsRegular() {
-			return nil
+		h.Mode |= 0o200 // the module cache's copy of Go is read-only; the official image's is not
+		if !r.header(h) || !d.Type().IsRegular() {
+			return r.err
 		}
 		f, err := os.Open(p)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		_, err = io.Copy(tw, f)
+		_, err = io.Copy(r.tw, f)
 		return err
 	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
+	r.err = cmp.Or(r.err, err)
 }
 
-// buildImage builds testImage with make image, as an operator would, with
+func (r *rootFS) close() error {
+	if r.err != nil {
+		return r.err
+	}
+	return r.tw.Close()
+}
+
+// buildImage builds image at version with make image, as an operator would, with
 // podman and the flags these machines need, and the base images prepared
 // above (--pull=never). The build's go build reuses this machine's Go
 // build cache: it is keyed by content, so it changes the time the build
 // takes and not what it makes.
-func buildImage(t *testing.T) {
+func buildImage(t *testing.T, image, version string) {
 	t.Helper()
 	out, err := exec.Command("go", "env", "GOCACHE").Output()
 	if err != nil {
@@ -418,15 +446,15 @@ func buildImage(t *testing.T) {
 	start := time.Now()
 	cmd := exec.Command("make", "--no-print-directory", "image",
 		"ENGINE=podman "+strings.Join(podmanGlobal, " "),
-		"IMAGE="+testImage,
-		"VERSION="+testVersion,
+		"IMAGE="+image,
+		"VERSION="+version,
 		"IMAGE_FLAGS=--pull=never --volume "+cache+":/root/.cache/go-build")
 	cmd.Dir = "../.."
 	log, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s: %v\n%s", cmd, err, log)
 	}
-	t.Logf("built %s in %v; the build's last lines:\n%s", testImage, time.Since(start).Round(time.Second), lastLines(string(log), 12))
+	t.Logf("built %s in %v; the build's last lines:\n%s", image, time.Since(start).Round(time.Second), lastLines(string(log), 12))
 }
 
 // lastLines returns the last n lines of s.
