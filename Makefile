@@ -12,7 +12,7 @@ BIN     := bin/usersvc
 LINT    := tools/lint/node_modules
 OPENAPI := internal/server/openapi.yaml
 
-.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-partition install-iptables test-image test-compose install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench benchstat bench-go soak bench-deps install-wrk
+.PHONY: run build test test-pgbouncer install-pgbouncer test-ha install-pg-auto-failover test-partition install-iptables test-image test-compose test-tracing install-podman test-docs docs-screenshot install-chromium swagger-ui swagger-ui-check fuzz check lint lint-openapi install-yamllint fmt vet generate sqlc-diff client-diff tidy clean image docker compose-up compose-down bench benchstat bench-go soak bench-deps install-wrk
 
 ## run: serve on :8080 against DATABASE_URL, or against a private PostgreSQL under .data/
 run: build
@@ -102,6 +102,14 @@ test-compose:
 		-ldflags "-X github.com/docker/compose/v2/internal.Version=$$(cd tools/compose && go list -m -f '{{.Version}}' github.com/docker/compose/v2)" \
 		github.com/docker/compose/v2/cmd
 	COMPOSE=$(CURDIR)/bin/docker-compose go test -count=1 -timeout 30m -tags compose -run '^TestCompose$$' -v ./cmd/usersvc
+
+## test-tracing: requests of serve followed into Jaeger (built from
+## tools/jaeger/go.mod) on loopback: the trace of a traceparent, its SQL
+## spans, what no span carries, the log lines, a 400, the flush on SIGTERM,
+## and Jaeger going away (cmd/usersvc/tracing_test.go, build tag tracing)
+test-tracing:
+	go build -modfile=tools/jaeger/go.mod -o bin/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+	JAEGER=$(CURDIR)/bin/jaeger go test -count=1 -timeout 10m -tags tracing -run '^TestTracing$$' -v ./cmd/usersvc
 
 # Without the recommended packages, which serve rootless podman
 # (slirp4netns, uidmap, fuse-overlayfs) and systemd user sessions. runc is
@@ -279,6 +287,7 @@ tidy:
 	go mod tidy
 	cd tools && go mod tidy
 	cd tools/compose && go mod tidy
+	cd tools/jaeger && go mod tidy
 
 ## lint: the Dockerfile, compose.yaml, every YAML file and the OpenAPI
 ## document (lint-openapi); installs the linters first when they are

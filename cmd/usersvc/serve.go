@@ -19,6 +19,7 @@ import (
 	"usersvc/internal/metrics"
 	"usersvc/internal/postgres"
 	"usersvc/internal/server"
+	"usersvc/internal/tracing"
 	"usersvc/migrations"
 )
 
@@ -61,6 +62,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	logger := newLogger(cfg, stderr)
 	tuneGC(os.LookupEnv)
+	stopTracing, err := tracing.Start(ctx, logger, buildVersion())
+	if err != nil {
+		return err
+	}
 
 	pool, err := postgres.NewPool(ctx, cfg)
 	if err != nil {
@@ -91,7 +96,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	opts.Changes = postgres.NewChanges(pool)
 	handler := server.New(logger, db.New(pool), postgres.Probe{Q: pool}, opts)
-	srv := newHTTPServer(ctx, cfg, handler, logger)
+	srv := newHTTPServer(ctx, cfg, tracing.Handler(handler), logger)
 	if cfg.DebugAddr != "" {
 		stopDebug, err := startDebug(ctx, cfg.DebugAddr, logger)
 		if err != nil {
@@ -164,7 +169,17 @@ wait:
 		<-started
 	}
 	stopBackground()
-	if err := shutDown(cfg, srv, serveErr, logger); err != nil {
+	// SHUTDOWN_TIMEOUT bounds the requests in flight, then the flush of
+	// their spans, which loses spans rather than fail the exit.
+	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	err = shutDown(shutCtx, cfg, srv, serveErr, logger)
+	if stopTracing != nil {
+		if err := stopTracing(shutCtx); err != nil {
+			logger.Warn("traces: spans lost at shutdown", slog.Any("err", err))
+		}
+	}
+	if err != nil {
 		return errors.Join(failed, err)
 	}
 	pool.Close()
@@ -206,17 +221,14 @@ func start(ctx context.Context, run ...func(context.Context)) (stop func()) {
 	}
 }
 
-// shutDown stops serving, drained, within SHUTDOWN_TIMEOUT: requests are
+// shutDown stops serving, drained, before ctx (SHUTDOWN_TIMEOUT) ends: requests are
 // still accepted for SHUTDOWN_DELAY, then the listener closes and the
 // requests in flight finish. Returns an error when they did
 // not finish in time; they are then cut off.
-func shutDown(cfg config.Config, srv *http.Server, serveErr <-chan error, logger *slog.Logger) error {
+func shutDown(ctx context.Context, cfg config.Config, srv *http.Server, serveErr <-chan error, logger *slog.Logger) error {
 	logger.Info("shutting down",
 		slog.String("delay", cfg.ShutdownDelay.String()),
 		slog.String("timeout", cfg.ShutdownTimeout.String()))
-	// The signal cancelled the serving context; the shutdown gets a fresh one.
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
 	if cfg.ShutdownDelay > 0 {
 		select {
 		case <-time.After(cfg.ShutdownDelay):

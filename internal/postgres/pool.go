@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"usersvc/internal/config"
+	"usersvc/internal/tracing"
 )
 
 // NewPool returns the connection pool for DATABASE_URL, with the
@@ -75,9 +76,12 @@ func NewReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) 
 // tunePool sizes the pool for url, which pc was parsed from: maxConns
 // connections (0: pool_max_conns from url, else config.DefaultMaxConns); bounds
 // every connection by budget, REQUEST_TIMEOUT, on both ends (boundSessions);
-// and has each new connection prepare every query when the query mode
-// allows.
+// has each new connection prepare every query when the query mode allows;
+// and traces the statements while tracing is on.
 func tunePool(pc *pgxpool.Config, url string, maxConns int32, budget time.Duration) {
+	if t := tracing.PgxTracer(); t != nil {
+		pc.ConnConfig.Tracer = t
+	}
 	silent := boundSessions(pc.ConnConfig, budget)
 	pc.PrepareConn = func(_ context.Context, conn *pgx.Conn) (bool, error) {
 		return !silent.outlived(conn.PgConn()) && !wasReset(conn.PgConn()), nil

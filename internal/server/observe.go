@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"usersvc/internal/metrics"
+	"usersvc/internal/tracing"
 )
 
 // requestIDHeader carries a request's id in and out: X-Request-ID, in the
@@ -58,6 +59,9 @@ func observe(logger *slog.Logger, m *metrics.Metrics) middleware {
 			next.ServeHTTP(rec, r)
 
 			took, route, status := time.Since(start), routeLabel(r.Pattern), rec.statusCode()
+			if route != unmatchedRoute {
+				tracing.Route(r.Context(), methodLabel(r.Method), route)
+			}
 			// net/http's refusal: no handler took any time, and writeError
 			// logged it as "request refused".
 			refused := r.Method == refusalMethod
@@ -166,7 +170,8 @@ func validRequestID(id string) bool {
 }
 
 // requestIDHandler adds the request id of the context to every record
-// logged with one, so that every line of a request can be found by its id.
+// logged with one, so that every line of a request can be found by its id,
+// and the ids of its trace and span when it is traced.
 type requestIDHandler struct {
 	slog.Handler
 }
@@ -174,6 +179,7 @@ type requestIDHandler struct {
 func (h requestIDHandler) Handle(ctx context.Context, rec slog.Record) error {
 	if id := requestID(ctx); id != "" {
 		rec.AddAttrs(slog.String("request_id", id))
+		rec.AddAttrs(tracing.LogAttrs(ctx)...)
 	}
 	return h.Handler.Handle(ctx, rec)
 }
