@@ -59,9 +59,9 @@ func TestStartRefuses(t *testing.T) {
 func TestStatementName(t *testing.T) {
 	for sql, want := range map[string]string{
 		"-- name: GetUser :one\nSELECT id FROM users WHERE id = $1": "GetUser",
-		"begin":                      "BEGIN",
+		"begin":                       "BEGIN",
 		"  select set_config($1, $2)": "SELECT",
-		"":                           "SQL",
+		"":                            "SQL",
 	} {
 		if got := statementName(sql); got != want {
 			t.Errorf("statementName(%q) = %q, want %q", sql, got, want)
