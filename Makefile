@@ -96,20 +96,25 @@ test-image:
 ## tag compose). Stands in for postgres's image, as test-image does for
 ## Go's, where no registry answers. Installs podman and its network tools
 ## first when missing
-test-compose:
+test-compose: bin/docker-compose
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v busybox >/dev/null && [ -x /usr/lib/podman/netavark ] || $(MAKE) --no-print-directory install-podman
-	go build -modfile=tools/compose/go.mod -o bin/docker-compose \
-		-ldflags "-X github.com/docker/compose/v2/internal.Version=$$(cd tools/compose && go list -m -f '{{.Version}}' github.com/docker/compose/v2)" \
-		github.com/docker/compose/v2/cmd
 	COMPOSE=$(CURDIR)/bin/docker-compose go test -count=1 -timeout 30m -tags compose -run '^TestCompose$$' -v ./cmd/usersvc
 
 ## test-tracing: requests of serve followed into Jaeger (built from
 ## tools/jaeger/go.mod) on loopback: the trace of a traceparent, its SQL
 ## spans, what no span carries, the log lines, a 400, the flush on SIGTERM,
 ## and Jaeger going away (cmd/usersvc/tracing_test.go, build tag tracing)
-test-tracing:
-	go build -modfile=tools/jaeger/go.mod -o bin/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+test-tracing: bin/jaeger
 	JAEGER=$(CURDIR)/bin/jaeger go test -count=1 -timeout 10m -tags tracing -run '^TestTracing$$' -v ./cmd/usersvc
+
+# The pinned Docker Compose and Jaeger, each built from a module of its own;
+# rebuilt when it changes.
+bin/docker-compose: tools/compose/go.mod tools/compose/go.sum
+	go build -modfile=tools/compose/go.mod -o $@ \
+		-ldflags "-X github.com/docker/compose/v2/internal.Version=$$(cd tools/compose && go list -m -f '{{.Version}}' github.com/docker/compose/v2)" \
+		github.com/docker/compose/v2/cmd
+bin/jaeger: tools/jaeger/go.mod tools/jaeger/go.sum
+	go build -modfile=tools/jaeger/go.mod -o $@ github.com/jaegertracing/jaeger/cmd/jaeger
 
 # Without the recommended packages, which serve rootless podman
 # (slirp4netns, uidmap, fuse-overlayfs) and systemd user sessions. runc is

@@ -472,9 +472,8 @@ func makePostgresStandIn(t *testing.T, ref, name string) {
 	}
 
 	busybox := staticBusybox(t)
-	pr, pw := io.Pipe()
-	go func() {
-		root := newRootFS(pw)
+	write := func(w io.Writer) error {
+		root := newRootFS(w)
 		for _, d := range []struct {
 			name string
 			mode int64
@@ -487,40 +486,26 @@ func makePostgresStandIn(t *testing.T, ref, name string) {
 		root.file("etc/group", 0o644, []byte("root:x:0:\npostgres:x:999:\n"))
 		root.file("usr/local/bin/docker-entrypoint.sh", 0o755, []byte(postgresEntrypoint))
 		root.busybox(busybox)
-		for _, f := range bins {
-			root.copyTree(f, strings.TrimPrefix(f, "/"), nil)
-		}
-		for _, f := range modules {
+		for _, f := range append(bins, modules...) {
 			root.copyTree(f, strings.TrimPrefix(f, "/"), nil)
 		}
 		for _, lib := range slices.Sorted(maps.Keys(libs)) {
 			data, err := os.ReadFile(lib) // through the links ldd names
 			if err != nil {
-				pw.CloseWithError(err)
-				return
+				return err
 			}
 			root.file(strings.TrimPrefix(lib, "/"), 0o755, data)
 		}
 		root.copyTree(share, strings.TrimPrefix(share, "/"), nil)
 		root.copyTree("/usr/share/zoneinfo", "usr/share/zoneinfo", nil)
-		pw.CloseWithError(root.close())
-	}()
-	from := fmt.Sprintf("%s of %s, busybox-static", strings.TrimSpace(string(serverVersion)), hostOS())
-	start := time.Now()
-	r := podmanIn(t, 5*time.Minute, pr, "import",
-		"--change", "ENV PATH="+bindir+":/usr/local/bin:/usr/bin:/bin",
-		"--change", "ENV PGDATA=/var/lib/postgresql/data",
-		"--change", "ENV PG_MAJOR="+major,
-		"--change", `ENTRYPOINT ["docker-entrypoint.sh"]`,
-		"--change", `CMD ["postgres"]`,
-		"--change", "EXPOSE 5432",
-		"--change", "STOPSIGNAL SIGINT",
-		"--change", fmt.Sprintf("LABEL %s=%q", standInLabel, from),
-		"-", name)
-	pr.CloseWithError(io.ErrClosedPipe) // unblocks the writer if podman stopped reading
-	if r.status != 0 {
-		t.Fatalf("%v", r)
+		return root.close()
 	}
-	size := mustPodman(t, "image", "inspect", "--format", "{{.Size}}", name)
-	t.Logf("image %s: stand-in %s (%s bytes) imported in %v from %s", ref, name, strings.TrimSpace(size), time.Since(start).Round(time.Second), from)
+	importStandIn(t, ref, name, fmt.Sprintf("%s of %s, busybox-static", strings.TrimSpace(string(serverVersion)), hostOS()), write,
+		"ENV PATH="+bindir+":/usr/local/bin:/usr/bin:/bin",
+		"ENV PGDATA=/var/lib/postgresql/data",
+		"ENV PG_MAJOR="+major,
+		`ENTRYPOINT ["docker-entrypoint.sh"]`,
+		`CMD ["postgres"]`,
+		"EXPOSE 5432",
+		"STOPSIGNAL SIGINT")
 }

@@ -251,23 +251,34 @@ func makeGoStandIn(t *testing.T, ref, name string) {
 		t.Fatalf("the stand-in needs the CA bundle that the final stage copies: %v (Debian: apt-get install ca-certificates)", err)
 	}
 
+	importStandIn(t, ref, name, fmt.Sprintf("go%s from %s, busybox-static, the CA bundle of %s", version, goroot, hostOS()),
+		func(w io.Writer) error { return writeStandIn(w, goroot, busybox, caBundle) },
+		"ENV PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"ENV GOLANG_VERSION="+version,
+		"ENV GOTOOLCHAIN=local",
+		"ENV GOPATH=/go",
+		"WORKDIR /go")
+}
+
+// importStandIn imports the root filesystem that write writes as the
+// image name, a stand-in for ref, with the Dockerfile instructions changes
+// and a label that says what it was made from.
+func importStandIn(t *testing.T, ref, name, from string, write func(io.Writer) error, changes ...string) {
+	t.Helper()
+	args := []string{"import"}
+	for _, c := range append(changes, fmt.Sprintf("LABEL %s=%q", standInLabel, from)) {
+		args = append(args, "--change", c)
+	}
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(writeStandIn(pw, goroot, busybox, caBundle)) }()
-	from := fmt.Sprintf("go%s from %s, busybox-static, the CA bundle of %s", version, goroot, hostOS())
+	go func() { pw.CloseWithError(write(pw)) }()
 	start := time.Now()
-	r := podmanIn(t, 5*time.Minute, pr, "import",
-		"--change", "ENV PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"--change", "ENV GOLANG_VERSION="+version,
-		"--change", "ENV GOTOOLCHAIN=local",
-		"--change", "ENV GOPATH=/go",
-		"--change", "WORKDIR /go",
-		"--change", fmt.Sprintf("LABEL %s=%q", standInLabel, from),
-		"-", name)
+	r := podmanIn(t, 5*time.Minute, pr, append(args, "-", name)...)
 	pr.CloseWithError(io.ErrClosedPipe) // unblocks the writer if podman stopped reading
 	if r.status != 0 {
 		t.Fatalf("%v", r)
 	}
-	t.Logf("image %s: stand-in %s imported in %v from %s", ref, name, time.Since(start).Round(time.Second), from)
+	size := strings.TrimSpace(mustPodman(t, "image", "inspect", "--format", "{{.Size}}", name))
+	t.Logf("image %s: stand-in %s (%s bytes) imported in %v from %s", ref, name, size, time.Since(start).Round(time.Second), from)
 }
 
 // staticBusybox returns the path of a statically linked busybox: the
