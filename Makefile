@@ -261,7 +261,7 @@ fmt:
 # compile without pgbouncer, podman or pg_autoctl and beside each other.
 vet:
 	go vet ./...
-	go vet -tags pgbouncer,image,ha,partition ./cmd/usersvc
+	go vet -tags pgbouncer,image,ha,partition,compose,tracing ./cmd/usersvc
 	go vet -tags browser ./internal/server
 
 ## generate: regenerate db/ from queries/ and migrations/, serve's list of
