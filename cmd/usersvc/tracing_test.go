@@ -258,6 +258,7 @@ func TestTracing(t *testing.T) {
 			t.Fatalf("POST /users: %d", status)
 		}
 		spans, raw := j.trace(t, traceID)
+		t.Logf("trace %s, as /api/traces/%s returned it: %d spans", traceID, traceID, len(spans))
 		var server jaegerSpan
 		for _, sp := range spans {
 			if isServer(sp) {
