@@ -96,7 +96,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	opts.Changes = postgres.NewChanges(pool)
 	handler := server.New(logger, db.New(pool), postgres.Probe{Q: pool}, opts)
-	srv := newHTTPServer(ctx, cfg, tracing.Handler(handler), logger)
+	srv := newHTTPServer(ctx, cfg, tracing.Handler(handler, server.Polled), logger)
 	if cfg.DebugAddr != "" {
 		stopDebug, err := startDebug(ctx, cfg.DebugAddr, logger)
 		if err != nil {

@@ -236,6 +236,11 @@ func TestTracing(t *testing.T) {
 		if status != http.StatusOK {
 			t.Fatalf("GET /users: %d", status)
 		}
+		// The probes, which machines poll, have no spans.
+		probeTrace, _, probeHeader := traceparent(10)
+		if status, _ := s.requestWith(t, "GET", "/readyz", "", http.Header{"Traceparent": {probeHeader}}); status != http.StatusOK {
+			t.Fatalf("GET /readyz: %d", status)
+		}
 		start := time.Now()
 		if err := s.stop(t, 10*time.Second); err != nil {
 			t.Fatalf("serve after SIGTERM: %v", err)
@@ -243,6 +248,11 @@ func TestTracing(t *testing.T) {
 		t.Logf("serve stopped %v after SIGTERM", time.Since(start).Round(time.Millisecond))
 		spans, _ := j.trace(t, traceID)
 		t.Logf("trace %s in jaeger after the shutdown: %d spans", traceID, len(spans))
+		if res, err := http.Get(j.query + "/api/traces/" + probeTrace); err != nil || res.StatusCode != http.StatusNotFound {
+			t.Errorf("GET /api/traces/%s, the trace of a GET /readyz: %v %v, want 404: probes have no spans", probeTrace, res, err)
+		} else {
+			res.Body.Close()
+		}
 	})
 
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "100")

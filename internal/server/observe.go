@@ -27,6 +27,10 @@ const unmatchedRoute = "unmatched"
 // lines are debug, so they do not drown the others.
 var quietRoutes = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
 
+// Polled reports whether r is for a route that machines poll, which
+// tracing leaves out as the access log quiets it.
+func Polled(r *http.Request) bool { return quietRoutes[r.URL.Path] }
+
 type requestIDKey struct{}
 
 // requestID returns the id of the request ctx belongs to, or "".

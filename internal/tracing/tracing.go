@@ -94,13 +94,15 @@ func Start(ctx context.Context, logger *slog.Logger, version string) (stop func(
 	}, nil
 }
 
-// Handler returns h with a server span for each request, the child of
-// the one its traceparent names, if any, while tracing is on; else h.
-func Handler(h http.Handler) http.Handler {
+// Handler returns h with a server span for each request but those polled
+// reports, the child of the one its traceparent names, if any, while
+// tracing is on; else h.
+func Handler(h http.Handler, polled func(*http.Request) bool) http.Handler {
 	if provider == nil {
 		return h
 	}
 	return otelhttp.NewHandler(h, "usersvc",
+		otelhttp.WithFilter(func(r *http.Request) bool { return !polled(r) }),
 		otelhttp.WithTracerProvider(provider),
 		otelhttp.WithPropagators(propagation.TraceContext{}),
 		// Until the mux has matched a route, which Route then adds.

@@ -31,7 +31,7 @@ func TestOff(t *testing.T) {
 				t.Fatalf("Start = %v, %v; want off", stop != nil, err)
 			}
 			h := &handler{}
-			if got := Handler(h); got != http.Handler(h) {
+			if got := Handler(h, func(*http.Request) bool { return false }); got != http.Handler(h) {
 				t.Errorf("Handler wrapped the handler with tracing off")
 			}
 			if PgxTracer() != nil {
