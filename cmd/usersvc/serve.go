@@ -221,10 +221,10 @@ func start(ctx context.Context, run ...func(context.Context)) (stop func()) {
 	}
 }
 
-// shutDown stops serving, drained, before ctx (SHUTDOWN_TIMEOUT) ends: requests are
-// still accepted for SHUTDOWN_DELAY, then the listener closes and the
-// requests in flight finish. Returns an error when they did
-// not finish in time; they are then cut off.
+// shutDown stops serving, drained, before ctx (SHUTDOWN_TIMEOUT) ends:
+// requests are still accepted for SHUTDOWN_DELAY, then the listener closes
+// and the requests in flight finish. Returns an error when they did not
+// finish in time; they are then cut off.
 func shutDown(ctx context.Context, cfg config.Config, srv *http.Server, serveErr <-chan error, logger *slog.Logger) error {
 	logger.Info("shutting down",
 		slog.String("delay", cfg.ShutdownDelay.String()),
