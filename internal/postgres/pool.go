@@ -196,12 +196,11 @@ const serverKeepalive = 10 * time.Second
 //     and tcp_user_timeout that end a session whose client vanished
 //     (serverBounds; set in tunePool);
 //   - a host that left the data of a call unacknowledged until its context
-//     ended, or a handshake unanswered for half the budget (a second at
-//     most), has vanished from the network: the returned silence drops
-//     every connection to it begun before (in tunePool's PrepareConn), so
-//     that none reaches it once the network returns, when it may be an old
-//     primary still taking connections before its fence
-//     (docs/reliability.md, "With a high-availability engine").
+//     ended has vanished from the network: the returned silence drops every
+//     older connection to it (in tunePool's PrepareConn), so that none
+//     reaches it once the network returns, when it may be an old primary
+//     still taking connections before its fence (docs/reliability.md, "With
+//     a high-availability engine").
 func boundSessions(cc *pgx.ConnConfig, budget time.Duration) *silence {
 	silent := &silence{}
 	dialer := &net.Dialer{
@@ -221,20 +220,11 @@ func boundSessions(cc *pgx.ConnConfig, budget time.Duration) *silence {
 		},
 	}
 	cc.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		start := time.Now()
 		c, err := dialer.DialContext(ctx, network, addr)
 		if err != nil {
-			// A handshake unanswered for this long: the host vanished,
-			// as when it leaves a call's data unacknowledged.
-			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() && strings.HasPrefix(network, "tcp") &&
-				time.Since(start) >= min(budget/2, time.Second) {
-				silent.since.Store(addr, time.Now())
-			}
 			return nil, err
 		}
-		// Born when its handshake began: one that the network delivers
-		// only as it returns was made while its host was away.
-		return &resettableConn{Conn: c, addr: addr, born: start, silent: silent}, nil
+		return &resettableConn{Conn: c, addr: addr, born: time.Now(), silent: silent}, nil
 	}
 	cc.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
 		return resetOnCancel{resettable(pc)}
@@ -248,7 +238,7 @@ type silence struct {
 	since sync.Map // addr to time.Time
 }
 
-// outlived reports whether pc is a connection begun before its host last
+// outlived reports whether pc is a connection made before its host last
 // went silent.
 func (s *silence) outlived(pc *pgconn.PgConn) bool {
 	rc := resettable(pc)
