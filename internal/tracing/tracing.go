@@ -26,7 +26,6 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // provider is the tracer provider Start made, while tracing is on.
@@ -76,9 +75,9 @@ func Start(ctx context.Context, logger *slog.Logger, version string) (stop func(
 	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
 		return nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
 	}
+	// Handler and PgxTracer hand provider over themselves: no global but
+	// the SDK's error handler, where the exporter's failures go.
 	provider = sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res))
-	otel.SetTracerProvider(provider)
-	otel.SetTextMapPropagator(propagation.TraceContext{})
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
 		logger.Warn("traces: export failed; spans were dropped", slog.Any("err", err))
 	}))
@@ -86,7 +85,6 @@ func Start(ctx context.Context, logger *slog.Logger, version string) (stop func(
 	return func(ctx context.Context) error {
 		p := provider
 		provider = nil
-		otel.SetTracerProvider(noop.NewTracerProvider())
 		if err := p.Shutdown(ctx); err != nil {
 			return fmt.Errorf("flush the traces: %w", err)
 		}
