@@ -76,6 +76,7 @@ func NewReadPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) 
 // tunePool sizes the pool for url, which pc was parsed from: maxConns
 // connections (0: pool_max_conns from url, else config.DefaultMaxConns); bounds
 // every connection by budget, REQUEST_TIMEOUT, on both ends (boundSessions);
+// refuses old primaries (fenceOldPrimaries);
 // has each new connection prepare every query when the query mode allows;
 // and traces the statements while tracing is on.
 func tunePool(pc *pgxpool.Config, url string, maxConns int32, budget time.Duration) {
@@ -83,6 +84,7 @@ func tunePool(pc *pgxpool.Config, url string, maxConns int32, budget time.Durati
 		pc.ConnConfig.Tracer = t
 	}
 	silent := boundSessions(pc.ConnConfig, budget)
+	fenceOldPrimaries(&pc.ConnConfig.Config)
 	pc.PrepareConn = func(_ context.Context, conn *pgx.Conn) (bool, error) {
 		return !silent.outlived(conn.PgConn()) && !wasReset(conn.PgConn()), nil
 	}
@@ -196,11 +198,12 @@ const serverKeepalive = 10 * time.Second
 //     and tcp_user_timeout that end a session whose client vanished
 //     (serverBounds; set in tunePool);
 //   - a host that left the data of a call unacknowledged until its context
-//     ended has vanished from the network: the returned silence drops every
+//     ended, or until TCP_USER_TIMEOUT ended the connection, has vanished
+//     from the network: the returned silence drops every
 //     older connection to it (in tunePool's PrepareConn), so that none
 //     reaches it once the network returns, when it may be an old primary
-//     still taking connections before its fence (docs/reliability.md, "With
-//     a high-availability engine").
+//     still taking connections before its fence (docs/reliability.md, "The
+//     old primary, once the network returns").
 func boundSessions(cc *pgx.ConnConfig, budget time.Duration) *silence {
 	silent := &silence{}
 	dialer := &net.Dialer{
@@ -233,7 +236,7 @@ func boundSessions(cc *pgx.ConnConfig, budget time.Duration) *silence {
 }
 
 // silence is when each host last went silent: left a call's data
-// unacknowledged until the call's context ended.
+// unacknowledged until the call's context, or TCP_USER_TIMEOUT, ended it.
 type silence struct {
 	since sync.Map // addr to time.Time
 }
@@ -347,8 +350,15 @@ func (c *resettableConn) Write(b []byte) (int, error) {
 }
 
 func (c *resettableConn) cause(err error) error {
-	if err != nil && c.reset.Load() {
+	switch {
+	case err == nil:
+	case c.reset.Load():
 		return &net.OpError{Op: "reset", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	case errors.Is(err, syscall.ETIMEDOUT):
+		// TCP_USER_TIMEOUT ended the connection before the call's context
+		// did (as it may on a loaded CPU): the host left its data
+		// unacknowledged for the whole budget, so it is silent too.
+		c.silent.since.Store(c.addr, time.Now())
 	}
 	return err
 }

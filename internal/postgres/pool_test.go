@@ -6,9 +6,13 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io"
+	"net"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -293,3 +297,40 @@ func TestPoolBoundsSessions(t *testing.T) {
 		pool.Close()
 	}
 }
+
+// TestKernelTimeoutSilencesItsHost: a connection that TCP_USER_TIMEOUT
+// ended, before the call's context did, marks its host silent, as a missed
+// deadline with data unacknowledged does; another failure does not. The
+// kernel's error is faked: only a network that drops packets gives it.
+func TestKernelTimeoutSilencesItsHost(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		err    error
+		silent bool
+	}{
+		{"TCP_USER_TIMEOUT", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ETIMEDOUT)}, true},
+		{"the server closed it", io.EOF, false},
+		{"reset by the server", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, false},
+	} {
+		s := &silence{}
+		rc := &resettableConn{Conn: failingConn{err: tt.err}, addr: "10.0.0.1:5432", born: time.Now().Add(-time.Millisecond), silent: s}
+		if _, err := rc.Read(make([]byte, 1)); !errors.Is(err, tt.err) {
+			t.Errorf("%s: Read = %v, want %v", tt.name, err, tt.err)
+		}
+		since, silent := s.since.Load(rc.addr)
+		if silent != tt.silent {
+			t.Errorf("%s: host silent = %v, want %v", tt.name, silent, tt.silent)
+		}
+		if silent && !rc.born.Before(since.(time.Time)) {
+			t.Errorf("%s: the connection, born %v, is not older than its host's silence at %v", tt.name, rc.born, since)
+		}
+	}
+}
+
+// failingConn is a net.Conn whose reads fail with err.
+type failingConn struct {
+	net.Conn
+	err error
+}
+
+func (c failingConn) Read([]byte) (int, error) { return 0, c.err }
