@@ -199,8 +199,8 @@ fuzz:
 	done
 
 ## bench: the load benchmark of docs/benchmarks.md: usersvc, the floor (a
-## bare handler of the same routes) and pgbench on the same SQL, 10 rounds,
-## about 12 minutes on a quiet machine. BENCH_ARGS passes flags, e.g.
+## bare handler of the same routes) and pgbench on the same SQL, 10 rounds
+## (the runs recorded there say how long they took). BENCH_ARGS passes flags, e.g.
 ## BENCH_ARGS='-quick' for a one-minute smoke run (bin/bench -h lists them).
 ## Installs wrk when root. PostgreSQL's data goes under .bench/, on the
 ## checkout's disk. Go benchmark format on stdout (progress on stderr), for
