@@ -199,11 +199,11 @@ const serverKeepalive = 10 * time.Second
 //     (serverBounds; set in tunePool);
 //   - a host that left the data of a call unacknowledged until its context
 //     ended, or until TCP_USER_TIMEOUT ended the connection, has vanished
-//     from the network: the returned silence drops every
-//     older connection to it (in tunePool's PrepareConn), so that none
-//     reaches it once the network returns, when it may be an old primary
-//     still taking connections before its fence (docs/reliability.md, "The
-//     old primary, once the network returns").
+//     from the network: the returned silence drops every older connection
+//     to it (in tunePool's PrepareConn), so that none reaches it once the
+//     network returns, when it may be an old primary still taking
+//     connections before its fence (docs/reliability.md, "The old primary,
+//     once the network returns").
 func boundSessions(cc *pgx.ConnConfig, budget time.Duration) *silence {
 	silent := &silence{}
 	dialer := &net.Dialer{
