@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"usersvc/internal/config"
 	"usersvc/internal/pglocal"
+	"usersvc/internal/pgtest"
 )
 
 // TestPoolRefusesOldPrimary: two primaries of one cluster, as a failover
@@ -25,29 +27,27 @@ func TestPoolRefusesOldPrimary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { exec.Command("rm", "-rf", dir).Run() })
-	start := func(name string, port int) {
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	start := func(name string, port int) *pglocal.Server {
 		t.Helper()
 		pg, err := pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(dir, name), Port: port, Ephemeral: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { pg.Stop() })
-		if name == "old" && port == 0 { // made by initdb, now copied
-			if err := pg.Stop(); err != nil {
-				t.Fatal(err)
-			}
-		}
+		return pg
 	}
-	start("old", 0)
+	if err := start("old", 0).Stop(); err != nil { // initdb's cluster, to copy
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("cp", "-a", filepath.Join(dir, "old"), filepath.Join(dir, "new")).CombinedOutput(); err != nil {
 		t.Fatalf("copy the cluster: %v: %s", err, out)
 	}
 	// Started as a standby of nothing, until promoted.
-	if out, err := exec.Command("cp", "-a", filepath.Join(dir, "new", "PG_VERSION"), filepath.Join(dir, "new", "standby.signal")).CombinedOutput(); err != nil {
-		t.Fatalf("standby.signal: %v: %s", err, out)
+	if err := os.WriteFile(filepath.Join(dir, "new", "standby.signal"), nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	oldPort, newPort := freePort(t), freePort(t)
+	oldPort, newPort := pgtest.FreePort(t), pgtest.FreePort(t)
 	start("old", oldPort)
 	start("new", newPort)
 
@@ -94,13 +94,4 @@ func TestPoolRefusesOldPrimary(t *testing.T) {
 			t.Errorf("%s, the old primary first: port %d, err %v; want the new primary's, %d", attrs, port, err, newPort)
 		}
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	port, err := pglocal.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
 }
